@@ -1,0 +1,92 @@
+"""The ``ra3`` command: LightningCLI subcommands (fit, validate, test) plus ra3's own (world, ...).
+
+``ra3 fit -c configs/skillworld/pretrain.yaml`` trains; model and data are given by ``class_path`` so any
+``PolicyModule`` / ``LightningDataModule`` subclass plugs in. The resolved config is written beside
+the checkpoints, into the log directory and into the model's ``export_dir``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from ra3.errors import Ra3Error
+
+
+def _lightning_cli(args: list[str]) -> None:
+    from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+    from ra3.datamodules.code import CodeDataModule
+    from ra3.modules.policy import PolicyModule
+
+    class SaveConfigEverywhere(SaveConfigCallback):
+        """Writes ``config.yaml`` to the log dir, the checkpoint dir and the model's ``export_dir``."""
+
+        def save_config(self, trainer, pl_module, stage: str) -> None:
+            dirs = {trainer.log_dir}
+            for cb in trainer.checkpoint_callbacks:
+                if getattr(cb, "dirpath", None):
+                    dirs.add(cb.dirpath)
+            export_dir = getattr(pl_module.hparams, "export_dir", None)
+            if export_dir:
+                dirs.add(export_dir)
+            if trainer.is_global_zero:
+                for d in filter(None, dirs):
+                    Path(d).mkdir(parents=True, exist_ok=True)
+                    self.parser.save(self.config, Path(d) / self.config_filename, skip_none=False,
+                                     overwrite=True, multifile=self.multifile)
+
+        def setup(self, trainer, pl_module, stage: str) -> None:
+            self.save_config(trainer, pl_module, stage)
+
+    LightningCLI(
+        PolicyModule,
+        CodeDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=SaveConfigEverywhere,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        args=args,
+    )
+
+
+def _world(args: list[str]) -> None:
+    from jsonargparse import ArgumentParser
+
+    from ra3.datamodules.skillworld import WorldConfig, build_world
+    from ra3.datamodules.tokenizer import train_bpe_tokenizer
+
+    parser = ArgumentParser(prog="ra3 world", description="Build the synthetic skill world and its BPE tokenizer.")
+    parser.add_argument("--out", type=str, default="artifacts/skillworld", help="output directory")
+    parser.add_argument("--vocab_size", type=int, default=1024, help="BPE vocabulary size (an upper bound)")
+    parser.add_class_arguments(WorldConfig, "world")
+    cfg = parser.parse_args(args)
+    world_cfg = WorldConfig(**cfg.world.as_dict())
+    paths = build_world(cfg.out, world_cfg)
+    tok = train_bpe_tokenizer([paths["pretrain"]], Path(cfg.out) / "tokenizer", cfg.vocab_size)
+    for name, path in paths.items():
+        print(f"{name:>9}: {path}")
+    print(f"tokenizer: {Path(cfg.out) / 'tokenizer'} ({len(tok)} tokens)")
+
+
+COMMANDS = {"world": _world}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        if args and args[0] in COMMANDS:
+            COMMANDS[args[0]](args[1:])
+        else:
+            _lightning_cli(args)
+    except Ra3Error as e:
+        print(f"ra3: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from ra3.datamodules.code import CodeDataModule
+
+__all__ = ["CodeDataModule"]

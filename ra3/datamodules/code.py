@@ -1,0 +1,314 @@
+"""CodeDataModule: one DataModule for every phase, reading code snippets from JSONL or a `datasets` source.
+
+Rows hold ``text`` (a whole program) or ``prompt`` + ``completion``. Each program is split into line
+segments and tokenized per segment (``ra3.datamodules.segments``), so later phases can insert
+``# thought`` lines between segments without re-tokenization drift.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader
+
+from ra3.datamodules.segments import KIND_IDS, program_segments, encode_segments
+from ra3.errors import Ra3Error
+
+LossMode = Literal["all", "code_only", "completion_only"]
+
+
+@dataclass
+class Example:
+    """One tokenized program: ``ids`` and per-token segment kinds (``KIND_IDS``; -1 = bos)."""
+
+    ids: list[int]
+    kinds: list[int]
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed row or the ``json.JSONDecodeError``) for each non-blank line."""
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield lineno, json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield lineno, e
+
+
+def _iter_dataset(name: str, split: str) -> Iterator[tuple[int, Any]]:
+    import datasets
+
+    path = Path(os.path.expanduser(name))
+    try:
+        if (path / "dataset_info.json").exists() or (path / "state.json").exists() or (path / "dataset_dict.json").exists():
+            ds = datasets.load_from_disk(str(path))
+            ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
+        else:
+            ds = datasets.load_dataset(name, split=split)
+    except Exception as e:  # datasets raises many types for "not found / offline"
+        raise Ra3Error(f"cannot load dataset '{name}' (split {split!r}): {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+    for i, row in enumerate(ds, 1):
+        yield i, row
+
+
+def rows_from_source(source: str, split: str = "train") -> Iterator[tuple[int, Any]]:
+    """Rows of a ``.jsonl`` file, a local ``datasets`` directory or a hub dataset name, with row numbers."""
+    path = Path(os.path.expanduser(source))
+    if source.endswith((".jsonl", ".json")):
+        if not path.is_file():
+            raise Ra3Error(f"data file '{source}' does not exist")
+        return iter_jsonl(path)
+    return _iter_dataset(source, split)
+
+
+class MalformedRows:
+    """Counts malformed rows per source; reports once, with the first offending row number."""
+
+    def __init__(self, source: str, fatal: bool):
+        self.source, self.fatal, self.count, self.first = source, fatal, 0, None
+
+    def add(self, row_number: int, reason: str) -> None:
+        if self.fatal:
+            raise Ra3Error(f"malformed row {row_number} in '{self.source}': {reason}")
+        self.count += 1
+        if self.first is None:
+            self.first = (row_number, reason)
+
+    def report(self) -> None:
+        if self.count:
+            rank_zero_warn(f"skipped {self.count} malformed row(s) in '{self.source}' (first: row {self.first[0]}: {self.first[1]})")
+
+
+def program_from_row(row: Any, text_field: str, prompt_field: str, completion_field: str) -> dict[str, str]:
+    """``{"text": ...}`` or ``{"prompt": ..., "completion": ...}``; raises ``ValueError`` naming what is wrong."""
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    if prompt_field in row and completion_field in row:
+        prompt, completion = row[prompt_field], row[completion_field]
+        if not isinstance(prompt, str) or not isinstance(completion, str):
+            raise ValueError(f"'{prompt_field}' and '{completion_field}' must be strings")
+        return {"prompt": prompt, "completion": completion}
+    if text_field in row:
+        if not isinstance(row[text_field], str) or not row[text_field].strip():
+            raise ValueError(f"'{text_field}' must be a non-empty string")
+        return {"text": row[text_field]}
+    raise ValueError(f"missing '{text_field}' (or '{prompt_field}' + '{completion_field}')")
+
+
+def label_mask(kinds: list[int], loss_mode: LossMode) -> list[bool]:
+    """Which tokens carry loss: ``all`` but bos; ``code_only`` also drops thought tokens;
+    ``completion_only`` drops the prompt."""
+    if loss_mode == "all":
+        return [k != -1 for k in kinds]
+    if loss_mode == "code_only":
+        return [k not in (-1, KIND_IDS["thought"]) for k in kinds]
+    if loss_mode == "completion_only":
+        return [k not in (-1, KIND_IDS["prompt"]) for k in kinds]
+    raise Ra3Error(f"loss_mode must be one of all, code_only, completion_only; got {loss_mode!r}")
+
+
+def pack_best_fit(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Best-fit-decreasing bin packing: indices of items per row, each row's total ≤ ``capacity``."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # sorted (remaining capacity, row index)
+    for i in order:
+        pos = bisect.bisect_left(free, (lengths[i], -1))
+        if pos == len(free):
+            rows.append([i])
+            r, idx = capacity - lengths[i], len(rows) - 1
+        else:
+            r, idx = free.pop(pos)
+            rows[idx].append(i)
+            r -= lengths[i]
+        if r > 0:
+            bisect.insort(free, (r, idx))
+    return rows
+
+
+class TokenCollator:
+    """Builds training batches from examples.
+
+    Packed (``packing=True``): each batch item is a list of examples concatenated into one row of
+    ``max_length``; returns ``input_ids``, ``labels``, ``position_ids`` (restarting per document) and
+    ``doc_ids`` (B, T; -1 on padding) from which the model builds a block-diagonal causal mask.
+    Padded: one example per row, right-padded to the longest; returns ``input_ids``, ``labels``,
+    ``attention_mask``. Both return ``tokens`` (non-padding token count).
+    """
+
+    def __init__(self, pad_id: int, loss_mode: LossMode, max_length: int, packing: bool):
+        self.pad_id, self.loss_mode, self.max_length, self.packing = pad_id, loss_mode, max_length, packing
+
+    def __call__(self, items: list) -> dict[str, torch.Tensor]:
+        groups = items if self.packing else [[ex] for ex in items]
+        T = self.max_length if self.packing else max(len(ex.ids) for ex in items)
+        B = len(groups)
+        input_ids = torch.full((B, T), self.pad_id, dtype=torch.long)
+        labels = torch.full((B, T), -100, dtype=torch.long)
+        position_ids = torch.zeros((B, T), dtype=torch.long)
+        doc_ids = torch.full((B, T), -1, dtype=torch.long)
+        for b, group in enumerate(groups):
+            start = 0
+            for d, ex in enumerate(group):
+                n = len(ex.ids)
+                ids = torch.tensor(ex.ids)
+                keep = torch.tensor(label_mask(ex.kinds, self.loss_mode))
+                input_ids[b, start : start + n] = ids
+                labels[b, start : start + n] = torch.where(keep, ids, -100)
+                position_ids[b, start : start + n] = torch.arange(n)
+                doc_ids[b, start : start + n] = d
+                start += n
+        batch = {"input_ids": input_ids, "labels": labels, "tokens": int((doc_ids >= 0).sum())}
+        if self.packing:
+            batch.update(position_ids=position_ids, doc_ids=doc_ids)
+        else:
+            batch["attention_mask"] = (doc_ids >= 0).long()
+        return batch
+
+
+class CodeDataModule(L.LightningDataModule):
+    """Code snippets for next-token training.
+
+    Args:
+        train_files: JSONL files, local ``datasets`` directories or hub dataset names for training.
+        val_files: the same for validation; if empty, ``val_fraction`` of the training rows is held out.
+        val_fraction: share of training rows held out for validation when ``val_files`` is empty.
+        split: split name used for ``datasets`` sources.
+        text_field: field holding a whole program.
+        prompt_field: field holding a prompt (used with ``completion_field`` when both are present).
+        completion_field: field holding the completion of ``prompt_field``.
+        tokenizer_path: tokenizer name/path; by default the model's tokenizer is used.
+        max_length: tokens per packed row / longest program; longer programs are truncated (and counted).
+        batch_size: rows per batch.
+        packing: pack several programs per row (no cross-document attention) instead of padding each.
+        loss_mode: ``all`` tokens, ``code_only`` (thought comments masked) or ``completion_only`` (prompt masked).
+        on_malformed: ``skip`` malformed rows (reported once with the first row number) or ``error``.
+        num_workers: DataLoader worker processes.
+        seed: seed of the validation split and packing order.
+    """
+
+    def __init__(
+        self,
+        train_files: list[str] | None = None,
+        val_files: list[str] | None = None,
+        val_fraction: float = 0.0,
+        split: str = "train",
+        text_field: str = "text",
+        prompt_field: str = "prompt",
+        completion_field: str = "completion",
+        tokenizer_path: str | None = None,
+        max_length: int = 512,
+        batch_size: int = 8,
+        packing: bool = True,
+        loss_mode: LossMode = "all",
+        on_malformed: Literal["skip", "error"] = "skip",
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if loss_mode not in ("all", "code_only", "completion_only"):
+            raise Ra3Error(f"loss_mode must be one of all, code_only, completion_only; got {loss_mode!r}")
+        if on_malformed not in ("skip", "error"):
+            raise Ra3Error(f"on_malformed must be 'skip' or 'error', got {on_malformed!r}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise Ra3Error(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.tokenizer = None
+        self.train_examples: list[Example] = []
+        self.val_examples: list[Example] = []
+
+    # ---- reading ---------------------------------------------------------------------------------
+    def read_programs(self, sources: list[str]) -> list[dict[str, str]]:
+        """Programs (``{"text"}`` or ``{"prompt", "completion"}``) from ``sources``; malformed rows per ``on_malformed``."""
+        hp = self.hparams
+        programs = []
+        for source in sources:
+            bad = MalformedRows(source, fatal=hp.on_malformed == "error")
+            for row_number, row in rows_from_source(source, hp.split):
+                try:
+                    if isinstance(row, json.JSONDecodeError):
+                        raise ValueError(f"invalid JSON ({row.msg})")
+                    programs.append(program_from_row(row, hp.text_field, hp.prompt_field, hp.completion_field))
+                except ValueError as e:
+                    bad.add(row_number, str(e))
+            bad.report()
+        return programs
+
+    def encode(self, program: dict[str, str]) -> Example:
+        return Example(*encode_segments(self.tokenizer, program_segments(**program)))
+
+    def _encode_all(self, programs: list[dict[str, str]]) -> list[Example]:
+        examples = [self.encode(p) for p in programs]
+        max_length = self.hparams.max_length
+        too_long = sum(len(ex.ids) > max_length for ex in examples)
+        if too_long:
+            rank_zero_warn(f"{too_long} of {len(examples)} programs are longer than max_length={max_length} tokens: truncated")
+            examples = [Example(ex.ids[:max_length], ex.kinds[:max_length]) for ex in examples]
+        return examples
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_examples or self.val_examples:
+            return
+        hp = self.hparams
+        self.tokenizer = self._resolve_tokenizer()
+        if not hp.train_files and not hp.val_files:
+            raise Ra3Error("CodeDataModule needs train_files (JSONL files, a datasets directory or a hub dataset name)")
+        train = self.read_programs(list(hp.train_files or []))
+        if hp.train_files and not train:
+            raise Ra3Error(f"no usable rows in {', '.join(hp.train_files)}: the dataset is empty")
+        if hp.val_files:
+            val = self.read_programs(list(hp.val_files))
+        else:
+            rng = random.Random(hp.seed)
+            order = list(range(len(train)))
+            rng.shuffle(order)
+            n_val = int(len(train) * hp.val_fraction)
+            val = [train[i] for i in order[:n_val]]
+            train = [train[i] for i in sorted(order[n_val:])]
+        self.train_examples = self._encode_all(train)
+        self.val_examples = self._encode_all(val)
+
+    def _resolve_tokenizer(self):
+        if self.hparams.tokenizer_path:
+            from ra3.modules.policy import load_tokenizer
+
+            return load_tokenizer(self.hparams.tokenizer_path)
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is None or getattr(module, "tokenizer", None) is None:
+            raise Ra3Error("CodeDataModule needs a tokenizer: set data.tokenizer_path or use a model that has one")
+        return module.tokenizer
+
+    # ---- loaders ---------------------------------------------------------------------------------
+    def _items(self, examples: list[Example]) -> list:
+        if not self.hparams.packing:
+            return examples
+        rows = pack_best_fit([len(ex.ids) for ex in examples], self.hparams.max_length)
+        return [[examples[i] for i in row] for row in rows]
+
+    def _loader(self, examples: list[Example], shuffle: bool) -> DataLoader:
+        hp = self.hparams
+        collate = TokenCollator(self.tokenizer.pad_token_id, hp.loss_mode, hp.max_length, hp.packing)
+        generator = torch.Generator().manual_seed(hp.seed)
+        return DataLoader(
+            self._items(examples), batch_size=hp.batch_size, shuffle=shuffle, collate_fn=collate,
+            num_workers=hp.num_workers, generator=generator, persistent_workers=hp.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_examples, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_examples, shuffle=False) if self.val_examples else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()

@@ -1,0 +1,330 @@
+"""Synthetic skill world: the embedded, download-free default for every phase (no Lightning import).
+
+A *skill* is a parametrised list transformation written as a 2–4-line code block (the ground-truth
+action abstraction). A *task* is a chain of 2–5 skills applied to ``xs``::
+
+    def solve(xs):
+        \"\"\"<docstring>\"\"\"
+        <block of skill 1>
+        ...
+        return xs
+
+Docstring styles (``style``):
+
+- ``steps``: one clause per skill, in execution order ("Keep the values greater than 3, then ...").
+  The docstring already is the plan, so comments add little (see the method notes).
+- ``macro``: the docstring names *routines* ("Tidy the list, then spread it."), each of which expands
+  into a fixed chain of 2–3 skills. The per-block intent is latent: it is what a thought recovers.
+- ``mixed``: each task draws one of the two.
+
+Held-out *combinations* are adjacent skill pairs (bigrams) reserved for evaluation: no training
+corpus (pre-training, mid-training, RL) ever contains one, and every evaluation task contains at
+least one; evaluation chains also run one skill longer than training chains.
+
+:func:`build_world` emits, deterministically from a seed: a pre-training corpus (a fraction of
+programs carry ``# <skill description>`` before each block), a mid-training corpus of expert
+programs without comments, RL and evaluation splits with unit tests, and the ground-truth block
+boundaries (0-based line indices of each block's first line in the program text).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+INDENT = "    "
+Style = Literal["steps", "macro", "mixed"]
+
+
+@dataclass(frozen=True)
+class Skill:
+    name: str
+    params: tuple[str, ...]
+    describe: Callable[..., str]  # params -> clause, e.g. "keep the values greater than 3"
+    block: Callable[..., list[str]]  # params -> code lines (without the function indentation)
+    apply: Callable[..., list[int]]  # (xs, *params) -> new list
+    sample: Callable[[random.Random], tuple[int, ...]] = lambda rng: ()
+
+
+def _digit(lo: int, hi: int) -> Callable[[random.Random], tuple[int, ...]]:
+    return lambda rng: (rng.randint(lo, hi),)
+
+
+def _running_total(xs: list[int]) -> list[int]:
+    return list(itertools.accumulate(xs))
+
+
+SKILLS: dict[str, Skill] = {
+    s.name: s
+    for s in [
+        Skill("keep_greater", ("k",), lambda k: f"keep the values greater than {k}",
+              lambda k: ["kept = []", "for x in xs:", f"    if x > {k}: kept.append(x)", "xs = kept"],
+              lambda xs, k: [x for x in xs if x > k], _digit(0, 5)),
+        Skill("square", (), lambda: "square each value",
+              lambda: ["for i in range(len(xs)):", "    xs[i] = xs[i] * xs[i]"],
+              lambda xs: [x * x for x in xs]),
+        Skill("running_total", (), lambda: "replace each value by the running total",
+              lambda: ["total = 0", "for i in range(len(xs)):", "    total += xs[i]", "    xs[i] = total"],
+              _running_total),
+        Skill("dedupe", (), lambda: "remove duplicates keeping the first occurrence",
+              lambda: ["seen = set()", "xs = [x for x in xs if not (x in seen or seen.add(x))]"],
+              lambda xs: list(dict.fromkeys(xs))),
+        Skill("reverse", (), lambda: "reverse the list",
+              lambda: ["n = len(xs)", "xs = [xs[n - 1 - i] for i in range(n)]"],
+              lambda xs: xs[::-1]),
+        Skill("sort", (), lambda: "sort the values in increasing order",
+              lambda: ["xs = list(xs)", "xs.sort()"],
+              sorted),
+        Skill("take_first", ("k",), lambda k: f"keep only the first {k} values",
+              lambda k: [f"if len(xs) > {k}:", f"    xs = xs[:{k}]"],
+              lambda xs, k: xs[:k], _digit(2, 6)),
+        Skill("differences", (), lambda: "replace the list by the differences of neighbours",
+              lambda: ["diffs = []", "for i in range(1, len(xs)):", "    diffs.append(xs[i] - xs[i - 1])", "xs = diffs"],
+              lambda xs: [b - a for a, b in zip(xs, xs[1:])]),
+        Skill("clip", ("lo", "hi"), lambda lo, hi: f"clip each value to the range {lo} to {hi}",
+              lambda lo, hi: ["for i in range(len(xs)):", f"    xs[i] = min(max(xs[i], {lo}), {hi})"],
+              lambda xs, lo, hi: [min(max(x, lo), hi) for x in xs],
+              lambda rng: (lambda lo: (lo, lo + rng.randint(2, 5)))(rng.randint(-3, 2))),
+        Skill("zero_negatives", (), lambda: "set the negative values to zero",
+              lambda: ["for i in range(len(xs)):", "    if xs[i] < 0:", "        xs[i] = 0"],
+              lambda xs: [max(x, 0) for x in xs]),
+        Skill("multiply", ("k",), lambda k: f"multiply each value by {k}",
+              lambda k: [f"scaled = [x * {k} for x in xs]", "xs = scaled"],
+              lambda xs, k: [x * k for x in xs], _digit(2, 5)),
+        Skill("drop_every_second", (), lambda: "drop every second value",
+              lambda: ["kept = []", "for i in range(0, len(xs), 2):", "    kept.append(xs[i])", "xs = kept"],
+              lambda xs: xs[::2]),
+        Skill("add", ("k",), lambda k: f"add {k} to each value",
+              lambda k: ["for i in range(len(xs)):", f"    xs[i] = xs[i] + {k}"],
+              lambda xs, k: [x + k for x in xs], _digit(1, 9)),
+        Skill("remove_value", ("k",), lambda k: f"remove every occurrence of {k}",
+              lambda k: [f"while {k} in xs:", f"    xs.remove({k})"],
+              lambda xs, k: [x for x in xs if x != k], _digit(0, 4)),
+    ]
+}
+
+# Routines of the ``macro`` style: fixed skill chains (with fixed parameters) named by one verb.
+MACROS: dict[str, tuple[str, list[tuple[str, tuple[int, ...]]]]] = {
+    "tidy": ("tidy", [("zero_negatives", ()), ("dedupe", ()), ("sort", ())]),
+    "spread": ("spread", [("multiply", (2,)), ("add", (1,))]),
+    "accumulate": ("accumulate", [("sort", ()), ("running_total", ())]),
+    "thin": ("thin", [("drop_every_second", ()), ("reverse", ())]),
+    "bound": ("bound", [("clip", (0, 5)), ("dedupe", ())]),
+    "energy": ("compute the energy of", [("square", ()), ("running_total", ())]),
+    "trend": ("compute the trend of", [("differences", ()), ("zero_negatives", ())]),
+    "shorten": ("shorten", [("take_first", (4,)), ("reverse", ())]),
+}
+
+
+@dataclass
+class Step:
+    skill: str
+    params: tuple[int, ...]
+
+    def description(self) -> str:
+        return SKILLS[self.skill].describe(*self.params)
+
+    def lines(self) -> list[str]:
+        return SKILLS[self.skill].block(*self.params)
+
+
+@dataclass
+class Task:
+    """One program of the world. ``boundaries``: 0-based line index (in ``text``) of each block's first line."""
+
+    task_id: str
+    style: str
+    steps: list[Step]
+    docstring: str
+    macros: list[str] = field(default_factory=list)
+
+    def program(self, comments: bool = False) -> tuple[str, list[int]]:
+        lines = ["def solve(xs):", f'{INDENT}"""{self.docstring}"""']
+        boundaries = []
+        for step in self.steps:
+            boundaries.append(len(lines))
+            if comments:
+                lines.append(f"{INDENT}# {step.description()}")
+            lines += [INDENT + line for line in step.lines()]
+        lines.append(f"{INDENT}return xs")
+        return "\n".join(lines), boundaries
+
+    def prompt(self) -> str:
+        """The function header and docstring, ending *before* the newline (see ``segments``)."""
+        return f'def solve(xs):\n{INDENT}"""{self.docstring}"""'
+
+    def reference(self, xs: list[int]) -> list[int]:
+        xs = list(xs)
+        for step in self.steps:
+            xs = SKILLS[step.skill].apply(xs, *step.params)
+        return xs
+
+
+def bigrams(steps: list[Step]) -> set[tuple[str, str]]:
+    return {(a.skill, b.skill) for a, b in zip(steps, steps[1:])}
+
+
+def _join_clauses(clauses: list[str]) -> str:
+    text = clauses[0] if len(clauses) == 1 else ", ".join(clauses[:-1]) + ", then " + clauses[-1]
+    return text[0].upper() + text[1:] + "."
+
+
+@dataclass
+class WorldConfig:
+    """Sizes and knobs of the skill world; every split is a deterministic function of these.
+
+    Args:
+        seed: the world's random seed.
+        style: docstring style: ``steps`` (one clause per skill), ``macro`` (named routines) or ``mixed``.
+        comment_fraction: fraction of pre-training programs with ``# <skill>`` before each block.
+        n_pretrain / n_midtrain / n_rl / n_eval: number of programs in each split.
+        min_chain / max_chain: skills per training task; evaluation tasks go up to ``max_chain + 1``.
+        heldout_fraction: fraction of skill bigrams reserved for evaluation.
+        n_tests: unit tests per RL / evaluation task.
+    """
+
+    seed: int = 0
+    style: Style = "mixed"
+    comment_fraction: float = 0.2
+    n_pretrain: int = 8000
+    n_midtrain: int = 2000
+    n_rl: int = 400
+    n_eval: int = 200
+    min_chain: int = 2
+    max_chain: int = 4
+    heldout_fraction: float = 0.15
+    n_tests: int = 5
+
+
+class SkillWorld:
+    """Samples tasks; ``heldout`` holds the skill bigrams that only evaluation tasks contain."""
+
+    def __init__(self, config: WorldConfig):
+        if not 0.0 <= config.comment_fraction <= 1.0:
+            raise ValueError(f"comment_fraction must be in [0, 1], got {config.comment_fraction}")
+        if not 2 <= config.min_chain <= config.max_chain:
+            raise ValueError(f"need 2 <= min_chain <= max_chain, got {config.min_chain}, {config.max_chain}")
+        self.config = config
+        rng = random.Random(f"heldout-{config.seed}")
+        in_macro = {(a[0], b[0]) for _, chain in MACROS.values() for a, b in zip(chain, chain[1:])}
+        candidates = sorted((a, b) for a in SKILLS for b in SKILLS if a != b and (a, b) not in in_macro)
+        self.heldout: set[tuple[str, str]] = set(rng.sample(candidates, int(len(candidates) * config.heldout_fraction)))
+
+    def _steps_task(self, rng: random.Random, length: int) -> Task:
+        names = [rng.choice(list(SKILLS))]
+        while len(names) < length:
+            nxt = rng.choice([s for s in SKILLS if s != names[-1]])
+            names.append(nxt)
+        steps = [Step(n, SKILLS[n].sample(rng)) for n in names]
+        return Task("", "steps", steps, _join_clauses([s.description() for s in steps]))
+
+    def _macro_task(self, rng: random.Random, length: int) -> Task:
+        # routines (and at most one plain step) until the chain has at least `length` skills
+        macros: list[str] = []
+        steps: list[Step] = []
+        clauses: list[str] = []
+        while len(steps) < length:
+            if steps and len(macros) >= 1 and rng.random() < 0.3:
+                name = rng.choice(list(SKILLS))
+                step = Step(name, SKILLS[name].sample(rng))
+                steps.append(step)
+                clauses.append(step.description())
+                macros.append("")
+                continue
+            name = rng.choice([m for m in MACROS if not macros or m != macros[-1]])
+            verb, chain = MACROS[name]
+            macros.append(name)
+            steps += [Step(s, p) for s, p in chain]
+            clauses.append(f"{verb} the list")
+        return Task("", "macro", steps, _join_clauses(clauses), macros)
+
+    def sample(self, rng: random.Random, heldout: bool) -> Task:
+        cfg = self.config
+        lo, hi = (cfg.min_chain, cfg.max_chain + 1) if heldout else (cfg.min_chain, cfg.max_chain)
+        while True:
+            style = cfg.style if cfg.style != "mixed" else rng.choice(["steps", "macro"])
+            length = rng.randint(lo, hi)
+            task = self._steps_task(rng, length) if style == "steps" else self._macro_task(rng, length)
+            if len(task.steps) > hi:
+                continue
+            has_heldout = bool(bigrams(task.steps) & self.heldout)
+            if has_heldout == heldout:
+                return task
+
+    def tests(self, task: Task, rng: random.Random) -> list[dict]:
+        """``n_tests`` input/expected pairs (lists of 3–8 ints in [-9, 9]) from the reference executor."""
+        out = []
+        for _ in range(self.config.n_tests):
+            xs = [rng.randint(-9, 9) for _ in range(rng.randint(3, 8))]
+            out.append({"input": xs, "expected": task.reference(xs)})
+        return out
+
+
+def task_row(task: Task, tests: list[dict] | None = None, comments: bool = False) -> dict:
+    """The JSONL row of a task (``text``, ``prompt``/``completion``, tests as asserts, boundaries)."""
+    text, boundaries = task.program(comments=comments)
+    prompt = task.prompt()
+    row = {
+        "task_id": task.task_id,
+        "text": text,
+        "prompt": prompt,
+        "completion": text[len(prompt):],
+        "style": task.style,
+        "skills": [{"name": s.skill, "params": list(s.params), "description": s.description()} for s in task.steps],
+        "macros": task.macros,
+        "boundaries": boundaries,
+        "entry_point": "solve",
+    }
+    if tests is not None:
+        row["tests"] = [f"assert solve({t['input']!r}) == {t['expected']!r}" for t in tests]
+        row["test_cases"] = tests
+    return row
+
+
+def generate_split(world: SkillWorld, split: str, n: int, comment_fraction: float = 0.0, with_tests: bool = False) -> list[dict]:
+    """``n`` rows of ``split`` (``pretrain``, ``midtrain``, ``rl`` or ``eval``); deterministic per (seed, split)."""
+    rng = random.Random(f"{world.config.seed}-{split}")
+    rows = []
+    for i in range(n):
+        task = world.sample(rng, heldout=(split == "eval"))
+        task.task_id = f"skillworld/{split}/{i}"
+        comments = rng.random() < comment_fraction
+        tests = world.tests(task, rng) if with_tests else None
+        rows.append(task_row(task, tests, comments=comments))
+    return rows
+
+
+def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Atomic write: a temp file in the same folder, renamed over ``path`` once complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+
+
+def build_world(out_dir: str | os.PathLike, config: WorldConfig | None = None) -> dict[str, Path]:
+    """Write ``pretrain.jsonl``, ``midtrain.jsonl``, ``rl.jsonl``, ``eval.jsonl`` and ``world.json`` under ``out_dir``."""
+    config = config or WorldConfig()
+    world = SkillWorld(config)
+    out = Path(out_dir)
+    splits = {
+        "pretrain": generate_split(world, "pretrain", config.n_pretrain, config.comment_fraction),
+        "midtrain": generate_split(world, "midtrain", config.n_midtrain),
+        "rl": generate_split(world, "rl", config.n_rl, with_tests=True),
+        "eval": generate_split(world, "eval", config.n_eval, with_tests=True),
+    }
+    paths = {}
+    for name, rows in splits.items():
+        paths[name] = out / f"{name}.jsonl"
+        write_jsonl(paths[name], rows)
+    meta = {"config": asdict(config), "heldout_bigrams": sorted(world.heldout), "skills": sorted(SKILLS), "macros": MACROS}
+    (out / "world.json").write_text(json.dumps(meta, indent=1, default=str))
+    return paths

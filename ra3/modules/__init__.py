@@ -1,0 +1,4 @@
+from ra3.modules.mstep import MStepModule
+from ra3.modules.policy import PolicyModule
+
+__all__ = ["PolicyModule", "MStepModule"]

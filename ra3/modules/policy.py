@@ -1,0 +1,225 @@
+"""PolicyModule: a Hugging Face causal LM + tokenizer as a LightningModule, shared by every phase.
+
+Loading, export (``save_pretrained`` so the next phase or a user loads it with plain transformers),
+optimizer/schedule and the packed forward pass live here; the phases (M-step, E-step, RLVR) only
+add their loss.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from ra3.errors import Ra3Error
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else is meant as a local path."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def load_tokenizer(name_or_path: str):
+    """``AutoTokenizer.from_pretrained`` with one-line errors; a missing pad token is set to eos (and said)."""
+    from transformers import AutoTokenizer
+
+    _check_exists(name_or_path, "tokenizer")
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:
+        raise Ra3Error(f"cannot load tokenizer '{name_or_path}': {_first_line(e)}") from None
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            tok.add_special_tokens({"pad_token": "<|pad|>"})
+            rank_zero_warn(f"tokenizer '{name_or_path}' has no pad or eos token: added '<|pad|>' as pad token")
+        else:
+            tok.pad_token = tok.eos_token
+            rank_zero_info(f"tokenizer '{name_or_path}' has no pad token: using its eos token {tok.eos_token!r} as pad")
+    tok.padding_side = "left"  # generation pads on the left; training batches build their own padding
+    return tok
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _check_exists(name_or_path: str, what: str) -> None:
+    expanded = os.path.expanduser(name_or_path)
+    if os.path.isdir(expanded):
+        return
+    if _looks_like_path(name_or_path) or os.path.exists(expanded):
+        raise Ra3Error(f"{what} path '{name_or_path}' is not a directory (did the phase that writes it run?)")
+
+
+def build_config(model_config: dict[str, Any], tokenizer) -> Any:
+    """A transformers config from ``{"model_type": ..., <field>: ...}``; unknown fields are an error."""
+    from transformers import CONFIG_MAPPING
+
+    cfg = dict(model_config)
+    model_type = cfg.pop("model_type", None)
+    if model_type not in CONFIG_MAPPING:
+        raise Ra3Error(f"model_config.model_type must be one of the transformers model types (e.g. 'llama'), got {model_type!r}")
+    config_cls = CONFIG_MAPPING[model_type]
+    known = set(config_cls().to_dict())
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise Ra3Error(f"model_config has keys that {config_cls.__name__} does not define: {', '.join(unknown)}")
+    cfg.setdefault("vocab_size", len(tokenizer))
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        cfg.setdefault(name, getattr(tokenizer, name))
+    return config_cls(**cfg)
+
+
+def packed_attention_mask(doc_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) document ids -> (B, 1, T, T) additive mask: causal and never across documents.
+
+    Padding carries doc id -1 and only sees itself, so no row is fully masked.
+    """
+    T = doc_ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    allowed = (doc_ids[:, :, None] == doc_ids[:, None, :]) & causal
+    return torch.zeros(allowed.shape, dtype=dtype, device=doc_ids.device).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+class PolicyModule(L.LightningModule):
+    """A causal LM policy.
+
+    Args:
+        model: HF hub name or local directory of a causal LM (``from_pretrained``). Leave empty and set
+            ``model_config`` to build a fresh, randomly initialised model instead.
+        tokenizer: hub name or directory of the tokenizer; defaults to ``model``.
+        model_config: fields of a transformers config, with ``model_type`` (e.g. ``llama``), for a model
+            built from scratch; unknown fields are an error.
+        attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2``.
+        learning_rate: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay (not applied to biases and norms).
+        betas: AdamW betas.
+        warmup_steps: linear warm-up steps, then cosine decay to ``min_lr_ratio`` × peak.
+        min_lr_ratio: final learning rate as a fraction of the peak.
+        gradient_checkpointing: recompute activations in the backward pass to save memory.
+        export_dir: where ``save_pretrained`` writes the policy (and tokenizer) when fit ends.
+        init_seed: seed for the random initialisation of a model built from ``model_config``.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        tokenizer: str | None = None,
+        model_config: dict[str, Any] | None = None,
+        attn_implementation: str = "sdpa",
+        learning_rate: float = 3e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.1,
+        gradient_checkpointing: bool = False,
+        export_dir: str | None = None,
+        init_seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if model is None and model_config is None:
+            raise Ra3Error("set either model (hub name or path of a causal LM) or model_config (to build one from scratch)")
+        if model is not None and model_config is not None:
+            raise Ra3Error("set model or model_config, not both")
+        if learning_rate <= 0:
+            raise Ra3Error(f"learning_rate must be > 0, got {learning_rate}")
+        tokenizer_path = tokenizer or model
+        if tokenizer_path is None:
+            raise Ra3Error("a model built from model_config needs a tokenizer path")
+        self.tokenizer = load_tokenizer(tokenizer_path)
+        self.model = self._load_model()
+        if len(self.tokenizer) > self.model.get_input_embeddings().num_embeddings:
+            self.model.resize_token_embeddings(len(self.tokenizer))
+        if gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.config.use_cache = False
+
+    def _load_model(self):
+        from transformers import AutoModelForCausalLM
+
+        hp = self.hparams
+        if hp.model_config is not None:
+            config = build_config(hp.model_config, self.tokenizer)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(hp.init_seed)
+                return AutoModelForCausalLM.from_config(config, attn_implementation=hp.attn_implementation)
+        _check_exists(hp.model, "model")
+        try:
+            return AutoModelForCausalLM.from_pretrained(hp.model, attn_implementation=hp.attn_implementation)
+        except (OSError, ValueError) as e:
+            offline = " (offline: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+            raise Ra3Error(f"cannot load model '{hp.model}'{offline}: {_first_line(e)}") from None
+
+    # ---- forward ---------------------------------------------------------------------------------
+    def hidden_states(self, input_ids: torch.Tensor, position_ids=None, doc_ids=None, attention_mask=None) -> torch.Tensor:
+        """Last hidden states (B, T, H). ``doc_ids`` (B, T) marks packed documents (see ``packed_attention_mask``)."""
+        if doc_ids is not None and self.model.config._attn_implementation != "flash_attention_2":
+            dtype = next(self.model.parameters()).dtype
+            if torch.is_autocast_enabled(input_ids.device.type):
+                dtype = torch.get_autocast_dtype(input_ids.device.type)
+            attention_mask = packed_attention_mask(doc_ids, dtype)
+        decoder = self.model.get_decoder()
+        out = decoder(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM-head logits in fp32 for the given hidden states (any leading shape)."""
+        return self.model.get_output_embeddings()(hidden).float()
+
+    def token_nll(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed next-token NLL over positions whose label is not -100, and their count.
+
+        ``batch``: ``input_ids``/``labels`` (B, T) plus ``position_ids`` and ``doc_ids`` (packed) or
+        ``attention_mask`` (padded). The LM head runs only on the labelled positions.
+        """
+        hidden = self.hidden_states(
+            batch["input_ids"], batch.get("position_ids"), batch.get("doc_ids"), batch.get("attention_mask")
+        )
+        labels = batch["labels"][:, 1:]
+        keep = labels != -100
+        logits = self.logits(hidden[:, :-1][keep])
+        nll = F.cross_entropy(logits, labels[keep], reduction="sum")
+        return nll, keep.sum()
+
+    # ---- optimisation ----------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 else decay).append(p)
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas))
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+
+        def schedule(step: int) -> float:
+            if step < hp.warmup_steps:
+                return (step + 1) / hp.warmup_steps
+            progress = min(1.0, (step - hp.warmup_steps) / max(1, total - hp.warmup_steps))
+            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- export ----------------------------------------------------------------------------------
+    def export(self, directory: str | os.PathLike) -> Path:
+        """``save_pretrained`` of model and tokenizer (rank 0), loadable with plain transformers."""
+        directory = Path(directory)
+        if self._trainer is None or self._trainer.is_global_zero:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.model.save_pretrained(directory)
+            self.tokenizer.save_pretrained(directory)
+        return directory
+
+    def on_fit_end(self) -> None:
+        if self.hparams.export_dir:
+            path = self.export(self.hparams.export_dir)
+            rank_zero_info(f"ra3: exported policy to {path}")
