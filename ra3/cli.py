@@ -14,7 +14,7 @@ from pathlib import Path
 from ra3.errors import Ra3Error
 
 
-def _lightning_cli(args: list[str]) -> None:
+def _lightning_cli(args: list[str] | None) -> None:
     from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
     from ra3.datamodules.code import CodeDataModule
@@ -82,10 +82,24 @@ def main(argv: list[str] | None = None) -> None:
         if args and args[0] in COMMANDS:
             COMMANDS[args[0]](args[1:])
         else:
-            _lightning_cli(args)
-    except Ra3Error as e:
-        print(f"ra3: error: {e}", file=sys.stderr)
+            _lightning_cli(None if argv is None else args)
+    except Exception as e:
+        cause = _ra3_error_in_chain(e)
+        if cause is None:
+            raise
+        print(f"ra3: error: {cause}", file=sys.stderr)
         sys.exit(2)
+
+
+def _ra3_error_in_chain(e: BaseException | None) -> Ra3Error | None:
+    """jsonargparse wraps errors raised while instantiating classes; find ours underneath."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, Ra3Error):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 if __name__ == "__main__":

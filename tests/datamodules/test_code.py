@@ -1,0 +1,104 @@
+import json
+import warnings
+
+import pytest
+import torch
+
+from ra3.datamodules.code import CodeDataModule, TokenCollator, label_mask, pack_best_fit, Example
+from ra3.datamodules.segments import KIND_IDS, encode_segments, program_segments
+from ra3.errors import Ra3Error
+
+
+def _dm(tokenizer, files, **kw):
+    dm = CodeDataModule(train_files=[str(f) for f in files], **kw)
+    dm.hparams.tokenizer_path = None
+    dm.tokenizer = tokenizer
+    dm._resolve_tokenizer = lambda: tokenizer
+    return dm
+
+
+def test_malformed_rows_are_counted_and_reported_once_with_first_row(tmp_path, tokenizer, recwarn):
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join([
+        json.dumps({"text": "def f():\n    return 1"}),
+        "{not json",
+        json.dumps({"prompt": "def g():", "completion": "\n    return 2"}),
+        json.dumps({"code": "x"}),
+        json.dumps([1, 2]),
+    ]) + "\n")
+    dm = _dm(tokenizer, [path])
+    dm.setup("fit")
+    assert len(dm.train_examples) == 2
+    messages = [str(w.message) for w in recwarn if "malformed" in str(w.message)]
+    assert len(messages) == 1
+    assert "skipped 3 malformed row(s)" in messages[0] and "row 2" in messages[0]
+
+
+def test_malformed_row_is_fatal_when_asked(tmp_path, tokenizer):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"text": "x = 1"}) + "\n" + json.dumps({"text": 5}) + "\n")
+    with pytest.raises(Ra3Error, match=r"malformed row 2 in .*'text' must be a non-empty string"):
+        _dm(tokenizer, [path], on_malformed="error").setup("fit")
+
+
+def test_empty_dataset_and_missing_file_are_clear_errors(tmp_path, tokenizer):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(Ra3Error, match="the dataset is empty"):
+        _dm(tokenizer, [empty]).setup("fit")
+    with pytest.raises(Ra3Error, match="does not exist"):
+        _dm(tokenizer, [tmp_path / "nope.jsonl"]).setup("fit")
+
+
+def test_local_datasets_directory_is_read(tmp_path, tokenizer):
+    import datasets
+
+    datasets.Dataset.from_list([{"text": "def f():\n    return 1"}, {"text": "x = 2"}]).save_to_disk(str(tmp_path / "ds"))
+    dm = _dm(tokenizer, [tmp_path / "ds"])
+    dm.setup("fit")
+    assert len(dm.train_examples) == 2
+
+
+def test_each_loss_mode_masks_exactly_the_intended_tokens(tokenizer):
+    prompt, completion = 'def solve(xs):\n    """Doc."""', "\n    # square\n    xs = [x * x for x in xs]\n    return xs"
+    segs = program_segments(prompt=prompt, completion=completion)
+    ids, kinds = encode_segments(tokenizer, segs)
+    n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    n_thought = len(tokenizer("\n    # square", add_special_tokens=False)["input_ids"])
+    n = len(ids)
+    all_mask, code_mask, completion_mask = (label_mask(kinds, m) for m in ("all", "code_only", "completion_only"))
+    assert all_mask == [False] + [True] * (n - 1)  # bos never predicted
+    assert code_mask == [False] + [True] * n_prompt + [False] * n_thought + [True] * (n - 1 - n_prompt - n_thought)
+    assert completion_mask == [False] * (1 + n_prompt) + [True] * (n - 1 - n_prompt)
+    with pytest.raises(Ra3Error, match="loss_mode"):
+        label_mask(kinds, "thoughts")
+
+
+def test_best_fit_packing_respects_capacity_and_uses_every_item():
+    lengths = [5, 9, 3, 7, 2, 8, 1, 10, 4]
+    rows = pack_best_fit(lengths, 10)
+    assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in r) <= 10 for r in rows)
+    assert len(rows) == 5  # 49 tokens: 5 rows is optimal
+
+
+def test_packed_collator_restarts_positions_and_masks_document_starts():
+    a, b = Example([1, 5, 6, 2], [-1, 1, 1, 1]), Example([1, 7, 2], [-1, 1, 1])
+    batch = TokenCollator(pad_id=0, loss_mode="all", max_length=10, packing=True)([[a, b]])
+    assert batch["input_ids"].tolist() == [[1, 5, 6, 2, 1, 7, 2, 0, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2, 0, 0, 0]]
+    assert batch["doc_ids"].tolist() == [[0, 0, 0, 0, 1, 1, 1, -1, -1, -1]]
+    assert batch["labels"].tolist() == [[-100, 5, 6, 2, -100, 7, 2, -100, -100, -100]]
+    assert batch["tokens"] == 7
+    padded = TokenCollator(pad_id=0, loss_mode="all", max_length=10, packing=False)([a, b])
+    assert padded["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+
+
+def test_datamodule_packs_rows_to_max_length(world_dir, tokenizer):
+    dm = _dm(tokenizer, [world_dir / "midtrain.jsonl"], max_length=256, batch_size=4, val_fraction=0.1)
+    dm.setup("fit")
+    assert len(dm.val_examples) == 20 and len(dm.train_examples) == 180
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_ids"].shape == (4, 256)
+    assert (batch["doc_ids"].max(dim=1).values >= 1).all()  # several programs per row
+    assert batch["tokens"] > 0.8 * 4 * 256

@@ -1,0 +1,92 @@
+import json
+import random
+
+from ra3.datamodules.skillworld import SKILLS, SkillWorld, WorldConfig, bigrams, generate_split, Step
+
+
+def _skill_names(row):
+    return [s["name"] for s in row["skills"]]
+
+
+def test_world_has_enough_skills_with_2_to_4_line_blocks():
+    assert len(SKILLS) >= 12
+    rng = random.Random(0)
+    for skill in SKILLS.values():
+        lines = skill.block(*skill.sample(rng))
+        assert 2 <= len(lines) <= 4, skill.name
+
+
+def test_generation_is_deterministic_per_seed():
+    a = generate_split(SkillWorld(WorldConfig(seed=3)), "rl", 30, with_tests=True)
+    b = generate_split(SkillWorld(WorldConfig(seed=3)), "rl", 30, with_tests=True)
+    c = generate_split(SkillWorld(WorldConfig(seed=4)), "rl", 30, with_tests=True)
+    assert a == b
+    assert a != c
+
+
+def test_every_expert_solution_passes_its_own_tests(world_dir):
+    for split in ("rl", "eval"):
+        for line in open(world_dir / f"{split}.jsonl"):
+            row = json.loads(line)
+            namespace = {}
+            exec(row["text"], namespace)
+            for test in row["tests"]:
+                exec(test, namespace)
+            for case in row["test_cases"]:
+                assert namespace["solve"](list(case["input"])) == case["expected"]
+
+
+def test_a_wrong_solution_fails_its_tests(world_dir):
+    row = json.loads(open(world_dir / "rl.jsonl").readline())
+    namespace = {}
+    exec(row["text"].replace("return xs", "return xs + [99]"), namespace)
+    failures = 0
+    for test in row["tests"]:
+        try:
+            exec(test, namespace)
+        except AssertionError:
+            failures += 1
+    assert failures == len(row["tests"])
+
+
+def test_heldout_combinations_never_occur_in_training_corpora(world_dir):
+    meta = json.loads((world_dir / "world.json").read_text())
+    heldout = {tuple(p) for p in meta["heldout_bigrams"]}
+    assert heldout
+    for split in ("pretrain", "midtrain", "rl"):
+        for line in open(world_dir / f"{split}.jsonl"):
+            names = _skill_names(json.loads(line))
+            assert not set(zip(names, names[1:])) & heldout, split
+    eval_rows = [json.loads(line) for line in open(world_dir / "eval.jsonl")]
+    for row in eval_rows:
+        names = _skill_names(row)
+        assert set(zip(names, names[1:])) & heldout
+    cfg = WorldConfig()
+    assert max(len(r["skills"]) for r in eval_rows) == cfg.max_chain + 1
+
+
+def test_both_docstring_styles_and_macro_docstrings_hide_the_steps(world_dir):
+    rows = [json.loads(line) for line in open(world_dir / "midtrain.jsonl")]
+    styles = {r["style"] for r in rows}
+    assert styles == {"steps", "macro"}
+    macro_only = [r for r in rows if r["style"] == "macro" and all(r["macros"])]
+    assert macro_only
+    for r in macro_only:
+        doc = r["prompt"]
+        assert not any(s["description"] in doc.lower() for s in r["skills"])
+
+
+def test_boundaries_point_at_block_starts_and_comments(world_dir):
+    rows = [json.loads(line) for line in open(world_dir / "pretrain.jsonl")]
+    commented = [r for r in rows if "    # " in r["text"]]
+    plain = [r for r in rows if "    # " not in r["text"]]
+    assert 0.1 < len(commented) / len(rows) < 0.3  # default comment_fraction 0.2
+    for r in commented[:50]:
+        lines = r["text"].split("\n")
+        for b, skill in zip(r["boundaries"], r["skills"]):
+            assert lines[b] == f"    # {skill['description']}"
+    for r in plain[:50]:
+        lines = r["text"].split("\n")
+        for b, skill in zip(r["boundaries"], r["skills"]):
+            step = Step(skill["name"], tuple(skill["params"]))
+            assert lines[b] == "    " + step.lines()[0]

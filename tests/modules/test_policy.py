@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from ra3.errors import Ra3Error
+from ra3.modules import MStepModule, PolicyModule
+from ra3.modules.policy import load_tokenizer
+
+from conftest import TINY_LLAMA
+
+
+def test_packed_forward_never_attends_across_documents(world_dir):
+    module = MStepModule(tokenizer=str(world_dir / "tokenizer"), model_config=TINY_LLAMA).eval()
+    torch.manual_seed(0)
+    a, b = torch.randint(3, 300, (1, 11)), torch.randint(3, 300, (1, 6))
+    packed = torch.cat([a, b, torch.zeros(1, 3, dtype=torch.long)], 1)
+    position_ids = torch.tensor([list(range(11)) + list(range(6)) + [0, 0, 0]])
+    doc_ids = torch.tensor([[0] * 11 + [1] * 6 + [-1] * 3])
+    with torch.no_grad():
+        h_packed = module.hidden_states(packed, position_ids=position_ids, doc_ids=doc_ids)
+        la, lb = module.logits(module.hidden_states(a)), module.logits(module.hidden_states(b))
+        lp = module.logits(h_packed)
+    torch.testing.assert_close(lp[:, :11], la, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lp[:, 11:17], lb, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # one shared doc id lets the second document see the first: the mask is what separates them
+        leaky = module.logits(module.hidden_states(packed, position_ids=position_ids, doc_ids=torch.zeros_like(doc_ids)))
+    assert (leaky[:, 11:17] - lb).abs().max() > 1e-3
+
+
+def test_packed_and_padded_batches_give_the_same_loss(world_dir, tokenizer):
+    from ra3.datamodules.code import Example, TokenCollator
+    from ra3.datamodules.segments import encode_segments, program_segments
+
+    import json
+    rows = [json.loads(l) for l in open(world_dir / "midtrain.jsonl")][:6]
+    examples = [Example(*encode_segments(tokenizer, program_segments(text=r["text"]))) for r in rows]
+    module = MStepModule(tokenizer=str(world_dir / "tokenizer"), model_config=TINY_LLAMA).eval()
+    packed = TokenCollator(tokenizer.pad_token_id, "all", 1024, packing=True)([examples])
+    padded = TokenCollator(tokenizer.pad_token_id, "all", 1024, packing=False)(examples)
+    with torch.no_grad():
+        nll_p, n_p = module.token_nll(packed)
+        nll_d, n_d = module.token_nll(padded)
+    assert n_p == n_d
+    torch.testing.assert_close(nll_p, nll_d, rtol=1e-5, atol=1e-4)
+
+
+def test_unknown_model_path_is_a_one_line_error(world_dir):
+    with pytest.raises(Ra3Error, match=r"model path './no/such/model' is not a directory") as e:
+        PolicyModule(model="./no/such/model", tokenizer=str(world_dir / "tokenizer"))
+    assert "\n" not in str(e.value)
+    with pytest.raises(Ra3Error, match=r"cannot load (model|tokenizer) 'nobody-ra3/no-such-model'") as e:
+        PolicyModule(model="nobody-ra3/no-such-model")
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_model_config_key_is_a_one_line_error(world_dir):
+    with pytest.raises(Ra3Error, match="LlamaConfig does not define: hidden_sise"):
+        PolicyModule(tokenizer=str(world_dir / "tokenizer"), model_config={"model_type": "llama", "hidden_sise": 8})
+    with pytest.raises(Ra3Error, match="model_type"):
+        PolicyModule(tokenizer=str(world_dir / "tokenizer"), model_config={"hidden_size": 8})
+
+
+def test_tokenizer_without_pad_token_gets_eos_as_pad(world_dir, tmp_path, caplog):
+    tok = load_tokenizer(str(world_dir / "tokenizer"))
+    tok.pad_token = None
+    tok.save_pretrained(tmp_path / "nopad")
+    import logging
+    with caplog.at_level(logging.INFO):
+        fixed = load_tokenizer(str(tmp_path / "nopad"))
+    assert fixed.pad_token == fixed.eos_token
+    assert "has no pad token" in caplog.text
+
+
+def test_export_is_loadable_with_plain_transformers(world_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    module = PolicyModule(tokenizer=str(world_dir / "tokenizer"), model_config=TINY_LLAMA)
+    module.export(tmp_path / "export")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "export")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "export")
+    ids = tok("def solve(xs):", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, module.model(ids).logits)
