@@ -1,0 +1,206 @@
+"""In-sandbox runner: ``python3 -I -S harness.py <result_fd>`` in the job's temporary directory.
+
+Trusted code that runs *before* the untrusted program, in the same process: it reads ``job.json``
+(and deletes it, so the program cannot read the nonce from disk), sets resource limits, closes stdin,
+then executes the program and each test, reporting one JSON line per event on ``result_fd`` — a pipe
+the host created, separate from the program's stdout/stderr. Every record carries the job's nonce;
+the host ignores records without it. ``call``/``stdio`` tests report the *output* only; the host,
+not this process, compares it with the expected value. Standalone: imports nothing from ra3.
+"""
+
+import io
+import json
+import math
+import os
+import resource
+import signal
+import sys
+import time
+
+
+class _TestTimeout(BaseException):
+    pass
+
+
+def encode(value, depth=0):
+    """Tagged JSON for Python values (tuples, sets, complex, non-finite floats survive the trip)."""
+    if depth > 100:
+        return {"t": "repr", "v": "<too deep>"}
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) < 2**53 else {"t": "int", "v": str(value)}
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"t": "float", "v": repr(value)}
+    if isinstance(value, complex):
+        return {"t": "complex", "v": [encode(value.real), encode(value.imag)]}
+    if isinstance(value, list):
+        return [encode(v, depth + 1) for v in value]
+    if isinstance(value, tuple):
+        return {"t": "tuple", "v": [encode(v, depth + 1) for v in value]}
+    if isinstance(value, (set, frozenset)):
+        try:
+            items = sorted(value, key=repr)
+        except Exception:
+            items = list(value)
+        return {"t": "frozenset" if isinstance(value, frozenset) else "set", "v": [encode(v, depth + 1) for v in items]}
+    if isinstance(value, dict):
+        return {"t": "dict", "v": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in value.items()]}
+    if isinstance(value, bytes):
+        return {"t": "bytes", "v": value.hex()}
+    try:
+        return {"t": "repr", "v": repr(value)[:10000]}
+    except BaseException:
+        return {"t": "repr", "v": "<unrepresentable>"}
+
+
+def decode(value):
+    if isinstance(value, list):
+        return [decode(v) for v in value]
+    if isinstance(value, dict):
+        t, v = value.get("t"), value.get("v")
+        if t == "tuple":
+            return tuple(decode(x) for x in v)
+        if t == "set":
+            return {decode(x) for x in v}
+        if t == "frozenset":
+            return frozenset(decode(x) for x in v)
+        if t == "dict":
+            return {decode(k): decode(x) for k, x in v}
+        if t == "int":
+            return int(v)
+        if t == "float":
+            return float(v)
+        if t == "complex":
+            return complex(decode(v[0]), decode(v[1]))
+        if t == "bytes":
+            return bytes.fromhex(v)
+        return _Opaque(v)
+    return value
+
+
+class _Opaque:
+    """A value that had no faithful encoding; equal only to an identical repr."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def __eq__(self, other):
+        return isinstance(other, _Opaque) and other.text == self.text
+
+    def __hash__(self):
+        return hash(self.text)
+
+    def __repr__(self):
+        return self.text
+
+
+def main():
+    result_fd = int(sys.argv[1])
+    with open("job.json") as f:
+        job = json.load(f)
+    os.remove("job.json")
+    nonce = job.pop("nonce")
+    out = os.fdopen(result_fd, "w", buffering=1)
+
+    def report(**record):
+        record["nonce"] = nonce
+        try:
+            out.write(json.dumps(record) + "\n")
+        except (TypeError, ValueError):
+            record["output"] = {"t": "repr", "v": "<unencodable>"}
+            out.write(json.dumps(record) + "\n")
+
+    limits = job["limits"]
+    mem = limits["memory_mb"] * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["fsize"], limits["fsize"]))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu"], limits["cpu"] + 1))
+    if limits.get("nproc") is not None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (limits["nproc"], limits["nproc"]))
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+
+    def on_alarm(signum, frame):
+        raise _TestTimeout()
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    program, tests, timeouts = job["program"], job["tests"], job["timeouts"]
+    try:
+        code = compile(program, "<program>", "exec")
+    except (SyntaxError, ValueError, MemoryError) as e:
+        report(event="syntax_error", detail=f"{type(e).__name__}: {e}")
+        return
+    report(event="compiled")
+
+    namespace = {"__name__": "__program__"}
+    has_stdio = any(t["kind"] == "stdio" for t in tests)
+    if not has_stdio:  # stdio programs run once per test instead
+        try:
+            signal.setitimer(signal.ITIMER_REAL, max(timeouts) if timeouts else 3.0)
+            exec(code, namespace)
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        except _TestTimeout:
+            report(event="program", status="timeout", detail="timed out while defining the program")
+            return
+        except MemoryError:
+            report(event="program", status="memory", detail="MemoryError while defining the program")
+            return
+        except BaseException as e:  # SystemExit included: exiting early is not passing
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            report(event="program", status="error", detail=f"{type(e).__name__}: {e}"[:500])
+            return
+    entry = namespace.get(job.get("entry_point") or "", None)
+
+    for i, test in enumerate(tests):
+        record = {"event": "test", "i": i}
+        start = time.perf_counter()
+        captured = None
+        try:
+            signal.setitimer(signal.ITIMER_REAL, timeouts[i])
+            if test["kind"] == "assert":
+                exec(test["code"], namespace)
+            elif test["kind"] == "call":
+                if not callable(entry):
+                    raise NameError(f"entry point {job.get('entry_point')!r} is not defined")
+                record["output"] = encode(entry(*decode(test["args"])))
+            elif test["kind"] == "stdio":
+                captured = io.StringIO()
+                sys.stdin, sys.stdout = io.StringIO(test["stdin"]), captured
+                exec(code, {"__name__": "__main__"})
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            record["status"] = "passed"
+        except _TestTimeout:
+            record["status"] = "timeout"
+        except AssertionError as e:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            record.update(status="failed", detail=f"AssertionError: {e}"[:500])
+        except MemoryError:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            record.update(status="memory", detail="MemoryError")
+        except SystemExit as e:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            if test["kind"] == "stdio" and e.code in (None, 0):
+                record["status"] = "passed"  # a stdin/stdout program may end with exit()
+            else:
+                record.update(status="error", detail=f"SystemExit({e.code!r}) during a test")
+        except BaseException as e:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            record.update(status="error", detail=f"{type(e).__name__}: {e}"[:500])
+        finally:
+            if captured is not None:
+                sys.stdin, sys.stdout = sys.__stdin__, sys.__stdout__
+        if captured is not None and record["status"] == "passed":
+            record["output"] = captured.getvalue()[: 1 << 20]
+        record["time"] = time.perf_counter() - start
+        report(**record)
+        if record["status"] == "timeout" or (job.get("stop_on_failure") and record["status"] != "passed"):
+            break
+    report(event="done")
+
+
+if __name__ == "__main__":
+    main()
+    sys.stdout.flush()
+    os._exit(0)  # do not run the program's atexit handlers or finalizers after the verdict

@@ -1,0 +1,327 @@
+"""Run untrusted programs in isolated subprocesses, one job (program + tests) per process.
+
+Backends sit behind :class:`Sandbox` (``run(job) -> ExecutionResult``) so a remote executor can be
+plugged in. :class:`LocalSandbox` isolates with, when available:
+
+- **bubblewrap** (``bwrap`` on PATH): read-only root, private ``/tmp``, no network, own PID namespace
+  (everything the program started dies with it), new session;
+- **a dropped uid** (when running as root, via ``setpriv``): one uid per pool slot, so
+  ``RLIMIT_NPROC`` really binds (it does not bind root) and every leftover process of that uid is killed;
+- rlimits (address space, CPU, file size, process count, no core files), its own process group killed
+  as a whole on timeout, a fresh temporary directory deleted afterwards, a stripped environment and
+  closed stdin; stdout/stderr are captured up to a size cap.
+
+Without bwrap it falls back to rlimits + own session (+ ``unshare -n`` where permitted) and warns
+once, naming the protections that are missing (also in every result's ``missing_protections``).
+This is process isolation on a shared kernel, not a virtual machine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import secrets
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterable, Protocol
+
+from ra3.execution.compare import outputs_match, stdout_matches
+from ra3.execution.harness import decode
+from ra3.execution.types import ExecutionResult, Job, Status
+
+log = logging.getLogger(__name__)
+HARNESS = Path(__file__).with_name("harness.py")
+UID_BASE = 61000
+_warned: set[str] = set()
+
+
+class Sandbox(Protocol):
+    name: str
+
+    def run(self, job: Job, slot: int = 0) -> ExecutionResult: ...
+
+
+def _can_unshare_net() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    return subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
+
+
+class LocalSandbox:
+    """Subprocess sandbox on this machine.
+
+    Args:
+        isolation: ``auto`` (bwrap when on PATH, else the fallback), ``bwrap`` (required) or ``none``
+            (fallback only).
+        python: interpreter for the programs; default ``/usr/bin/python3`` when the uid is dropped
+            (it must be readable by that uid), else this interpreter.
+        max_output_bytes: cap on captured stdout and on stderr each.
+        nproc: process limit for the program's uid (only binds a dropped uid).
+        fsize_mb: largest file the program may write.
+    """
+
+    def __init__(self, isolation: str = "auto", python: str | None = None, max_output_bytes: int = 1 << 16,
+                 nproc: int = 16, fsize_mb: int = 64):
+        if isolation not in ("auto", "bwrap", "none"):
+            raise ValueError(f"isolation must be auto, bwrap or none, got {isolation!r}")
+        bwrap = shutil.which("bwrap")
+        if isolation == "bwrap" and not bwrap:
+            raise RuntimeError("isolation='bwrap' but bwrap is not on PATH (Debian/Ubuntu: apt-get install bubblewrap)")
+        self.bwrap = bwrap if isolation != "none" else None
+        self.drop_uid = os.geteuid() == 0 and shutil.which("setpriv") is not None
+        self.python = python or ("/usr/bin/python3" if self.drop_uid and os.path.exists("/usr/bin/python3") else sys.executable)
+        self.max_output_bytes, self.nproc, self.fsize = max_output_bytes, nproc, fsize_mb << 20
+        self.unshare_net = self.bwrap is None and os.geteuid() == 0 and _can_unshare_net()
+        missing = []
+        if not self.bwrap:
+            missing += ["read-only filesystem", "pid namespace"]
+            if not self.unshare_net:
+                missing.append("network isolation")
+        if not self.drop_uid:
+            missing += ["separate uid (the program can signal this user's processes)", "process-count limit"]
+        self.missing_protections = tuple(missing)
+        self.name = "bwrap" if self.bwrap else "local"
+        if missing and self.name not in _warned:
+            _warned.add(self.name)
+            log.warning("ra3 sandbox (%s backend) lacks: %s", self.name, ", ".join(missing))
+
+    # ---- command line ----------------------------------------------------------------------------
+    def _argv(self, workdir: Path, uid: int | None, result_fd: int) -> list[str]:
+        inner = [self.python, "-I", "-S", "harness.py", str(result_fd)]
+        if uid is not None:
+            inner = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *inner]
+        if self.bwrap:
+            return [self.bwrap, "--ro-bind", "/", "/", "--perms", "1777", "--tmpfs", "/tmp", "--dev", "/dev",
+                    "--proc", "/proc", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+                    "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--bind", str(workdir), "/tmp/job",
+                    "--chdir", "/tmp/job", *inner]
+        return (["unshare", "-n"] if self.unshare_net else []) + inner
+
+    def _env(self, workdir: str, token: str) -> dict[str, str]:
+        return {"PATH": "/usr/bin:/bin", "HOME": workdir, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
+                "OMP_NUM_THREADS": "1", "RA3_SANDBOX_TOKEN": token}
+
+    # ---- run -------------------------------------------------------------------------------------
+    def run(self, job: Job, slot: int = 0) -> ExecutionResult:
+        start = time.perf_counter()
+        try:
+            return self._run(job, slot, start)
+        except Exception as e:  # our fault, never the program's
+            log.exception("sandbox error on job %s", job.job_id)
+            return ExecutionResult(Status.SANDBOX_ERROR, [None] * len(job.tests), detail=f"{type(e).__name__}: {e}",
+                                   duration=time.perf_counter() - start, backend=self.name,
+                                   missing_protections=self.missing_protections, job_id=job.job_id)
+
+    def _run(self, job: Job, slot: int, start: float) -> ExecutionResult:
+        uid = UID_BASE + slot if self.drop_uid else None
+        nonce = secrets.token_hex(16)
+        wall = job.wall_timeout()
+        payload = {
+            "program": job.program, "entry_point": job.entry_point, "nonce": nonce, "timeouts": job.test_timeouts(),
+            "stop_on_failure": job.stop_on_failure,
+            "tests": [{"kind": t.kind, "code": t.code, "args": _encode(t.args), "stdin": t.stdin} for t in job.tests],
+            "limits": {"memory_mb": job.memory_mb, "fsize": self.fsize, "cpu": math.ceil(wall) + 1,
+                       "nproc": self.nproc if uid is not None else None},
+        }
+        workdir = Path(tempfile.mkdtemp(prefix="ra3-job-"))
+        try:
+            shutil.copyfile(HARNESS, workdir / "harness.py")
+            (workdir / "job.json").write_text(json.dumps(payload))
+            if uid is not None:
+                os.chown(workdir, uid, uid)
+                for f in workdir.iterdir():
+                    os.chown(f, uid, uid)
+            r, w = os.pipe()
+            env = self._env("/tmp/job" if self.bwrap else str(workdir), nonce)
+            proc = subprocess.Popen(self._argv(workdir, uid, w), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, pass_fds=(w,), start_new_session=True, env=env, cwd=workdir)
+            os.close(w)
+            streams, timed_out = self._collect(proc, r, start + wall)
+            self._kill_all(proc, uid, nonce)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        records = _parse_records(streams["result"], nonce)
+        return self._verdict(job, records, proc.returncode, timed_out, streams, time.perf_counter() - start)
+
+    def _collect(self, proc: subprocess.Popen, result_r: int, deadline: float) -> tuple[dict[str, bytes], bool]:
+        caps = {"stdout": self.max_output_bytes, "stderr": self.max_output_bytes, "result": 64 << 20}
+        bufs = {k: bytearray() for k in caps}
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
+        sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+        result_file = os.fdopen(result_r, "rb", buffering=0)
+        sel.register(result_file, selectors.EVENT_READ, "result")
+        timed_out, exited_at = False, None
+        try:
+            while sel.get_map():
+                now = time.perf_counter()
+                if now >= deadline:
+                    timed_out = True
+                    break
+                if exited_at is None and proc.poll() is not None:
+                    exited_at = now
+                if exited_at is not None and now - exited_at > 0.2:
+                    break  # a leftover process holds the pipes open; it is killed below
+                for key, _ in sel.select(timeout=min(deadline - now, 0.05 if exited_at else 0.25)):
+                    data = os.read(key.fileobj.fileno(), 1 << 16)
+                    if not data:
+                        sel.unregister(key.fileobj)
+                        continue
+                    buf = bufs[key.data]
+                    if len(buf) < caps[key.data]:
+                        buf += data[: caps[key.data] - len(buf)]
+        finally:
+            sel.close()
+            result_file.close()
+        return {k: bytes(v) for k, v in bufs.items()}, timed_out
+
+    def _kill_all(self, proc: subprocess.Popen, uid: int | None, token: str) -> None:
+        """Kill the process group, then every process left by the program (by uid, or by env token)."""
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for stream in (proc.stdout, proc.stderr):
+            stream.close()
+        proc.wait()
+        if self.bwrap and uid is None:
+            return  # the PID namespace died with bwrap
+        import psutil
+
+        for p in psutil.process_iter(["uids"]):
+            try:
+                if uid is not None:
+                    mine = p.info["uids"] is not None and p.info["uids"].real == uid
+                else:
+                    mine = p.environ().get("RA3_SANDBOX_TOKEN") == token
+                if mine:
+                    p.kill()
+            except (psutil.Error, OSError):
+                pass
+
+    def _verdict(self, job: Job, records: list[dict], returncode: int, timed_out: bool, streams: dict, duration: float) -> ExecutionResult:
+        n = len(job.tests)
+        statuses: list[Status | None] = [None] * n
+        outputs: list = [None] * n
+        times: list[float | None] = [None] * n
+        events = {r.get("event") for r in records}
+        detail = ""
+        status: Status | None = None
+        if not events:  # no user code ran: the harness did not start in time, or could not start at all
+            if timed_out:
+                status, detail = Status.TIMEOUT, "time limit reached before the program started"
+            else:
+                status = Status.SANDBOX_ERROR
+                detail = f"the harness never reported (exit {returncode}): " + streams["stderr"].decode(errors="replace").strip()[-300:]
+        for r in records:
+            if r.get("event") == "syntax_error":
+                status, detail = Status.SYNTAX_ERROR, r.get("detail", "")
+            elif r.get("event") == "program":
+                status, detail = Status(r["status"]), r.get("detail", "")
+            elif r.get("event") == "test" and isinstance(r.get("i"), int) and 0 <= r["i"] < n:
+                i, test = r["i"], job.tests[r["i"]]
+                s = Status(r["status"])
+                times[i] = r.get("time")
+                if s == Status.PASSED and test.kind in ("call", "stdio"):
+                    outputs[i] = decode(r.get("output")) if test.kind == "call" else r.get("output", "")
+                    if test.has_expected:
+                        ok = (stdout_matches(outputs[i], test.expected, job.atol or 1e-6) if test.kind == "stdio"
+                              else outputs_match(outputs[i], test.expected, job.atol, job.compare, job.entry_point or "", test.args))
+                        s = Status.PASSED if ok else Status.FAILED
+                statuses[i] = s
+                if s != Status.PASSED and not detail:
+                    detail = f"test {i}: {r.get('detail', s.value)}"
+        if status is None:
+            first_bad = next((s for s in statuses if s is not None and s != Status.PASSED), None)
+            if first_bad is not None:
+                status = first_bad
+            elif "done" in events and all(s == Status.PASSED for s in statuses):
+                status = Status.PASSED
+            elif timed_out or returncode == -signal.SIGXCPU:
+                status, detail = Status.TIMEOUT, "time limit"
+            elif returncode == -signal.SIGXFSZ:
+                status, detail = Status.KILLED, "file size limit"
+            elif returncode is not None and returncode < 0:
+                status, detail = Status.KILLED, f"signal {-returncode}"
+            else:
+                status, detail = Status.ERROR, f"the program exited (code {returncode}) before its tests finished"
+        return ExecutionResult(status, statuses, outputs, times, detail[:500],
+                               streams["stdout"].decode(errors="replace"), streams["stderr"].decode(errors="replace"),
+                               duration, self.name, self.missing_protections, job.job_id)
+
+
+def _encode(value):
+    from ra3.execution.harness import encode
+
+    return encode(value)
+
+
+def _parse_records(data: bytes, nonce: str) -> list[dict]:
+    records = []
+    for line in data.decode(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("nonce") == nonce:
+            records.append(record)
+    return records
+
+
+class SandboxPool:
+    """Runs jobs on ``workers`` threads, each driving one sandboxed process at a time (one uid per slot).
+
+    ``run_many(jobs)`` returns results in input order; a crashing or hostile job never stops the pool.
+    """
+
+    def __init__(self, sandbox: Sandbox | None = None, workers: int | None = None):
+        self.sandbox = sandbox or LocalSandbox()
+        self.workers = workers or os.cpu_count() or 1
+        self._slots: queue.Queue[int] = queue.Queue()
+        for i in range(self.workers):
+            self._slots.put(i)
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="ra3-sandbox")
+
+    def _run(self, job: Job) -> ExecutionResult:
+        slot = self._slots.get()
+        try:
+            return self.sandbox.run(job, slot)
+        finally:
+            self._slots.put(slot)
+
+    def submit(self, job: Job) -> Future:
+        return self._executor.submit(self._run, job)
+
+    def run_many(self, jobs: Iterable[Job], on_result: Callable[[int, ExecutionResult], None] | None = None) -> list[ExecutionResult]:
+        futures = [self.submit(job) for job in jobs]
+        results = []
+        for i, f in enumerate(futures):
+            results.append(f.result())
+            if on_result is not None:
+                on_result(i, results[-1])
+        return results
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> "SandboxPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def run_many(jobs: Iterable[Job], workers: int | None = None, sandbox: Sandbox | None = None) -> list[ExecutionResult]:
+    """Run ``jobs`` on a temporary :class:`SandboxPool`."""
+    with SandboxPool(sandbox, workers) as pool:
+        return pool.run_many(jobs)

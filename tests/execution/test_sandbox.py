@@ -1,0 +1,215 @@
+"""Hostile programs against the real subprocess sandbox, on every available backend."""
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ra3.execution import Job, LocalSandbox, SandboxPool, Status, TestCase
+
+BACKENDS = [
+    pytest.param("bwrap", marks=pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap not installed")),
+    "none",
+]
+PROBE_DIR = Path(__file__).resolve().parent  # outside /tmp: a write here would touch the host
+
+
+def job(program, tests=("assert True",), timeout=2.0, **kw):
+    return Job(program, [TestCase("assert", code=t) for t in tests], timeout=timeout, **kw)
+
+
+@pytest.fixture(params=BACKENDS, scope="module")
+def pool(request):
+    with SandboxPool(LocalSandbox(isolation=request.param), workers=2) as p:
+        yield p
+
+
+def _no_process_with_arg(arg: str) -> bool:
+    for p in psutil.process_iter(["cmdline"]):
+        if arg in (p.info["cmdline"] or []):
+            return False
+    return True
+
+
+def run_one(pool, j):
+    result = pool.run_many([j])[0]
+    healthy = pool.run_many([job("def f(): return 1", ["assert f() == 1"])])[0]
+    assert healthy.status == Status.PASSED, "the pool must keep serving after a hostile job"
+    return result
+
+
+def test_correct_program_passes_and_wrong_program_fails(pool):
+    ok, wrong = pool.run_many([
+        Job("def f(x):\n    return x + 1", [TestCase("assert", code="assert f(1) == 2"), TestCase("call", args=[3], expected=4)], entry_point="f"),
+        Job("def f(x):\n    return x", [TestCase("call", args=[3], expected=4)], entry_point="f"),
+    ])
+    assert ok.status == Status.PASSED and ok.test_statuses == [Status.PASSED, Status.PASSED] and ok.outputs[1] == 4
+    assert wrong.status == Status.FAILED and wrong.outputs == [3]
+
+
+def test_infinite_loop_times_out(pool):
+    t = time.perf_counter()
+    r = run_one(pool, job("def f():\n    while True: pass", ["f()"], timeout=1.0))
+    assert r.status == Status.TIMEOUT and time.perf_counter() - t < 6
+
+
+def test_ignoring_sigalrm_does_not_escape_the_wall_clock(pool):
+    t = time.perf_counter()
+    r = run_one(pool, job("import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True: pass", timeout=1.0))
+    assert r.status == Status.TIMEOUT and time.perf_counter() - t < 6
+
+
+def test_fork_bomb_is_contained(pool):
+    r = run_one(pool, job("import os\nwhile True:\n    os.fork()", timeout=2.0))
+    assert r.status in (Status.ERROR, Status.TIMEOUT, Status.KILLED)
+    time.sleep(0.2)
+    assert not [p for p in psutil.process_iter(["cmdline"]) if "harness.py" in " ".join(p.info["cmdline"] or [])]
+
+
+def test_allocating_10_gib_is_a_memory_error(pool):
+    r = run_one(pool, job("x = bytearray(10 * 1024 ** 3)"))
+    assert r.status == Status.MEMORY
+
+
+def test_printing_100_mb_is_capped(pool):
+    r = run_one(pool, job("import sys\nsys.stdout.write('x' * 100_000_000)\ndef f(): return 2", ["assert f() == 2"]))
+    assert r.status == Status.PASSED
+    assert len(r.stdout) == pool.sandbox.max_output_bytes
+
+
+def test_files_outside_the_temp_dir_are_untouched(pool, tmp_path):
+    victim = PROBE_DIR / f".victim-{os.getpid()}"
+    victim.write_text("keep me")
+    created = PROBE_DIR / f".created-{os.getpid()}"
+    try:
+        r = run_one(pool, job(f"import os\nopen({str(created)!r}, 'w').write('x')\nos.remove({str(victim)!r})"))
+        assert r.status == Status.ERROR
+        assert victim.read_text() == "keep me" and not created.exists()
+        inside = run_one(pool, job("open('scratch.txt', 'w').write('ok')\nimport os\nos.remove('scratch.txt')"))
+        assert inside.status == Status.PASSED  # its own temp dir is writable
+    finally:
+        victim.unlink(missing_ok=True)
+        created.unlink(missing_ok=True)
+
+
+def test_no_network_even_to_a_local_listener(pool):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    accepted = []
+
+    def accept():
+        try:
+            accepted.append(server.accept())
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    program = f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\ns.sendall(b'hi')"
+    r = run_one(pool, job(program))
+    thread.join()
+    server.close()
+    if "network isolation" in pool.sandbox.missing_protections:
+        pytest.skip("this backend has no network isolation here (and says so)")
+    assert r.status == Status.ERROR and not accepted
+
+
+def test_environment_secrets_are_not_visible(pool, monkeypatch):
+    monkeypatch.setenv("RA3_TEST_SECRET", "s3cr3t-value")
+    program = (
+        "import os, glob\n"
+        "found = os.environ.get('RA3_TEST_SECRET') == 's3cr3t-value'\n"
+        "for path in glob.glob('/proc/*/environ'):\n"
+        "    try:\n"
+        "        found = found or b's3cr3t-value' in open(path, 'rb').read()\n"
+        "    except OSError:\n"
+        "        pass\n"
+    )
+    r = run_one(pool, job(program, ["assert found"]))
+    assert r.status == Status.FAILED
+    assert os.environ["RA3_TEST_SECRET"] == "s3cr3t-value"
+
+
+def test_killing_the_parent_does_not_reach_the_host(pool):
+    r = run_one(pool, job("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", ["assert True"]))
+    if pool.sandbox.name != "bwrap":  # in bwrap's PID namespace the 'parent' is the sandbox's own init
+        assert r.status == Status.ERROR  # a different uid may not signal the host
+    assert psutil.Process(os.getpid()).is_running()
+
+
+def test_a_setsid_child_is_killed(pool):
+    marker = f"{300 + os.getpid() % 97}.25"
+    program = (
+        "import os\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        f"    os.execv('/bin/sleep', ['sleep', {marker!r}])\n"
+        "import time\ntime.sleep(0.2)\n"
+    )
+    r = run_one(pool, job(program))
+    assert r.status == Status.PASSED
+    time.sleep(0.3)
+    assert _no_process_with_arg(marker)
+
+
+def test_subclasses_escape_gains_nothing(pool):
+    target = PROBE_DIR / f".pwned-{os.getpid()}"
+    program = (
+        "wc = [c for c in ().__class__.__bases__[0].__subclasses__() if c.__name__ == '_wrap_close'][0]\n"
+        "system = wc.__init__.__globals__['system']\n"
+        f"rc = system('touch {target}')\n"
+    )
+    r = run_one(pool, job(program, ["assert rc == 0"]))
+    assert r.status == Status.FAILED and not target.exists()
+
+
+def test_syntax_error(pool):
+    assert run_one(pool, job("def f(:\n  pass")).status == Status.SYNTAX_ERROR
+
+
+def test_exit_before_the_asserts_is_not_a_pass(pool):
+    for program in ("exit(0)", "import sys\nsys.exit(0)", "import os\nos._exit(0)"):
+        r = run_one(pool, job(program + "\ndef f(): return 1", ["assert f() == 2"]))
+        assert r.status == Status.ERROR, program
+
+
+def test_printing_a_fake_pass_marker_is_not_a_pass(pool):
+    program = "print('ALL TESTS PASSED')\nprint('{\"event\": \"done\"}')\ndef f(): return 0"
+    r = run_one(pool, job(program, ["assert f() == 1"]))
+    assert r.status == Status.FAILED
+
+
+def test_forged_result_records_without_the_nonce_are_ignored(pool):
+    program = (
+        "import os, json\n"
+        "for fd in range(3, 20):\n"
+        "    try:\n"
+        "        os.write(fd, (json.dumps({'event': 'done'}) + '\\n').encode())\n"
+        "        os.write(fd, (json.dumps({'event': 'test', 'i': 0, 'status': 'passed'}) + '\\n').encode())\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "os._exit(0)\n"
+    )
+    assert run_one(pool, job(program, ["assert False"])).status == Status.ERROR
+
+
+def test_stdio_tests_compare_printed_output_outside(pool):
+    program = "a, b = map(int, input().split())\nprint(a + b)"
+    j = Job(program, [TestCase("stdio", stdin="1 2\n", expected="3\n"), TestCase("stdio", stdin="2 2\n", expected="5")])
+    r = pool.run_many([j])[0]
+    assert r.test_statuses == [Status.PASSED, Status.FAILED] and r.status == Status.FAILED
+
+
+def test_no_temp_dirs_are_left_behind(pool):
+    import tempfile
+    before = set(Path(tempfile.gettempdir()).glob("ra3-job-*"))
+    pool.run_many([job("x = 1") for _ in range(4)])
+    assert set(Path(tempfile.gettempdir()).glob("ra3-job-*")) <= before
