@@ -23,3 +23,44 @@ class TokenPerplexity(Metric):
 
     def compute(self) -> torch.Tensor:
         return torch.exp(self.nll / self.count.clamp(min=1)).float()
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples with ``c`` correct: ``1 - C(n-c, k) / C(n, k)``, in the stable
+    product form ``1 - prod_{i=n-c+1..n} (1 - k / i)``; 1.0 when ``n - c < k``."""
+    if not 0 <= c <= n:
+        raise ValueError(f"need 0 <= c <= n, got n={n}, c={c}")
+    if k < 1 or k > n:
+        raise ValueError(f"need 1 <= k <= n, got k={k}, n={n}")
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+class PassAtK(Metric):
+    """Mean pass@k over problems. ``update(n_samples, n_correct)`` takes per-problem counts (1-D tensors
+    or lists); states are summed across processes, so each process may score different problems."""
+
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, k: int | list[int] = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.ks = [k] if isinstance(k, int) else list(k)
+        self.add_state("totals", default=torch.zeros(len(self.ks), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("counts", default=torch.zeros(len(self.ks), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, n_samples, n_correct) -> None:
+        ns = torch.as_tensor(n_samples).flatten().tolist()
+        cs = torch.as_tensor(n_correct).flatten().tolist()
+        for j, k in enumerate(self.ks):
+            for n, c in zip(ns, cs):
+                if n >= k:  # problems with fewer than k samples have no pass@k
+                    self.totals[j] += pass_at_k(int(n), int(c), k)
+                    self.counts[j] += 1
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return {f"pass@{k}": (self.totals[j] / self.counts[j].clamp(min=1)).float() for j, k in enumerate(self.ks)}

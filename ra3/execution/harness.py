@@ -151,7 +151,12 @@ def main():
             signal.setitimer(signal.ITIMER_REAL, 0)
             report(event="program", status="error", detail=f"{type(e).__name__}: {e}"[:500])
             return
-    entry = namespace.get(job.get("entry_point") or "", None)
+    entry_name = job.get("entry_point") or ""
+    try:  # "Solution.method" (LeetCode style) calls the method on a fresh instance
+        cls_name, _, method = entry_name.partition(".")
+        entry = getattr(namespace[cls_name](), method) if method else namespace.get(entry_name)
+    except BaseException:
+        entry = None
 
     for i, test in enumerate(tests):
         record = {"event": "test", "i": i}
