@@ -71,7 +71,46 @@ def _world(args: list[str]) -> None:
     print(f"tokenizer: {Path(cfg.out) / 'tokenizer'} ({len(tok)} tokens)")
 
 
-COMMANDS = {"world": _world}
+def _evaluate(args: list[str]) -> None:
+    import argparse
+
+    from ra3.datamodules.benchmarks import BENCHMARKS
+    from ra3.evaluation import evaluate, format_table
+
+    p = argparse.ArgumentParser(prog="ra3 evaluate", description="pass@k of a model, or of existing samples, on code benchmarks.")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help="HF model name, exported directory, or Lightning .ckpt to generate with")
+    what.add_argument("--samples", help="score an existing samples .jsonl ({task_id, completion|solution} per line)")
+    p.add_argument("--benchmark", "--benchmarks", dest="benchmarks", nargs="+", required=True, choices=BENCHMARKS)
+    p.add_argument("--source", action="append", default=[], metavar="NAME=PATH",
+                   help="where a benchmark's data is (file, datasets dir or hub name); e.g. skillworld=artifacts/skillworld/eval.jsonl")
+    p.add_argument("--data_dir", help="folder holding HumanEval.jsonl.gz / MbppPlus.jsonl (sets RA3_DATA_DIR)")
+    p.add_argument("--output_dir", default="artifacts/eval")
+    p.add_argument("--n_samples", type=int, default=1)
+    p.add_argument("--k", type=int, nargs="+", default=[1])
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--max_new_tokens", type=int, default=256)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--limit", type=int, help="first N tasks of each benchmark only")
+    p.add_argument("--workers", type=int, help="sandbox processes in parallel (default: CPU count)")
+    a = p.parse_args(args)
+    if a.data_dir:
+        os.environ["RA3_DATA_DIR"] = a.data_dir
+    sources = {}
+    for item in a.source:
+        name, sep, path = item.partition("=")
+        if not sep or name not in BENCHMARKS:
+            raise Ra3Error(f"--source must look like NAME=PATH with NAME one of {', '.join(BENCHMARKS)}; got {item!r}")
+        sources[name] = path
+    results = evaluate(a.benchmarks, a.output_dir, model=a.model, samples=a.samples, sources=sources,
+                       n_samples=a.n_samples, k=a.k, temperature=a.temperature, top_p=a.top_p,
+                       max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, limit=a.limit, workers=a.workers)
+    print(format_table(results))
+    print(f"results: {Path(a.output_dir) / 'results.json'}")
+
+
+COMMANDS = {"world": _world, "evaluate": _evaluate}
 
 
 def main(argv: list[str] | None = None) -> None:

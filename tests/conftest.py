@@ -34,3 +34,13 @@ def tokenizer(world_dir):
     from ra3.modules.policy import load_tokenizer
 
     return load_tokenizer(str(world_dir / "tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(world_dir, tmp_path_factory):
+    """A randomly initialised tiny Llama with the world's tokenizer, exported with save_pretrained."""
+    from ra3.modules.policy import PolicyModule
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    PolicyModule(tokenizer=str(world_dir / "tokenizer"), model_config=TINY_LLAMA).export(out)
+    return out

@@ -1,0 +1,206 @@
+"""pass@k evaluation: generate completions for benchmark problems, run them in the sandbox, score.
+
+Writes, per run, into ``output_dir``:
+- ``samples.jsonl`` — EvalPlus-compatible samples (``task_id``, ``completion``, ``solution``);
+- ``eval_results.jsonl`` — one row per sample, in input order: ``task_id``, ``status``, ``passed``;
+- ``results.json`` — ``{"<benchmark>": {"pass@1": ..., "pass@k": ..., "n_tasks": ..., "status_counts": {...}}}``.
+
+``sandbox_error`` outcomes are the sandbox's fault: they are counted and logged, and left out of
+pass@k (the task's n shrinks) rather than scored as failures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+from ra3.datamodules.benchmarks import Problem, load_benchmark
+from ra3.errors import Ra3Error
+from ra3.execution import SandboxPool, Status
+from ra3.metrics import pass_at_k
+
+log = logging.getLogger(__name__)
+
+
+def score_samples(problems: list[Problem], samples: list[dict], pool: SandboxPool, ks: Iterable[int] = (1,),
+                  on_result=None) -> tuple[dict[str, Any], list[dict]]:
+    """Run ``samples`` (dicts with ``task_id`` and ``completion`` or ``solution``) and compute pass@k.
+
+    Returns ``(summary, rows)``: ``summary`` has ``pass@k`` for each k that every scored task has enough
+    samples for, ``n_tasks``, ``n_samples`` and ``status_counts``; ``rows`` one dict per sample."""
+    by_id = {p.task_id: p for p in problems}
+    jobs = []
+    for s in samples:
+        p = by_id[s["task_id"]]
+        jobs.append(p.job(p.program(completion=s.get("completion"), solution=s.get("solution"))))
+    results = pool.run_many(jobs, on_result=on_result)
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    rows = []
+    for s, r in zip(samples, results):
+        rows.append({"task_id": s["task_id"], "status": r.status.value, "passed": r.passed,
+                     "fraction_passed": r.fraction_passed, "detail": r.detail})
+        if r.status != Status.SANDBOX_ERROR:
+            counts[s["task_id"]][0] += 1
+            counts[s["task_id"]][1] += int(r.passed)
+    status_counts = Counter(r.status.value for r in results)
+    if status_counts.get("sandbox_error"):
+        log.warning("%d sample(s) hit a sandbox error: left out of pass@k", status_counts["sandbox_error"])
+    summary: dict[str, Any] = {}
+    for k in sorted(set(ks)):
+        scored = [pass_at_k(n, c, k) for n, c in counts.values() if n >= k]
+        if scored and len(scored) == len(counts):
+            summary[f"pass@{k}"] = sum(scored) / len(scored)
+    summary.update(n_tasks=len(counts), n_samples=len(samples), status_counts=dict(status_counts))
+    return summary, rows
+
+
+def read_samples(path: str | os.PathLike, problems: list[Problem]) -> list[dict]:
+    """EvalPlus/HumanEval-style samples: one JSON object per line with ``task_id`` and ``completion`` or
+    ``solution``; a malformed line or an unknown task id is an error naming the line."""
+    known = {p.task_id for p in problems}
+    samples = []
+    if not Path(path).is_file():
+        raise Ra3Error(f"samples file '{path}' does not exist")
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise Ra3Error(f"{path}: line {lineno} is not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict) or "task_id" not in row or not (
+                isinstance(row.get("completion"), str) or isinstance(row.get("solution"), str)):
+                raise Ra3Error(f"{path}: line {lineno} needs 'task_id' and a string 'completion' or 'solution'")
+            if row["task_id"] not in known:
+                raise Ra3Error(f"{path}: line {lineno}: task_id {row['task_id']!r} is not in the benchmark")
+            samples.append(row)
+    if not samples:
+        raise Ra3Error(f"samples file '{path}' holds no samples")
+    return samples
+
+
+def generate_samples(engine, problems: list[Problem], n_samples: int, sampling) -> list[dict]:
+    """``n_samples`` completions per problem, as sample rows (``completion`` and the full ``solution``)."""
+    from dataclasses import replace
+
+    samples = []
+    by_stop: dict[tuple, list[Problem]] = defaultdict(list)
+    for p in problems:
+        by_stop[tuple(p.stop)].append(p)
+    generated: dict[str, list] = {}
+    for stop, group in by_stop.items():
+        config = replace(sampling, stop=list(stop) + list(sampling.stop))
+        for p, completions in zip(group, engine.generate([p.prompt for p in group], n_samples, config)):
+            generated[p.task_id] = completions
+    for p in problems:
+        for c in generated[p.task_id]:
+            samples.append({"task_id": p.task_id, "completion": c.text, "solution": p.program(completion=c.text)})
+    return samples
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
+
+
+def format_table(results: dict[str, dict]) -> str:
+    ks = sorted({key for r in results.values() for key in r if key.startswith("pass@")}, key=lambda s: int(s[5:]))
+    lines = [f"{'benchmark':<16}" + "".join(f"{k:>10}" for k in ks) + f"{'tasks':>8}  statuses"]
+    for name, r in results.items():
+        cells = "".join(f"{r[k]:>10.3f}" if k in r else f"{'-':>10}" for k in ks)
+        statuses = ", ".join(f"{s}={c}" for s, c in sorted(r["status_counts"].items()))
+        lines.append(f"{name:<16}{cells}{r['n_tasks']:>8}  {statuses}")
+    return "\n".join(lines)
+
+
+def evaluate(
+    benchmarks: list[str],
+    output_dir: str,
+    model: str | None = None,
+    samples: str | None = None,
+    sources: dict[str, str] | None = None,
+    n_samples: int = 1,
+    k: list[int] | None = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 256,
+    batch_size: int = 32,
+    limit: int | None = None,
+    workers: int | None = None,
+    cache_dir: str | None = None,
+    progress: bool = True,
+) -> dict[str, dict]:
+    """Evaluate a model (``model``: HF name or directory) or score existing ``samples`` on ``benchmarks``."""
+    from ra3.rollout.generate import HFEngine, SamplingConfig
+
+    if (model is None) == (samples is None):
+        raise Ra3Error("give either --model (generate and score) or --samples (score existing samples)")
+    if samples is not None and len(benchmarks) != 1:
+        raise Ra3Error("--samples scores one benchmark at a time: give exactly one --benchmark")
+    ks = sorted(set(k or [1]))
+    if temperature == 0 and n_samples > 1:
+        log.warning("n_samples=%d with temperature 0 gives identical greedy samples", n_samples)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sources = sources or {}
+    engine = HFEngine(*load_policy(model)) if model is not None else None
+    results: dict[str, dict] = {}
+    all_samples, all_rows = [], []
+    with SandboxPool(workers=workers) as pool:
+        for name in benchmarks:
+            problems = load_benchmark(name, sources.get(name), pool=pool, cache_dir=cache_dir)
+            if limit is not None:
+                problems = problems[:limit]
+            if engine is not None:
+                sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                          batch_size=batch_size)
+                bench_samples = generate_samples(engine, problems, n_samples, sampling)
+            else:
+                bench_samples = read_samples(samples, problems)
+            bar = _progress(len(bench_samples), f"running {name}") if progress else None
+            summary, rows = score_samples(problems, bench_samples, pool, ks,
+                                          on_result=(lambda i, r: bar.update(1)) if bar else None)
+            if bar:
+                bar.close()
+            results[name] = summary
+            for s, r in zip(bench_samples, rows):
+                all_samples.append(s)
+                all_rows.append(r)
+    if engine is not None:
+        _write_jsonl(out / "samples.jsonl", all_samples)
+    _write_jsonl(out / "eval_results.jsonl", [{k_: r[k_] for k_ in ("task_id", "status", "passed")} for r in all_rows])
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def load_policy(model: str):
+    """(model, tokenizer) from a HF name or directory, or from a Lightning ``.ckpt`` of a ``PolicyModule``."""
+    from ra3.modules.policy import PolicyModule, _check_exists, _first_line, load_tokenizer
+
+    if model.endswith(".ckpt"):
+        if not Path(model).is_file():
+            raise Ra3Error(f"checkpoint '{model}' does not exist")
+        module = PolicyModule.load_from_checkpoint(model, map_location="cpu", strict=False, weights_only=False)
+        return module.model, module.tokenizer
+    from transformers import AutoModelForCausalLM
+
+    _check_exists(model, "model")
+    tokenizer = load_tokenizer(model)
+    try:
+        return AutoModelForCausalLM.from_pretrained(model), tokenizer
+    except (OSError, ValueError) as e:
+        raise Ra3Error(f"cannot load model '{model}': {_first_line(e)}") from None
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False)

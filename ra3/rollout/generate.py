@@ -1,0 +1,123 @@
+"""Batched sampling of completions for RLVR and evaluation (no Lightning).
+
+:class:`HFEngine` wraps a transformers causal LM; other engines (vLLM, SGLang, a server) implement the
+same ``generate(prompts, n, config) -> list[list[Completion]]``. Prompts are encoded with the project's
+segmentation rule (``ra3.datamodules.segments``), exactly as in training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from ra3.datamodules.segments import encode_segments, program_segments
+
+
+@dataclass
+class SamplingConfig:
+    """How to sample.
+
+    Args:
+        max_new_tokens: tokens generated per completion at most.
+        temperature: 0 means greedy.
+        top_p: nucleus sampling mass.
+        stop: strings that end a completion (the completion is cut before the first one).
+        batch_size: prompts × samples per forward batch.
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    batch_size: int = 32
+
+
+@dataclass
+class Completion:
+    """``text``: the completion cut at a stop string; ``token_ids``: the tokens kept (stop string and eos
+    excluded unless ``finished``); ``finished``: ended by eos or a stop string (not by the length cap)."""
+
+    text: str
+    token_ids: list[int]
+    finished: bool
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompts: list[str], n: int, config: SamplingConfig) -> list[list[Completion]]: ...
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    ids, _ = encode_segments(tokenizer, program_segments(prompt=prompt), bos=True, eos=False)
+    return ids
+
+
+def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class HFEngine:
+    """Sampling with ``model.generate`` (KV cache, left padding), ``n`` samples per prompt."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], n: int = 1, config: SamplingConfig | None = None) -> list[list[Completion]]:
+        config = config or SamplingConfig()
+        tok, model = self.tokenizer, self.model
+        flat = [(i, encode_prompt(tok, p)) for i, p in enumerate(prompts) for _ in range(n)]
+        order = sorted(range(len(flat)), key=lambda j: -len(flat[j][1]))  # similar lengths share a batch
+        out: list[list[Completion]] = [[] for _ in prompts]
+        results: dict[int, Completion] = {}
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        try:
+            for start in range(0, len(order), config.batch_size):
+                chunk = order[start : start + config.batch_size]
+                seqs = [flat[j][1] for j in chunk]
+                width = max(map(len, seqs))
+                input_ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
+                attention = torch.zeros((len(seqs), width), dtype=torch.long)
+                for b, s in enumerate(seqs):
+                    input_ids[b, width - len(s):] = torch.tensor(s)
+                    attention[b, width - len(s):] = 1
+                kwargs = dict(max_new_tokens=config.max_new_tokens, pad_token_id=tok.pad_token_id,
+                              eos_token_id=tok.eos_token_id, use_cache=True)
+                if config.temperature > 0:
+                    kwargs.update(do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=0)
+                else:
+                    kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+                if config.stop:
+                    kwargs.update(stop_strings=config.stop, tokenizer=tok)
+                generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
+                for b, j in enumerate(chunk):
+                    results[j] = self._completion(generated[b, width:].tolist(), config.stop)
+        finally:
+            model.train(was_training)
+        for j, (i, _) in enumerate(flat):
+            out[i].append(results[j])
+        return out
+
+    def _completion(self, ids: list[int], stop: list[str]) -> Completion:
+        tok = self.tokenizer
+        finished = False
+        if tok.eos_token_id in ids:
+            ids, finished = ids[: ids.index(tok.eos_token_id)], True
+        while ids and ids[-1] == tok.pad_token_id:
+            ids.pop()
+        text = tok.decode(ids, skip_special_tokens=True)
+        text, stopped = cut_at_stop(text, stop)
+        if stopped:  # keep the shortest token prefix that decodes to the kept text (no re-tokenization)
+            lo, hi = 0, len(ids)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if len(tok.decode(ids[:mid], skip_special_tokens=True)) >= len(text):
+                    hi = mid
+                else:
+                    lo = mid + 1
+            ids = ids[:lo]
+        return Completion(text, ids, finished or stopped)

@@ -1,0 +1,90 @@
+"""``ra3 evaluate`` (generation and samples mode) and PassAtKCallback, with the real sandbox."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+
+from ra3.callbacks.evaluation import PassAtKCallback
+from ra3.datamodules import CodeDataModule
+from ra3.modules import MStepModule
+
+from conftest import TINY_LLAMA
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def ra3(*args, cwd, timeout=300):
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "ra3.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_evaluate_generates_scores_and_writes_evalplus_samples(tiny_model_dir, world_dir, tmp_path):
+    out = ra3("evaluate", "--model", str(tiny_model_dir), "--benchmark", "skillworld", "--source",
+              f"skillworld={world_dir / 'eval.jsonl'}", "--limit", "5", "--n_samples", "2", "--temperature", "1.0",
+              "--k", "1", "2", "--max_new_tokens", "24", "--output_dir", str(tmp_path / "ev"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "skillworld" in out.stdout and "pass@2" in out.stdout
+    samples = [json.loads(l) for l in open(tmp_path / "ev/samples.jsonl")]
+    rows = [json.loads(l) for l in open(tmp_path / "ev/eval_results.jsonl")]
+    assert len(samples) == len(rows) == 10
+    assert [s["task_id"] for s in samples] == [r["task_id"] for r in rows]
+    assert all(s["solution"].startswith("def solve(xs):") and s["solution"].endswith(s["completion"]) for s in samples)
+    results = json.loads((tmp_path / "ev/results.json").read_text())["skillworld"]
+    assert results["n_tasks"] == 5 and 0.0 <= results["pass@1"] <= results["pass@2"] <= 1.0
+    assert sum(results["status_counts"].values()) == 10
+
+
+def test_scoring_existing_samples_in_input_order(tmp_path):
+    he = [json.loads(l) for l in __import__("gzip").open(DATA / "HumanEval.jsonl.gz", "rt")][:3]
+    samples = [
+        {"task_id": he[0]["task_id"], "completion": he[0]["canonical_solution"]},
+        {"task_id": he[1]["task_id"], "solution": he[1]["prompt"] + he[1]["canonical_solution"]},
+        {"task_id": he[0]["task_id"], "completion": "    return None\n"},
+        {"task_id": he[2]["task_id"], "completion": "    while True: pass\n"},
+    ]
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    out = ra3("evaluate", "--samples", str(path), "--benchmark", "humaneval", "--data_dir", str(DATA),
+              "--output_dir", str(tmp_path / "out"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(l) for l in open(tmp_path / "out/eval_results.jsonl")]
+    assert [(r["task_id"], r["passed"]) for r in rows] == [(s["task_id"], ok) for s, ok in zip(samples, [True, True, False, False])]
+    assert [r["status"] for r in rows][2:] == ["failed", "timeout"]
+    result = json.loads((tmp_path / "out/results.json").read_text())["humaneval"]
+    assert result["n_tasks"] == 3 and result["pass@1"] == pytest.approx((0.5 + 1 + 0) / 3)
+
+
+def test_bad_samples_name_the_line(tmp_path, world_dir):
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"task_id": "skillworld/eval/0", "completion": ""}) + "\n"
+                    + json.dumps({"task_id": "nope/1", "completion": ""}) + "\n")
+    out = ra3("evaluate", "--samples", str(path), "--benchmark", "skillworld", "--source",
+              f"skillworld={world_dir / 'eval.jsonl'}", "--output_dir", str(tmp_path / "o"), cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == f"ra3: error: {path}: line 2: task_id 'nope/1' is not in the benchmark"
+    path.write_text("{broken\n")
+    out = ra3("evaluate", "--samples", str(path), "--benchmark", "skillworld", "--source",
+              f"skillworld={world_dir / 'eval.jsonl'}", "--output_dir", str(tmp_path / "o"), cwd=tmp_path)
+    assert out.returncode == 2 and "line 1 is not valid JSON" in out.stderr
+
+
+def test_pass_at_k_callback_logs_during_fit(world_dir, tmp_path):
+    from lightning.pytorch.loggers import WandbLogger
+
+    callback = PassAtKCallback("skillworld", str(world_dir / "eval.jsonl"), n_samples=2, k=[1, 2], temperature=1.0,
+                               max_new_tokens=16, limit=4, workers=2)
+    module = MStepModule(tokenizer=str(world_dir / "tokenizer"), model_config=TINY_LLAMA)
+    data = CodeDataModule(train_files=[str(world_dir / "midtrain.jsonl")], max_length=256, batch_size=2, val_fraction=0.05)
+    logger = WandbLogger(project="ra3-test", save_dir=str(tmp_path), offline=True)
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, val_check_interval=2, logger=logger, callbacks=[callback],
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, limit_val_batches=1)
+    trainer.fit(module, data)
+    m = trainer.callback_metrics
+    assert 0.0 <= float(m["eval/skillworld/pass@1"]) <= float(m["eval/skillworld/pass@2"]) <= 1.0
+    assert set(callback.last) == {"eval/skillworld/pass@1", "eval/skillworld/pass@2"}
