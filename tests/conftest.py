@@ -1,10 +1,31 @@
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+def _shared_data_dir() -> Path | None:
+    """HumanEval / MBPP+ files: $RA3_SHARED_DATA, else ../shared/data beside the checkout (or above it)."""
+    repo = Path(__file__).resolve().parents[1]
+    candidates = [os.environ.get("RA3_SHARED_DATA"), repo / "shared" / "data", *(p / "shared" / "data" for p in repo.parents)]
+    for c in filter(None, candidates):
+        if (Path(c) / "HumanEval.jsonl.gz").exists():
+            return Path(c)
+    return None
+
+
+SHARED_DATA = _shared_data_dir()
+
+
+@pytest.fixture
+def shared_data():
+    if SHARED_DATA is None:
+        pytest.skip("benchmark data not found: set RA3_SHARED_DATA to the folder with HumanEval.jsonl.gz")
+    return SHARED_DATA
+
 
 TINY_LLAMA = {
     "model_type": "llama",

@@ -15,7 +15,6 @@ from ra3.modules import MStepModule
 
 from conftest import TINY_LLAMA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def ra3(*args, cwd, timeout=300):
@@ -39,8 +38,8 @@ def test_evaluate_generates_scores_and_writes_evalplus_samples(tiny_model_dir, w
     assert sum(results["status_counts"].values()) == 10
 
 
-def test_scoring_existing_samples_in_input_order(tmp_path):
-    he = [json.loads(l) for l in __import__("gzip").open(DATA / "HumanEval.jsonl.gz", "rt")][:3]
+def test_scoring_existing_samples_in_input_order(tmp_path, shared_data):
+    he = [json.loads(l) for l in __import__("gzip").open(shared_data / "HumanEval.jsonl.gz", "rt")][:3]
     samples = [
         {"task_id": he[0]["task_id"], "completion": he[0]["canonical_solution"]},
         {"task_id": he[1]["task_id"], "solution": he[1]["prompt"] + he[1]["canonical_solution"]},
@@ -49,7 +48,7 @@ def test_scoring_existing_samples_in_input_order(tmp_path):
     ]
     path = tmp_path / "samples.jsonl"
     path.write_text("".join(json.dumps(s) + "\n" for s in samples))
-    out = ra3("evaluate", "--samples", str(path), "--benchmark", "humaneval", "--data_dir", str(DATA),
+    out = ra3("evaluate", "--samples", str(path), "--benchmark", "humaneval", "--data_dir", str(shared_data),
               "--output_dir", str(tmp_path / "out"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [json.loads(l) for l in open(tmp_path / "out/eval_results.jsonl")]

@@ -9,7 +9,6 @@ from ra3.datamodules.benchmarks import load_benchmark, mbpp_deserialize_inputs
 from ra3.errors import Ra3Error
 from ra3.execution import SandboxPool, Status
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 # Canonical MBPP solutions that fail MBPP's *original* asserts: EvalPlus grades both with special oracles.
 MBPP_ORIGINAL_ASSERT_EXCEPTIONS = {"Mbpp/164", "Mbpp/295"}
@@ -30,8 +29,8 @@ def _mutate(program: str, entry_point: str) -> str:
 
 
 @pytest.mark.slow
-def test_humaneval_canonical_solutions_all_pass_and_mutations_fail(pool):
-    problems = load_benchmark("humaneval", str(DATA / "HumanEval.jsonl.gz"))
+def test_humaneval_canonical_solutions_all_pass_and_mutations_fail(pool, shared_data):
+    problems = load_benchmark("humaneval", str(shared_data / "HumanEval.jsonl.gz"))
     assert len(problems) == 164
     results = pool.run_many([p.job(p.program(solution=p.canonical_solution)) for p in problems])
     assert [p.task_id for p, r in zip(problems, results) if not r.passed] == []
@@ -39,8 +38,8 @@ def test_humaneval_canonical_solutions_all_pass_and_mutations_fail(pool):
     assert sum(r.passed for r in mutated) == 0
 
 
-def test_mbpp_original_asserts(pool):
-    problems = load_benchmark("mbpp", str(DATA / "MbppPlus.jsonl"))
+def test_mbpp_original_asserts(pool, shared_data):
+    problems = load_benchmark("mbpp", str(shared_data / "MbppPlus.jsonl"))
     assert len(problems) == 399
     results = pool.run_many([p.job(p.canonical_solution) for p in problems])
     failing = {p.task_id for p, r in zip(problems, results) if not r.passed}
@@ -48,8 +47,8 @@ def test_mbpp_original_asserts(pool):
 
 
 @pytest.mark.slow
-def test_mbppplus_canonical_solutions_pass_their_plus_tests(pool, tmp_path):
-    problems = load_benchmark("mbppplus", str(DATA / "MbppPlus.jsonl"), pool=pool, cache_dir=str(tmp_path))
+def test_mbppplus_canonical_solutions_pass_their_plus_tests(pool, tmp_path, shared_data):
+    problems = load_benchmark("mbppplus", str(shared_data / "MbppPlus.jsonl"), pool=pool, cache_dir=str(tmp_path))
     assert len(problems) == 399 and sum(len(p.tests) for p in problems) > 40000
     assert problems[0].task_id == "Mbpp/2" and isinstance(problems[0].tests[0].args[0], tuple)  # deserialised
     results = pool.run_many([p.job(p.canonical_solution) for p in problems])
