@@ -10,7 +10,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def _shared_data_dir() -> Path | None:
     """HumanEval / MBPP+ files: $RA3_SHARED_DATA, else ../shared/data beside the checkout (or above it)."""
     repo = Path(__file__).resolve().parents[1]
-    candidates = [os.environ.get("RA3_SHARED_DATA"), repo / "shared" / "data", *(p / "shared" / "data" for p in repo.parents)]
+    candidates = [os.environ.get("RA3_SHARED_DATA"), repo / "shared" / "data", *(p / "shared" / "data" for p in repo.parents),
+                  Path("/work/shared/data")]  # where this project's machines keep it
     for c in filter(None, candidates):
         if (Path(c) / "HumanEval.jsonl.gz").exists():
             return Path(c)

@@ -198,16 +198,23 @@ class LocalSandbox:
             return  # the PID namespace died with bwrap
         import psutil
 
-        for p in psutil.process_iter(["uids"]):
-            try:
-                if uid is not None:
-                    mine = p.info["uids"] is not None and p.info["uids"].real == uid
-                else:
-                    mine = p.environ().get("RA3_SANDBOX_TOKEN") == token
-                if mine:
-                    p.kill()
-            except (psutil.Error, OSError):
-                pass
+        for _ in range(100):  # repeat: a process caught mid-fork may leave a child behind
+            left = 0
+            for p in psutil.process_iter(["uids"]):
+                try:
+                    if uid is not None:
+                        mine = p.info["uids"] is not None and p.info["uids"].real == uid
+                    else:
+                        mine = p.environ().get("RA3_SANDBOX_TOKEN") == token
+                    if mine:
+                        p.kill()
+                        left += 1
+                except (psutil.Error, OSError):
+                    pass
+            if not left:
+                return
+            time.sleep(0.01)
+        log.warning("processes of sandbox slot uid %s survived 100 kill sweeps", uid)
 
     def _verdict(self, job: Job, records: list[dict], returncode: int, timed_out: bool, streams: dict, duration: float) -> ExecutionResult:
         n = len(job.tests)

@@ -69,6 +69,8 @@ def test_fork_bomb_is_contained(pool):
     assert r.status in (Status.ERROR, Status.TIMEOUT, Status.KILLED)
     time.sleep(0.2)
     assert not [p for p in psutil.process_iter(["cmdline"]) if "harness.py" in " ".join(p.info["cmdline"] or [])]
+    from ra3.execution.sandbox import UID_BASE
+    assert not [p for p in psutil.process_iter(["uids"]) if UID_BASE <= p.info["uids"].real < UID_BASE + 16]
 
 
 def test_allocating_10_gib_is_a_memory_error(pool):
