@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torchmetrics import Metric
 
@@ -64,3 +66,31 @@ class PassAtK(Metric):
 
     def compute(self) -> dict[str, torch.Tensor]:
         return {f"pass@{k}": (self.totals[j] / self.counts[j].clamp(min=1)).float() for j, k in enumerate(self.ks)}
+
+
+def boundary_scores(predicted: list[set[int]], truth: list[set[int]]) -> tuple[float, float, float]:
+    """Micro precision, recall and F1 of predicted thought positions (line indices) against the true
+    block starts, summed over programs."""
+    tp = sum(len(p & t) for p, t in zip(predicted, truth))
+    n_pred, n_true = sum(map(len, predicted)), sum(map(len, truth))
+    precision = tp / n_pred if n_pred else 0.0
+    recall = tp / n_true if n_true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in re.findall(r"[a-z]+", text.lower())]
+
+
+def names_skill(thoughts: list[list[tuple]], truth: list[list[int]], labels: list[list[str]]) -> float:
+    """Share of thoughts placed at a true block start whose words (digits ignored) equal that block's
+    label's words — i.e. the thought names the right skill."""
+    hits = total = 0
+    for row_thoughts, starts, row_labels in zip(thoughts, truth, labels):
+        label_at = dict(zip(starts, row_labels))
+        for line, text, *_ in row_thoughts:
+            if line in label_at:
+                total += 1
+                hits += _words(text) == _words(label_at[line])
+    return hits / total if total else 0.0

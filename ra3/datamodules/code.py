@@ -89,19 +89,24 @@ class MalformedRows:
             rank_zero_warn(f"skipped {self.count} malformed row(s) in '{self.source}' (first: row {self.first[0]}: {self.first[1]})")
 
 
-def program_from_row(row: Any, text_field: str, prompt_field: str, completion_field: str) -> dict[str, str]:
-    """``{"text": ...}`` or ``{"prompt": ..., "completion": ...}``; raises ``ValueError`` naming what is wrong."""
+PASSTHROUGH = ("task_id", "boundaries", "skills")  # kept for the E-step's ground-truth scoring
+
+
+def program_from_row(row: Any, text_field: str, prompt_field: str, completion_field: str) -> dict[str, Any]:
+    """``{"text": ...}`` or ``{"prompt": ..., "completion": ...}`` (plus ``task_id``/``boundaries``/``skills``
+    when present); raises ``ValueError`` naming what is wrong."""
     if not isinstance(row, dict):
         raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    extra = {k: row[k] for k in PASSTHROUGH if k in row}
     if prompt_field in row and completion_field in row:
         prompt, completion = row[prompt_field], row[completion_field]
         if not isinstance(prompt, str) or not isinstance(completion, str):
             raise ValueError(f"'{prompt_field}' and '{completion_field}' must be strings")
-        return {"prompt": prompt, "completion": completion}
+        return {"prompt": prompt, "completion": completion, **extra}
     if text_field in row:
         if not isinstance(row[text_field], str) or not row[text_field].strip():
             raise ValueError(f"'{text_field}' must be a non-empty string")
-        return {"text": row[text_field]}
+        return {"text": row[text_field], **extra}
     raise ValueError(f"missing '{text_field}' (or '{prompt_field}' + '{completion_field}')")
 
 
@@ -192,6 +197,7 @@ class CodeDataModule(L.LightningDataModule):
         batch_size: rows per batch.
         packing: pack several programs per row (no cross-document attention) instead of padding each.
         loss_mode: ``all`` tokens, ``code_only`` (thought comments masked) or ``completion_only`` (prompt masked).
+        program_batch_size: programs per batch for modules that read whole programs (the E-step).
         on_malformed: ``skip`` malformed rows (reported once with the first row number) or ``error``.
         num_workers: DataLoader worker processes.
         seed: seed of the validation split and packing order.
@@ -212,6 +218,7 @@ class CodeDataModule(L.LightningDataModule):
         packing: bool = True,
         loss_mode: LossMode = "all",
         on_malformed: Literal["skip", "error"] = "skip",
+        program_batch_size: int = 8,
         num_workers: int = 0,
         seed: int = 0,
     ):
@@ -224,6 +231,9 @@ class CodeDataModule(L.LightningDataModule):
         if not 0.0 <= val_fraction < 1.0:
             raise Ra3Error(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.tokenizer = None
+        self.train_files = list(train_files or [])
+        self.train_programs: list[dict] = []
+        self.val_programs: list[dict] = []
         self.train_examples: list[Example] = []
         self.val_examples: list[Example] = []
 
@@ -244,8 +254,9 @@ class CodeDataModule(L.LightningDataModule):
             bad.report()
         return programs
 
-    def encode(self, program: dict[str, str]) -> Example:
-        return Example(*encode_segments(self.tokenizer, program_segments(**program)))
+    def encode(self, program: dict[str, Any]) -> Example:
+        segments = program_segments(program.get("text"), program.get("prompt"), program.get("completion"))
+        return Example(*encode_segments(self.tokenizer, segments))
 
     def _encode_all(self, programs: list[dict[str, str]]) -> list[Example]:
         examples = [self.encode(p) for p in programs]
@@ -256,16 +267,21 @@ class CodeDataModule(L.LightningDataModule):
             examples = [Example(ex.ids[:max_length], ex.kinds[:max_length]) for ex in examples]
         return examples
 
+    def use_train_files(self, files: list[str]) -> None:
+        """Serve ``files`` from the next ``setup`` on (e.g. a bootstrapped shard for the M-step)."""
+        self.train_files = list(files)
+        self.train_programs, self.val_programs, self.train_examples, self.val_examples = [], [], [], []
+
     def setup(self, stage: str | None = None) -> None:
-        if self.train_examples or self.val_examples:
+        if self.train_programs or self.val_programs:
             return
         hp = self.hparams
         self.tokenizer = self._resolve_tokenizer()
-        if not hp.train_files and not hp.val_files:
+        if not self.train_files and not hp.val_files:
             raise Ra3Error("CodeDataModule needs train_files (JSONL files, a datasets directory or a hub dataset name)")
-        train = self.read_programs(list(hp.train_files or []))
-        if hp.train_files and not train:
-            raise Ra3Error(f"no usable rows in {', '.join(hp.train_files)}: the dataset is empty")
+        train = self.read_programs(self.train_files)
+        if self.train_files and not train:
+            raise Ra3Error(f"no usable rows in {', '.join(self.train_files)}: the dataset is empty")
         if hp.val_files:
             val = self.read_programs(list(hp.val_files))
         else:
@@ -275,6 +291,7 @@ class CodeDataModule(L.LightningDataModule):
             n_val = int(len(train) * hp.val_fraction)
             val = [train[i] for i in order[:n_val]]
             train = [train[i] for i in sorted(order[n_val:])]
+        self.train_programs, self.val_programs = train, val
         self.train_examples = self._encode_all(train)
         self.val_examples = self._encode_all(val)
 
@@ -304,10 +321,23 @@ class CodeDataModule(L.LightningDataModule):
             num_workers=hp.num_workers, generator=generator, persistent_workers=hp.num_workers > 0,
         )
 
+    def _view(self) -> str:
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return getattr(module, "data_view", "tokens")
+
+    def _program_loader(self, programs: list[dict], shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.hparams.seed)
+        return DataLoader(programs, batch_size=self.hparams.program_batch_size, shuffle=shuffle, collate_fn=list,
+                          generator=generator)
+
     def train_dataloader(self) -> DataLoader:
+        if self._view() == "programs":
+            return self._program_loader(self.train_programs, shuffle=True)
         return self._loader(self.train_examples, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
+        if self._view() == "programs":
+            return self._program_loader(self.val_programs, shuffle=False) if self.val_programs else []
         return self._loader(self.val_examples, shuffle=False) if self.val_examples else []
 
     def test_dataloader(self) -> DataLoader:

@@ -1,4 +1,5 @@
+from ra3.modules.estep import EStepModule
 from ra3.modules.mstep import MStepModule
 from ra3.modules.policy import PolicyModule
 
-__all__ = ["PolicyModule", "MStepModule"]
+__all__ = ["PolicyModule", "MStepModule", "EStepModule"]

@@ -1,0 +1,239 @@
+"""EStepModule: latent inference by policy gradient — where should thoughts go, and what should they say?
+
+One training step, top to bottom:
+
+1. Roll out: for B expert programs sample G think/act annotations each (``ra3.rollout.latent``); expert
+   lines are teacher-forced, only the decisions and the thought tokens are sampled.
+2. Reward each annotation (the ELBO, per sample)::
+
+       R = sum_t log pi(a_t | s_t, z_<=t)  -  c * #thoughts  -  format_penalty * #malformed thoughts
+       (minus sum_t log pi(a_t | s_t) without thoughts when ``reward_gain``: the thoughts' gain)
+
+3. Advantages, group-relative: ``rloo`` (R_i minus the mean of the other G-1) or ``mean`` (R_i minus the
+   group mean); optionally divided by the group's std.
+4. Loss on latent actions only — each think/act decision and each sampled thought token — with the
+   clipped surrogate ``-min(r A, clip(r, 1-eps, 1+eps) A)``, ``r = pi_new / pi_rollout``, averaged over
+   all latent actions of the batch; ``ppo_epochs`` updates per rollout; optional k3 KL to a frozen
+   reference (``beta > 0`` only: otherwise no reference copy exists).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
+
+from ra3.datamodules.segments import encode_segments
+from ra3.errors import Ra3Error
+from ra3.metrics import boundary_scores, names_skill
+from ra3.modules.policy import PolicyModule
+from ra3.rollout.latent import (LatentConfig, LatentRollout, LatentRolloutEngine, ThoughtFormat, decision_logprobs,
+                                program_from_row)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, kind: str = "rloo", scale: bool = False) -> torch.Tensor:
+    """(N,) rewards in consecutive groups of ``group_size`` -> (N,) advantages (zero for constant groups)."""
+    r = rewards.view(-1, group_size)
+    if kind == "rloo":
+        adv = (r - (r.sum(1, keepdim=True) - r) / (group_size - 1))
+    elif kind == "mean":
+        adv = r - r.mean(1, keepdim=True)
+    else:
+        raise Ra3Error(f"advantage must be 'rloo' or 'mean', got {kind!r}")
+    if scale:
+        adv = adv / (r.std(1, keepdim=True) + 1e-6)
+    return adv.reshape(-1)
+
+
+class EStepModule(PolicyModule):
+    """Policy-gradient latent inference (the E-step). Batches are lists of expert program rows.
+
+    Args:
+        group_size: annotations per program (G >= 2, for group-relative baselines).
+        thought_cost: c, the cost per thought (the KL to the prior, approximated).
+        reward_gain: reward the log-likelihood *gain* over the same program without thoughts.
+        format_penalty: subtracted per malformed thought (empty, code inside the comment, too long).
+        advantage: ``rloo`` or ``mean`` group baseline.
+        scale_advantages: divide advantages by the group's reward std.
+        alpha: prior weight on "no new thought" mixed into the decision (1 = never think).
+        temperature: thought-token sampling temperature.
+        max_thought_tokens: tokens per thought at most.
+        max_thoughts: thoughts per program at most.
+        max_length: tokens per annotated program at most.
+        clip_epsilon: PPO clip range.
+        ppo_epochs: policy updates per rollout batch.
+        beta: weight of the KL to a frozen copy of the initial policy (0: no copy is made).
+        max_grad_norm: gradient clipping norm (0 = off).
+        thought_format: how thoughts look and what makes them malformed.
+        table_every_n_steps: log a W&B table of annotated programs this often (0 = never).
+    """
+
+    data_view = "programs"
+
+    def __init__(self, *args, group_size: int = 4, thought_cost: float = 0.05, reward_gain: bool = False,
+                 format_penalty: float = 0.1, advantage: str = "rloo", scale_advantages: bool = False,
+                 alpha: float = 0.0, temperature: float = 1.0, max_thought_tokens: int = 16, max_thoughts: int = 8,
+                 max_length: int = 1024, clip_epsilon: float = 0.2, ppo_epochs: int = 1, beta: float = 0.0,
+                 max_grad_norm: float = 1.0, thought_format: ThoughtFormat | None = None,
+                 table_every_n_steps: int = 50, **kwargs):
+        if group_size < 2:
+            raise Ra3Error(f"group_size must be >= 2 for group-relative advantages, got {group_size}")
+        if thought_cost < 0:
+            raise Ra3Error(f"thought_cost (c) must be >= 0, got {thought_cost}")
+        if not 0.0 <= alpha <= 1.0:
+            raise Ra3Error(f"alpha must be in [0, 1], got {alpha}")
+        if advantage not in ("rloo", "mean"):
+            raise Ra3Error(f"advantage must be 'rloo' or 'mean', got {advantage!r}")
+        if ppo_epochs < 1:
+            raise Ra3Error(f"ppo_epochs must be >= 1, got {ppo_epochs}")
+        super().__init__(*args, **kwargs)
+        self.save_hyperparameters(ignore=["thought_format"])
+        self.automatic_optimization = False
+        self.thought_format = thought_format or ThoughtFormat()
+        self.latent_config = LatentConfig(group_size, alpha, temperature, max_thought_tokens, max_thoughts, max_length)
+        self.engine = LatentRolloutEngine(self.model, self.tokenizer, self.thought_format)
+        self.reference = None
+        if beta > 0:
+            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self._generator = torch.Generator().manual_seed(self.hparams.init_seed)
+        self.last_rollout: LatentRollout | None = None
+
+    # ---- reward ----------------------------------------------------------------------------------
+    def rewards(self, rollout: LatentRollout, plain_logprob: torch.Tensor) -> torch.Tensor:
+        """(N,) reward per annotation. Override to change it (the expert log-likelihoods and thought
+        counts are in ``rollout``; ``plain_logprob`` is each sample's log-likelihood without thoughts)."""
+        hp = self.hparams
+        r = rollout.expert_logprob - hp.thought_cost * rollout.n_thoughts - hp.format_penalty * rollout.n_malformed
+        return r - plain_logprob if hp.reward_gain else r
+
+    @torch.no_grad()
+    def plain_logprob(self, programs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum and count of expert-token log-probs of each program *without* thoughts: (B,), (B,)."""
+        encoded = []
+        for p in programs:
+            ids, _ = encode_segments(self.tokenizer, list(p.context), bos=True, eos=False)
+            code, _ = encode_segments(self.tokenizer, list(p.lines), bos=False, eos=True)
+            encoded.append((ids + code, len(ids)))
+        width = max(len(ids) for ids, _ in encoded)
+        input_ids = torch.full((len(encoded), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        expert = torch.zeros((len(encoded), width), dtype=torch.bool)
+        attention = torch.zeros((len(encoded), width), dtype=torch.long)
+        for b, (ids, n_ctx) in enumerate(encoded):
+            input_ids[b, : len(ids)] = torch.tensor(ids)
+            expert[b, n_ctx : len(ids)] = True
+            attention[b, : len(ids)] = 1
+        input_ids, expert = input_ids.to(self.device), expert.to(self.device)
+        hidden = self.hidden_states(input_ids, attention_mask=attention.to(self.device))
+        logp = torch.log_softmax(self.logits(hidden[:, :-1]), -1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        return (logp * expert[:, 1:]).sum(1), expert[:, 1:].sum(1)
+
+    # ---- loss ------------------------------------------------------------------------------------
+    def latent_logprobs(self, model, rollout: LatentRollout) -> torch.Tensor:
+        """Log-probs of all latent actions — sampled thought tokens, then decisions — flattened (M,)."""
+        ids = rollout.input_ids
+        out = model.get_decoder()(input_ids=ids, attention_mask=rollout.attention_mask, use_cache=False)
+        hidden = out.last_hidden_state
+        head = model.get_output_embeddings()
+        thought = rollout.latent_mask[:, 1:]
+        lp_thought = torch.log_softmax(head(hidden[:, :-1][thought]).float(), -1).gather(
+            -1, ids[:, 1:][thought][:, None]).squeeze(-1)
+        has = rollout.decision_pos >= 0
+        rows = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(has)
+        h_dec = hidden[rows[has], rollout.decision_pos[has]]
+        lp_dec = decision_logprobs(torch.log_softmax(head(h_dec).float(), -1), rollout.decision_marker[has],
+                                   rollout.decision_expert[has], rollout.decision_think[has], rollout.alpha)
+        return torch.cat([lp_thought, lp_dec])
+
+    def policy_loss(self, rollout: LatentRollout, advantages: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        hp = self.hparams
+        thought = rollout.latent_mask[:, 1:]
+        has = rollout.decision_pos >= 0
+        old = torch.cat([rollout.token_logprobs[:, 1:][thought], rollout.decision_logprob[has]])
+        adv = torch.cat([advantages[:, None].expand_as(thought)[thought], advantages[:, None].expand_as(has)[has]])
+        new = self.latent_logprobs(self.model, rollout)
+        ratio = torch.exp(new - old)
+        clipped = ratio.clamp(1 - hp.clip_epsilon, 1 + hp.clip_epsilon)
+        loss = -torch.min(ratio * adv, clipped * adv).mean()
+        stats = {"clip_frac": ((ratio - clipped).abs() > 1e-6).float().mean().detach()}
+        if self.reference is not None:
+            with torch.no_grad():
+                ref = self.latent_logprobs(self.reference, rollout)
+            kl = (torch.exp(ref - new) - (ref - new) - 1).mean()
+            loss = loss + hp.beta * kl
+            stats["kl"] = kl.detach()
+        return loss, stats
+
+    # ---- training --------------------------------------------------------------------------------
+    def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
+        hp, G = self.hparams, self.hparams.group_size
+        programs = [program_from_row(row) for row in batch]
+        rollout = self.engine.rollout(programs, self.latent_config, self._generator)
+        rollout = _to_device(rollout, self.device)
+        self.last_rollout = rollout
+        plain, n_expert = self.plain_logprob(programs)
+        rewards = self.rewards(rollout, plain.repeat_interleave(G))
+        advantages = group_advantages(rewards, G, hp.advantage, hp.scale_advantages)
+
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        for _ in range(hp.ppo_epochs):
+            loss, stats = self.policy_loss(rollout, advantages)
+            opt.zero_grad()
+            self.manual_backward(loss)
+            if hp.max_grad_norm > 0:
+                self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+            opt.step()
+        if sched is not None:
+            sched.step()
+        self._log_step(programs, rollout, rewards, plain, n_expert, loss, stats)
+        return loss
+
+    def _log_step(self, programs, rollout, rewards, plain, n_expert, loss, stats) -> None:
+        G = self.hparams.group_size
+        grouped = rewards.view(-1, G)
+        n_tok = n_expert.repeat_interleave(G).clamp(min=1).float()
+        thought_tokens = rollout.latent_mask.sum().float()
+        metrics = {
+            "estep/loss": loss.detach(),
+            "estep/reward_mean": rewards.mean(),
+            "estep/reward_std": rewards.std(),
+            "estep/thought_rate": rollout.n_thoughts.sum() / rollout.n_boundaries.sum().clamp(min=1),
+            "estep/thoughts_per_program": rollout.n_thoughts.float().mean(),
+            "estep/thought_len": thought_tokens / rollout.n_thoughts.sum().clamp(min=1),
+            "estep/malformed_rate": rollout.n_malformed.sum() / rollout.n_thoughts.sum().clamp(min=1),
+            "estep/expert_nll_with_thoughts": (-rollout.expert_logprob / n_tok).mean(),
+            "estep/expert_nll_without_thoughts": (-plain / n_expert.clamp(min=1)).mean(),
+            "estep/elbo": (rollout.expert_logprob - self.hparams.thought_cost * rollout.n_thoughts).mean(),
+            "estep/zero_std_frac": (grouped.std(1) < 1e-6).float().mean(),
+            "estep/lr": torch.tensor(self.optimizers().param_groups[0]["lr"]),
+            **{f"estep/{k}": v for k, v in stats.items()},
+        }
+        truth = [p.boundaries for p in programs for _ in range(G)]
+        if all(t is not None for t in truth):
+            predicted = [{t for t, *_ in th} for th in rollout.thoughts]
+            precision, recall, f1 = boundary_scores(predicted, [set(t) for t in truth])
+            metrics.update({"estep/boundary_precision": precision, "estep/boundary_recall": recall, "estep/boundary_f1": f1})
+            labels = [getattr(p, "labels", None) for p in programs for _ in range(G)]
+            if all(labels):
+                metrics["estep/thought_names_skill"] = torch.tensor(names_skill(rollout.thoughts, truth, labels))
+        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()}, prog_bar=False)
+        self.log("estep/reward", rewards.mean(), prog_bar=True)
+        every = self.hparams.table_every_n_steps
+        if every and self.global_step % every == 0 and isinstance(self.logger, WandbLogger) and self.trainer.is_global_zero:
+            try:
+                data = [[programs[i // G].task_id, rollout.texts[i], float(rewards[i]), int(rollout.n_thoughts[i])]
+                        for i in range(0, len(rollout.texts), max(1, G))][:8]
+                self.logger.log_table("estep/samples", columns=["task_id", "annotated", "reward", "thoughts"], data=data,
+                                      step=self.global_step)
+            except Exception as e:
+                rank_zero_warn(f"could not log the W&B table of annotated programs: {e}")
+
+
+def _to_device(rollout: LatentRollout, device) -> LatentRollout:
+    for name, value in vars(rollout).items():
+        if isinstance(value, torch.Tensor):
+            setattr(rollout, name, value.to(device))
+    return rollout
