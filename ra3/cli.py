@@ -110,7 +110,74 @@ def _evaluate(args: list[str]) -> None:
     print(f"results: {Path(a.output_dir) / 'results.json'}")
 
 
-COMMANDS = {"world": _world, "evaluate": _evaluate}
+def _em(args: list[str]) -> None:
+    """``ra3 em -c configs/skillworld/ra3.yaml [--resume]``: RA3 EM rounds (see ``ra3.callbacks.em``)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+
+    import lightning as L
+
+    from ra3.callbacks.em import EMCallback
+    from ra3.datamodules.code import CodeDataModule
+    from ra3.modules import EStepModule, MStepModule
+    from ra3.modules.policy import _check_exists
+
+    def module_parser(base, key):
+        p = ArgumentParser(exit_on_error=False)
+        p.add_subclass_arguments(base, key, required=True)
+        return p
+
+    parser = ArgumentParser(prog="ra3 em", description="RA3 mid-training: EM rounds of E-step, bootstrap and M-step.",
+                            exit_on_error=False)
+    parser.add_argument("-c", "--config", action=ActionConfigFile)
+    parser.add_argument("--seed_everything", type=int, default=0)
+    parser.add_argument("--out_dir", type=str, default="artifacts/ra3", help="where rounds, shards, policies and state go")
+    parser.add_argument("--base_model", type=str, required=True, help="the policy to start from (HF name or directory)")
+    parser.add_argument("--resume", type=bool, default=False, help="continue the EM run recorded in out_dir")
+    parser.add_argument("--trainer", type=dict, default={}, help="lightning.Trainer arguments shared by every phase")
+    parser.add_argument("--wandb", type=dict | None, default={"project": "ra3", "offline": True},
+                        help="WandbLogger arguments (one run for the whole EM loop); null disables W&B")
+    parser.add_subclass_arguments(EStepModule, "estep", required=True)
+    parser.add_subclass_arguments(MStepModule, "mstep", required=True)
+    parser.add_subclass_arguments(CodeDataModule, "data", required=True)
+    parser.add_class_arguments(EMCallback, "em")
+    try:
+        cfg = parser.parse_args(args)
+    except Exception as e:  # jsonargparse ArgumentError: one line, naming the key
+        raise Ra3Error(f"bad ra3 em config: {' '.join(str(e).split())[:400]}") from None
+    _check_exists(cfg.base_model, "base model")
+    EStepModule.check_hparams(**cfg.estep.init_args.as_dict())
+    L.seed_everything(cfg.seed_everything)
+    estep_parser, mstep_parser = module_parser(EStepModule, "estep"), module_parser(MStepModule, "mstep")
+
+    def factory(p, key, spec):
+        def make(policy: str):
+            spec_ = spec.clone()
+            spec_.init_args.model, spec_.init_args.model_config, spec_.init_args.tokenizer = policy, None, None
+            return p.instantiate_classes(Namespace(**{key: spec_}))[key]
+        return make
+
+    init = parser.instantiate_classes(Namespace(data=cfg.data, em=cfg.em))
+    logger = None
+    if cfg.wandb is not None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        logger = WandbLogger(**{"save_dir": cfg.out_dir, "name": "em", **cfg.wandb})
+        logger.log_hyperparams(cfg.as_dict())
+    summaries = init.em.run(cfg.out_dir, cfg.base_model, factory(estep_parser, "estep", cfg.estep),
+                            factory(mstep_parser, "mstep", cfg.mstep), init.data, cfg.trainer, logger, cfg.resume)
+    if logger is not None:
+        logger.finalize("success")
+        import wandb
+
+        wandb.finish()
+    for s in summaries:
+        line = ", ".join(f"{k}={v:.4g}" for k, v in s.items() if isinstance(v, float) and k.split("/")[-1] in
+                         ("reward_mean", "thought_rate", "boundary_f1", "loss", "heldout_pass@1"))
+        print(f"round {s['round']}: {line}")
+    print(f"ra3 em: done; final policy {init.em.state.policy}")
+
+
+COMMANDS = {"world": _world, "evaluate": _evaluate, "em": _em}
 
 
 def main(argv: list[str] | None = None) -> None:

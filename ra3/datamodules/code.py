@@ -296,6 +296,8 @@ class CodeDataModule(L.LightningDataModule):
         self.val_examples = self._encode_all(val)
 
     def _resolve_tokenizer(self):
+        if self.tokenizer is not None and not self.hparams.tokenizer_path:
+            return self.tokenizer
         if self.hparams.tokenizer_path:
             from ra3.modules.policy import load_tokenizer
 

@@ -1,0 +1,110 @@
+"""Bootstrapping: annotate the mid-training corpus with the E-step policy's thoughts -> an M-step shard.
+
+Each program gets G latent rollouts; the kept annotation is the best by E-step reward (``best``) or the
+first sample (``sample``, an unbiased draw). Work is cut into parts of ``part_size`` programs, each
+written atomically (temp file + rename) with its own seed, so an interrupted bootstrap resumes at the
+first missing part and produces exactly the rows an uninterrupted run would. Only when every part
+exists is ``bootstrapped.jsonl`` assembled (atomically) with ``stats.json`` beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ra3.datamodules.skillworld import write_jsonl
+from ra3.metrics import boundary_scores, names_skill
+from ra3.rollout.latent import LatentConfig, program_from_row
+
+
+def annotate(module, rows: list[dict], mode: str, group_size: int, generator: torch.Generator) -> list[dict]:
+    """Annotated copies of ``rows`` (``prompt``/``completion`` or ``text`` rewritten with thoughts)."""
+    programs = [program_from_row(r) for r in rows]
+    hp = module.latent_config
+    config = LatentConfig(group_size, hp.alpha, hp.temperature, hp.max_thought_tokens, hp.max_thoughts, hp.max_length)
+    rollout = module.engine.rollout(programs, config, generator)
+    plain, _ = module.plain_logprob(programs)
+    rewards = module.rewards(_cpu(rollout), plain.cpu().repeat_interleave(group_size)).view(-1, group_size)
+    picks = rewards.argmax(1).tolist() if mode == "best" else [0] * len(rows)
+    out = []
+    for b, (row, g) in enumerate(zip(rows, picks)):
+        i = b * group_size + g
+        text = rollout.texts[i]
+        new = {k: v for k, v in row.items() if k not in ("text", "completion")}
+        if "prompt" in row and "completion" in row:
+            new["completion"] = text[len(row["prompt"]):]
+        new["text"] = text
+        new["thoughts"] = [{"line": t, "text": s, "malformed": bad} for t, s, bad in rollout.thoughts[i]]
+        new["estep_reward"] = float(rewards[b, g])
+        out.append(new)
+    return out
+
+
+def _cpu(rollout):
+    for name, value in vars(rollout).items():
+        if isinstance(value, torch.Tensor):
+            setattr(rollout, name, value.cpu())
+    return rollout
+
+
+def bootstrap(module, rows: list[dict], out_dir: str | os.PathLike, mode: str = "best", group_size: int | None = None,
+              batch_size: int = 8, part_size: int = 64, seed: int = 0, progress=None) -> dict[str, Any]:
+    """Write ``out_dir/bootstrapped.jsonl`` (+ ``stats.json``) from ``rows``; resumes from finished parts."""
+    if mode not in ("best", "sample"):
+        raise ValueError(f"bootstrap mode must be 'best' or 'sample', got {mode!r}")
+    out = Path(out_dir)
+    final = out / "bootstrapped.jsonl"
+    if final.exists() and (out / "stats.json").exists():
+        return json.loads((out / "stats.json").read_text())
+    parts_dir = out / "parts"
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    G = group_size or module.hparams.group_size
+    n_parts = (len(rows) + part_size - 1) // part_size
+    module.eval()
+    with torch.no_grad():
+        for p in range(n_parts):
+            path = parts_dir / f"part_{p:05d}.jsonl"
+            if path.exists():
+                if progress:
+                    progress(min(part_size, len(rows) - p * part_size))
+                continue
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + p)
+            chunk = rows[p * part_size : (p + 1) * part_size]
+            annotated = []
+            for i in range(0, len(chunk), batch_size):
+                annotated += annotate(module, chunk[i : i + batch_size], mode, G, generator)
+                if progress:
+                    progress(len(chunk[i : i + batch_size]))
+            write_jsonl(path, annotated)
+    annotated = [json.loads(line) for p in range(n_parts) for line in open(parts_dir / f"part_{p:05d}.jsonl")]
+    stats = shard_stats(annotated)
+    write_jsonl(final, annotated)
+    tmp = out / "stats.json.tmp"
+    tmp.write_text(json.dumps(stats, indent=1))
+    os.replace(tmp, out / "stats.json")
+    return stats
+
+
+def shard_stats(rows: list[dict]) -> dict[str, Any]:
+    """Thought counts and, where rows carry ground truth, boundary precision/recall/F1 and skill naming."""
+    n_thoughts = sum(len(r["thoughts"]) for r in rows)
+    stats: dict[str, Any] = {"rows": len(rows), "thoughts": n_thoughts, "thoughts_per_program": n_thoughts / max(1, len(rows)),
+                             "malformed": sum(t["malformed"] for r in rows for t in r["thoughts"])}
+    with_truth = [r for r in rows if r.get("boundaries") is not None and "prompt" in r]
+    if with_truth:
+        truth, predicted, labels, thoughts = [], [], [], []
+        for r in with_truth:
+            n_ctx = r["prompt"].count("\n") + 1
+            starts = [b - n_ctx for b in r["boundaries"]]
+            truth.append(set(starts))
+            predicted.append({t["line"] for t in r["thoughts"]})
+            thoughts.append([(t["line"], t["text"]) for t in r["thoughts"]])
+            labels.append([s["description"] for s in r.get("skills", [])] if r.get("skills") else [])
+        precision, recall, f1 = boundary_scores(predicted, truth)
+        stats.update(boundary_precision=precision, boundary_recall=recall, boundary_f1=f1,
+                     thought_names_skill=names_skill(thoughts, [sorted(t) for t in truth], labels))
+    return stats

@@ -1,0 +1,216 @@
+"""EMCallback: RA3's EM loop — E-step -> bootstrap -> M-step, for ``rounds`` rounds — with crash-safe resume.
+
+Mechanism: a fresh ``Trainer`` per phase (re-calling ``fit`` on one Trainer with a changed ``max_steps`` is
+fragile, Lightning #11425), all on one shared ``CodeDataModule`` and one W&B run. The policy is handed
+from phase to phase as a ``save_pretrained`` directory: each E-step starts from the latest M-step
+weights (the base model in round 0), each M-step from the E-step's weights (``mstep_init: estep``) or
+from the previous M-step's (``previous``).
+
+State (round, phase, shard and policy paths, RNG states) lives in ``<out_dir>/em_state.json``, written
+atomically at every phase transition and also stored in every Lightning checkpoint the phases write
+(every ``checkpoint_every_n_steps``). ``ra3 em ... --resume`` after a crash (even ``kill -9``) re-enters
+the recorded phase: a training phase continues from its ``last.ckpt``, a bootstrap from its first
+missing part, so no bootstrapped row is lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
+
+PHASES = ("estep", "bootstrap", "mstep")
+
+
+@dataclass
+class EMState:
+    round: int = 0
+    phase: str = "estep"
+    policy: str = ""  # the latest policy (save_pretrained dir)
+    shards: list[str] = field(default_factory=list)
+    summaries: list[dict] = field(default_factory=list)
+    done: bool = False
+    python_rng: Any = None
+    torch_rng: list[int] | None = None
+
+
+class EMCallback(L.Callback):
+    """Runs and checkpoints the EM rounds (see the module docstring).
+
+    Args:
+        rounds: EM rounds.
+        estep_steps: E-step optimizer steps per round.
+        mstep_steps: M-step optimizer steps per round.
+        bootstrap_mode: keep the ``best`` of G annotations by E-step reward, or a ``sample``.
+        bootstrap_group_size: G for bootstrapping (default: the E-step's group size).
+        bootstrap_limit: annotate only the first N programs of the corpus (default: all).
+        bootstrap_batch_size: programs per rollout batch while bootstrapping.
+        mstep_init: start each M-step from the ``estep`` policy or the ``previous`` M-step's.
+        checkpoint_every_n_steps: Lightning checkpoint interval inside a phase (for resume).
+        eval_source: a skill-world split (e.g. ``eval.jsonl``) scored with greedy pass@1 after each round.
+        eval_limit: score the first N problems only.
+    """
+
+    def __init__(self, rounds: int = 2, estep_steps: int = 50, mstep_steps: int = 100, bootstrap_mode: str = "best",
+                 bootstrap_group_size: int | None = None, bootstrap_limit: int | None = None,
+                 bootstrap_batch_size: int = 16, mstep_init: str = "estep", checkpoint_every_n_steps: int = 10,
+                 eval_source: str | None = None, eval_limit: int | None = None):
+        from ra3.errors import Ra3Error
+
+        if rounds < 1:
+            raise Ra3Error(f"em.rounds must be >= 1, got {rounds}")
+        if bootstrap_mode not in ("best", "sample"):
+            raise Ra3Error(f"em.bootstrap_mode must be 'best' or 'sample', got {bootstrap_mode!r}")
+        if mstep_init not in ("estep", "previous"):
+            raise Ra3Error(f"em.mstep_init must be 'estep' or 'previous', got {mstep_init!r}")
+        self.rounds, self.estep_steps, self.mstep_steps = rounds, estep_steps, mstep_steps
+        self.bootstrap_mode, self.bootstrap_group_size = bootstrap_mode, bootstrap_group_size
+        self.bootstrap_limit, self.bootstrap_batch_size = bootstrap_limit, bootstrap_batch_size
+        self.mstep_init, self.checkpoint_every_n_steps = mstep_init, checkpoint_every_n_steps
+        self.eval_source, self.eval_limit = eval_source, eval_limit
+        self.state = EMState()
+        self.out: Path | None = None
+
+    # ---- Lightning hooks (the callback rides along in every phase's Trainer) ------------------------
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["em_state"] = asdict(self.state)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.logger is not None:
+            trainer.logger.log_metrics({"em/round": self.state.round}, step=trainer.global_step)
+
+    # ---- state -----------------------------------------------------------------------------------
+    def _save_state(self) -> None:
+        self.state.python_rng = random.getstate()
+        self.state.torch_rng = torch.get_rng_state().tolist()
+        tmp = self.out / "em_state.json.tmp"
+        tmp.write_text(json.dumps(asdict(self.state), default=list))
+        os.replace(tmp, self.out / "em_state.json")
+
+    def _load_state(self) -> bool:
+        path = self.out / "em_state.json"
+        if not path.exists():
+            return False
+        data = json.loads(path.read_text())
+        self.state = EMState(**data)
+        if self.state.python_rng is not None:
+            v = self.state.python_rng
+            random.setstate((v[0], tuple(v[1]), v[2]))
+        if self.state.torch_rng is not None:
+            torch.set_rng_state(torch.tensor(self.state.torch_rng, dtype=torch.uint8))
+        return True
+
+    def _advance(self, phase: str, **updates) -> None:
+        for k, v in updates.items():
+            setattr(self.state, k, v)
+        self.state.phase = phase
+        self._save_state()
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def run(self, out_dir: str, base_model: str, make_estep: Callable[[str], Any], make_mstep: Callable[[str], Any],
+            datamodule, trainer_kwargs: dict, logger=None, resume: bool = False) -> list[dict]:
+        """Run (or resume) all rounds; returns the per-round summaries (also in ``em_summary.json``)."""
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        corpus = list(datamodule.train_files)
+        if resume and self._load_state():
+            rank_zero_info(f"ra3 em: resuming round {self.state.round}, phase {self.state.phase}")
+        else:
+            if (self.out / "em_state.json").exists():
+                from ra3.errors import Ra3Error
+
+                raise Ra3Error(f"{self.out} already holds an EM run: pass --resume to continue it, or choose another out_dir")
+            self.state = EMState(policy=base_model)
+            self._save_state()
+        while self.state.round < self.rounds:
+            k = self.state.round
+            rdir = self.out / f"round_{k}"
+            if self.state.phase == "estep":
+                t0 = time.time()
+                datamodule.use_train_files(corpus)
+                module = make_estep(self.state.policy)
+                trainer = self._fit(module, datamodule, rdir / "estep", self.estep_steps, trainer_kwargs, logger, manual=True)
+                summary = {"round": k, "estep_time_s": time.time() - t0,
+                           **{key: float(v) for key, v in trainer.callback_metrics.items() if key.startswith("estep/")}}
+                policy = self._export(module, rdir / "estep_policy")
+                self._advance("bootstrap", policy=str(policy), summaries=self.state.summaries + [summary])
+            if self.state.phase == "bootstrap":
+                from ra3.bootstrap import bootstrap
+
+                t0 = time.time()
+                module = make_estep(self.state.policy)
+                datamodule.use_train_files(corpus)
+                datamodule.tokenizer = module.tokenizer
+                datamodule.setup("fit")
+                rows = datamodule.train_programs[: self.bootstrap_limit] if self.bootstrap_limit else datamodule.train_programs
+                stats = bootstrap(module, rows, rdir, self.bootstrap_mode, self.bootstrap_group_size,
+                                  self.bootstrap_batch_size, seed=k)
+                self.state.summaries[-1].update({f"bootstrap/{key}": v for key, v in stats.items()},
+                                                bootstrap_time_s=time.time() - t0)
+                if logger is not None:
+                    logger.log_metrics({f"bootstrap/{key}": v for key, v in stats.items() if isinstance(v, (int, float))})
+                self._advance("mstep", shards=self.state.shards + [str(rdir / "bootstrapped.jsonl")])
+            if self.state.phase == "mstep":
+                t0 = time.time()
+                datamodule.use_train_files([self.state.shards[-1]])
+                init = self.state.policy if self.mstep_init == "estep" or k == 0 else str(self.out / f"round_{k - 1}" / "mstep_policy")
+                module = make_mstep(init)
+                trainer = self._fit(module, datamodule, rdir / "mstep", self.mstep_steps, trainer_kwargs, logger, manual=False)
+                policy = self._export(module, rdir / "mstep_policy")
+                summary = self.state.summaries[-1]
+                summary.update({key: float(v) for key, v in trainer.callback_metrics.items() if key.startswith(("mstep/", "val/"))},
+                               mstep_time_s=time.time() - t0)
+                if self.eval_source:
+                    summary.update(self._evaluate(module))
+                if logger is not None:
+                    logger.log_metrics({f"em/{key}": v for key, v in summary.items() if isinstance(v, (int, float))})
+                self._advance("estep", policy=str(policy), round=k + 1)
+                (self.out / "em_summary.json").write_text(json.dumps(self.state.summaries, indent=1))
+        datamodule.use_train_files(corpus)
+        self.state.done = True
+        self._save_state()
+        (self.out / "em_summary.json").write_text(json.dumps(self.state.summaries, indent=1))
+        return self.state.summaries
+
+    def _fit(self, module, datamodule, phase_dir: Path, steps: int, trainer_kwargs: dict, logger, manual: bool) -> L.Trainer:
+        kwargs = dict(trainer_kwargs)
+        if manual:
+            kwargs.pop("gradient_clip_val", None)  # the E-step clips its own gradients (manual optimization)
+        ckpt = ModelCheckpoint(dirpath=phase_dir / "checkpoints", every_n_train_steps=self.checkpoint_every_n_steps,
+                               save_last=True, save_top_k=0)
+        trainer = L.Trainer(**kwargs, max_steps=steps, logger=logger if logger is not None else False,
+                            callbacks=[self, ckpt], default_root_dir=str(phase_dir), num_sanity_val_steps=0,
+                            limit_val_batches=0 if manual else kwargs.get("limit_val_batches", 1.0))
+        last = phase_dir / "checkpoints" / "last.ckpt"
+        trainer.fit(module, datamodule, ckpt_path=str(last) if last.exists() else None, weights_only=False)
+        return trainer
+
+    def _export(self, module, directory: Path) -> Path:
+        tmp = directory.with_name(directory.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        module.export(tmp)
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(tmp, directory)
+        return directory
+
+    def _evaluate(self, module) -> dict[str, float]:
+        from ra3.datamodules.benchmarks import load_benchmark
+        from ra3.evaluation import generate_samples, score_samples
+        from ra3.execution import SandboxPool
+        from ra3.rollout.generate import HFEngine, SamplingConfig
+
+        problems = load_benchmark("skillworld", self.eval_source)[: self.eval_limit]
+        samples = generate_samples(HFEngine(module.model, module.tokenizer), problems, 1, SamplingConfig(max_new_tokens=200))
+        with SandboxPool() as pool:
+            summary, _ = score_samples(problems, samples, pool, [1])
+        return {"heldout_pass@1": summary.get("pass@1", 0.0)}
