@@ -55,6 +55,7 @@ class EMCallback(L.Callback):
         bootstrap_group_size: G for bootstrapping (default: the E-step's group size).
         bootstrap_limit: annotate only the first N programs of the corpus (default: all).
         bootstrap_batch_size: programs per rollout batch while bootstrapping.
+        bootstrap_part_size: programs per atomically written part (the unit of bootstrap resume).
         mstep_init: start each M-step from the ``estep`` policy or the ``previous`` M-step's.
         checkpoint_every_n_steps: Lightning checkpoint interval inside a phase (for resume).
         eval_source: a skill-world split (e.g. ``eval.jsonl``) scored with greedy pass@1 after each round.
@@ -63,7 +64,7 @@ class EMCallback(L.Callback):
 
     def __init__(self, rounds: int = 2, estep_steps: int = 50, mstep_steps: int = 100, bootstrap_mode: str = "best",
                  bootstrap_group_size: int | None = None, bootstrap_limit: int | None = None,
-                 bootstrap_batch_size: int = 16, mstep_init: str = "estep", checkpoint_every_n_steps: int = 10,
+                 bootstrap_batch_size: int = 16, bootstrap_part_size: int = 64, mstep_init: str = "estep", checkpoint_every_n_steps: int = 10,
                  eval_source: str | None = None, eval_limit: int | None = None):
         from ra3.errors import Ra3Error
 
@@ -76,6 +77,7 @@ class EMCallback(L.Callback):
         self.rounds, self.estep_steps, self.mstep_steps = rounds, estep_steps, mstep_steps
         self.bootstrap_mode, self.bootstrap_group_size = bootstrap_mode, bootstrap_group_size
         self.bootstrap_limit, self.bootstrap_batch_size = bootstrap_limit, bootstrap_batch_size
+        self.bootstrap_part_size = bootstrap_part_size
         self.mstep_init, self.checkpoint_every_n_steps = mstep_init, checkpoint_every_n_steps
         self.eval_source, self.eval_limit = eval_source, eval_limit
         self.state = EMState()
@@ -154,7 +156,7 @@ class EMCallback(L.Callback):
                 datamodule.setup("fit")
                 rows = datamodule.train_programs[: self.bootstrap_limit] if self.bootstrap_limit else datamodule.train_programs
                 stats = bootstrap(module, rows, rdir, self.bootstrap_mode, self.bootstrap_group_size,
-                                  self.bootstrap_batch_size, seed=k)
+                                  self.bootstrap_batch_size, self.bootstrap_part_size, seed=k)
                 self.state.summaries[-1].update({f"bootstrap/{key}": v for key, v in stats.items()},
                                                 bootstrap_time_s=time.time() - t0)
                 if logger is not None:

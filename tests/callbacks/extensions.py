@@ -1,0 +1,20 @@
+"""User extensions used by the tests: one subclass each, plugged in by class_path."""
+
+import torch
+
+from ra3.modules import EStepModule
+from ra3.rollout.latent import ThoughtFormat
+
+
+class FlatRewardEStep(EStepModule):
+    """A custom E-step reward: every annotation scores 1 per thought (an external scorer would go here)."""
+
+    def rewards(self, rollout, plain_logprob):
+        return rollout.n_thoughts.float()
+
+
+class ArrowThoughts(ThoughtFormat):
+    """A custom thought format: ``# -> <intent>``."""
+
+    def render(self, text, indent):
+        return "\n" + indent + "# -> " + " ".join(text.split())
