@@ -146,15 +146,32 @@ class _Line:
 
 
 class _Cache:
-    """A batched KV cache in which rows advance by different numbers of tokens per call."""
+    """A batched KV cache in which rows advance by different numbers of tokens per call: every call appends
+    W slots to all rows; padding slots are masked out for good."""
 
     def __init__(self, model, n_rows: int, pad_id: int):
+        import inspect
+
         self.model, self.pad_id = model, pad_id
         self.device = next(model.parameters()).device
+        params = inspect.signature(model.forward).parameters
+        self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.past = None
         self.mask = torch.zeros(n_rows, 0, dtype=torch.long, device=self.device)
         self.lengths = torch.zeros(n_rows, dtype=torch.long, device=self.device)
         self.last_logp: torch.Tensor | None = None  # (N, V) fp32 log-probs after each row's last real token
+
+    def select(self, rows: list[int]) -> "_Cache":
+        """A copy holding only ``rows`` (for decoding thoughts without dragging every row along)."""
+        import copy
+
+        sub = _Cache.__new__(_Cache)
+        sub.model, sub.pad_id, sub.device, sub.cache_kwarg = self.model, self.pad_id, self.device, self.cache_kwarg
+        index = torch.tensor(rows, device=self.device)
+        sub.past = copy.deepcopy(self.past)
+        sub.past.batch_select_indices(index)
+        sub.mask, sub.lengths, sub.last_logp = self.mask[index], self.lengths[index], self.last_logp[index]
+        return sub
 
     @torch.no_grad()
     def feed(self, chunks: list[list[int]]) -> list[list[float]]:
@@ -172,28 +189,20 @@ class _Cache:
         ids, real = ids.to(self.device), real.to(self.device)
         positions = (self.lengths[:, None] + torch.cumsum(real, 1) - 1).clamp(min=0)
         self.mask = torch.cat([self.mask, real], 1)
-        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions,
-                         past_key_values=self.past, use_cache=True)
-        self.past = out.past_key_values
+        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions, use_cache=True,
+                         **{self.cache_kwarg: self.past})
+        self.past = getattr(out, self.cache_kwarg, None) or out.past_key_values
         logp = torch.log_softmax(out.logits.float(), -1)  # (N, W, V)
-        result = []
-        lengths = real.sum(1)
-        for r, c in enumerate(chunks):
-            if not c:
-                result.append([])
-                continue
-            k = len(c)
-            tok = ids[r, :k]
-            prev = torch.cat([self.last_logp[r : r + 1], logp[r, : k - 1]], 0) if self.last_logp is not None \
-                else torch.cat([torch.zeros(1, logp.shape[-1], device=self.device), logp[r, : k - 1]], 0)
-            result.append(prev.gather(1, tok[:, None]).squeeze(1).tolist())
         if self.last_logp is None:
             self.last_logp = torch.zeros(n, logp.shape[-1], device=self.device)
-        idx = (lengths - 1).clamp(min=0)
+        # log-prob of token j comes from the position before it: the previous call's last position for j = 0
+        prev = torch.cat([self.last_logp[:, None], logp[:, :-1]], 1)
+        token_lp = prev.gather(2, ids[:, :, None]).squeeze(2).tolist()
+        lengths = real.sum(1)
         has = lengths > 0
-        self.last_logp[has] = logp[has, idx[has]]
+        self.last_logp[has] = logp[has, (lengths - 1).clamp(min=0)[has]]
         self.lengths += lengths
-        return result
+        return [lp[: len(c)] for lp, c in zip(token_lp, chunks)]
 
 
 def program_from_row(row: dict) -> ExpertProgram:
@@ -301,53 +310,64 @@ class LatentRolloutEngine:
                     # the prefix already fed belongs to the thought line, not the expert line
                     for i in range(len(row.kinds) - line.prefix, len(row.kinds)):
                         row.kinds[i] = FORCED
-            if think:
-                chunks = [lines[rows[r].program][t].marker if r in think else [] for r in range(len(rows))]
-                for r, lps in enumerate(cache.feed(chunks)):
-                    if lps:
-                        append(r, chunks[r][:1], MARKER, lps[:1])
-                        append(r, chunks[r][1:], FORCED, lps[1:])
-                sampled = {r: [] for r in think}
-                open_rows = set(think)
-                hit_max = set()
-                while open_rows:
-                    chunks = [[] for _ in rows]
-                    for r in [r for r in open_rows if len(sampled[r]) >= config.max_thought_tokens]:
-                        hit_max.add(r)
-                        open_rows.discard(r)
-                    order = sorted(open_rows)
-                    if not order:
-                        break
-                    probs = torch.softmax(cache.last_logp[order] / max(config.temperature, 1e-6), -1).cpu()
-                    draws = torch.multinomial(probs, 1, generator=generator).squeeze(1).tolist()
-                    for r, nxt in zip(order, draws):
-                        if self.thought_end[nxt]:
-                            open_rows.discard(r)
-                            continue
-                        chunks[r] = [nxt]
-                        sampled[r].append(nxt)
-                    for r, lps in enumerate(cache.feed(chunks)):
-                        if lps:
-                            append(r, chunks[r], THOUGHT, lps)
-                for r in think:
-                    row, line = rows[r], lines[rows[r].program][t]
-                    text = tok.decode(sampled[r], skip_special_tokens=True).strip()
-                    bad = self.format.malformed(text, r in hit_max)
-                    row.thoughts.append((t, text, bad))
-                    row.text.append(self.format.render(text, line.indent))
-            # the expert line (again from its start for thinking rows) + the next line's prefix (or eos)
-            chunks, splits = [[] for _ in rows], {}
+            sampled = self._think(cache, think, [lines[rows[r].program][t].marker for r in think], config, generator) if think else {}
+            for r in think:
+                row, line = rows[r], lines[rows[r].program][t]
+                tokens, hit_max = sampled[r]
+                text = tok.decode(tokens, skip_special_tokens=True).strip()
+                row.thoughts.append((t, text, self.format.malformed(text, hit_max)))
+                row.text.append(self.format.render(text, line.indent))
+            # one teacher-forced chunk per row: [marker + thought +] the expert line + the next line's prefix (or eos)
+            chunks, kinds = [[] for _ in rows], [[] for _ in rows]
             for r in active:
                 row, ls = rows[r], lines[rows[r].program]
                 line = ls[t]
-                head = line.ids if r in think else line.ids[line.prefix:]
                 tail = ls[t + 1].ids[: ls[t + 1].prefix] if t + 1 < len(ls) else [tok.eos_token_id]
-                chunks[r] = head + tail
+                if r in sampled:
+                    thought = sampled[r][0]
+                    chunks[r] = line.marker + thought + line.ids + tail
+                    kinds[r] = [MARKER] + [FORCED] * (len(line.marker) - 1) + [THOUGHT] * len(thought) \
+                        + [EXPERT] * (len(line.ids) + len(tail))
+                else:
+                    chunks[r] = line.ids[line.prefix:] + tail
+                    kinds[r] = [EXPERT] * len(chunks[r])
                 row.text.append(programs[row.program].lines[t].text)
             for r, lps in enumerate(cache.feed(chunks)):
                 if lps:
-                    append(r, chunks[r], EXPERT, lps)
+                    rows[r].tokens += chunks[r]
+                    rows[r].kinds += kinds[r]
+                    rows[r].logprobs += lps
         return self._pack(rows, programs, config, device)
+
+    def _think(self, cache: _Cache, think: list[int], markers: list[list[int]], config: LatentConfig,
+               generator) -> dict[int, tuple[list[int], bool]]:
+        """Sample a thought for each row in ``think`` on a copy of the cache holding only those rows.
+
+        Returns ``{row: (thought tokens, hit max_thought_tokens)}``; the tokens are later teacher-forced in
+        the main cache, whose log-probs are the ones reported."""
+        sub = cache.select(think)
+        sub.feed(markers)
+        sampled = {i: [] for i in range(len(think))}
+        open_rows, hit_max = set(sampled), set()
+        while open_rows:
+            for i in [i for i in open_rows if len(sampled[i]) >= config.max_thought_tokens]:
+                hit_max.add(i)
+                open_rows.discard(i)
+            order = sorted(open_rows)
+            if not order:
+                break
+            probs = torch.softmax(sub.last_logp[order] / max(config.temperature, 1e-6), -1).cpu()
+            draws = torch.multinomial(probs, 1, generator=generator).squeeze(1).tolist()
+            chunks = [[] for _ in think]
+            for i, nxt in zip(order, draws):
+                if self.thought_end[nxt]:
+                    open_rows.discard(i)
+                else:
+                    chunks[i] = [nxt]
+                    sampled[i].append(nxt)
+            if any(chunks):
+                sub.feed(chunks)
+        return {r: (sampled[i], i in hit_max) for i, r in enumerate(think)}
 
     def _pack(self, rows: list[_Row], programs, config: LatentConfig, device) -> LatentRollout:
         N, S = len(rows), max(len(r.tokens) for r in rows)
