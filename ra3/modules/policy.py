@@ -135,7 +135,7 @@ class PolicyModule(L.LightningModule):
         if tokenizer_path is None:
             raise Ra3Error("a model built from model_config needs a tokenizer path")
         self.tokenizer = load_tokenizer(tokenizer_path)
-        self.model = self._load_model()
+        self.model = self._load_model().train()  # from_pretrained returns eval mode
         if len(self.tokenizer) > self.model.get_input_embeddings().num_embeddings:
             self.model.resize_token_embeddings(len(self.tokenizer))
         if gradient_checkpointing:
