@@ -197,7 +197,8 @@ class CodeDataModule(L.LightningDataModule):
         batch_size: rows per batch.
         packing: pack several programs per row (no cross-document attention) instead of padding each.
         loss_mode: ``all`` tokens, ``code_only`` (thought comments masked) or ``completion_only`` (prompt masked).
-        program_batch_size: programs per batch for modules that read whole programs (the E-step).
+        program_batch_size: programs (or RL prompts) per batch for modules that read whole rows (E-step, RLVR).
+        rl_files: RL rows (``prompt`` + tests, see ``ra3.rewards``) served to modules that read prompts (RLVR).
         on_malformed: ``skip`` malformed rows (reported once with the first row number) or ``error``.
         num_workers: DataLoader worker processes.
         seed: seed of the validation split and packing order.
@@ -219,6 +220,7 @@ class CodeDataModule(L.LightningDataModule):
         loss_mode: LossMode = "all",
         on_malformed: Literal["skip", "error"] = "skip",
         program_batch_size: int = 8,
+        rl_files: list[str] | None = None,
         num_workers: int = 0,
         seed: int = 0,
     ):
@@ -233,6 +235,7 @@ class CodeDataModule(L.LightningDataModule):
         self.tokenizer = None
         self.train_files = list(train_files or [])
         self.train_programs: list[dict] = []
+        self.rl_rows: list[dict] = []
         self.val_programs: list[dict] = []
         self.train_examples: list[Example] = []
         self.val_examples: list[Example] = []
@@ -272,7 +275,36 @@ class CodeDataModule(L.LightningDataModule):
         self.train_files = list(files)
         self.train_programs, self.val_programs, self.train_examples, self.val_examples = [], [], [], []
 
+    def read_rl_rows(self, sources: list[str]) -> list[dict]:
+        """RL rows (a ``prompt`` and tests in a shape ``ra3.rewards.tests_from_row`` accepts)."""
+        from ra3.rewards import tests_from_row
+
+        rows = []
+        for source in sources:
+            bad = MalformedRows(source, fatal=self.hparams.on_malformed == "error")
+            for row_number, row in rows_from_source(source, self.hparams.split):
+                try:
+                    if isinstance(row, json.JSONDecodeError):
+                        raise ValueError(f"invalid JSON ({row.msg})")
+                    if not isinstance(row, dict) or not isinstance(row.get(self.hparams.prompt_field), str):
+                        raise ValueError(f"needs a string '{self.hparams.prompt_field}'")
+                    tests_from_row(row)
+                    rows.append({**row, "prompt": row[self.hparams.prompt_field]})
+                except (ValueError, KeyError, TypeError) as e:
+                    bad.add(row_number, str(e))
+            bad.report()
+        if not rows:
+            raise Ra3Error(f"no usable RL rows in {', '.join(sources)}")
+        return rows
+
     def setup(self, stage: str | None = None) -> None:
+        if self._view() == "prompts":
+            if not self.rl_rows:
+                if not self.hparams.rl_files:
+                    raise Ra3Error("RLVR needs data.rl_files (rows with a prompt and tests)")
+                self.tokenizer = self._resolve_tokenizer()
+                self.rl_rows = self.read_rl_rows(list(self.hparams.rl_files))
+            return
         if self.train_programs or self.val_programs:
             return
         hp = self.hparams
@@ -333,11 +365,15 @@ class CodeDataModule(L.LightningDataModule):
                           generator=generator)
 
     def train_dataloader(self) -> DataLoader:
+        if self._view() == "prompts":
+            return self._program_loader(self.rl_rows, shuffle=True)
         if self._view() == "programs":
             return self._program_loader(self.train_programs, shuffle=True)
         return self._loader(self.train_examples, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
+        if self._view() == "prompts":
+            return []
         if self._view() == "programs":
             return self._program_loader(self.val_programs, shuffle=False) if self.val_programs else []
         return self._loader(self.val_examples, shuffle=False) if self.val_examples else []

@@ -42,6 +42,7 @@ class Completion:
     text: str
     token_ids: list[int]
     finished: bool
+    ended_by_eos: bool = False
 
 
 class RolloutEngine(Protocol):
@@ -104,9 +105,9 @@ class HFEngine:
 
     def _completion(self, ids: list[int], stop: list[str]) -> Completion:
         tok = self.tokenizer
-        finished = False
+        finished = eos = False
         if tok.eos_token_id in ids:
-            ids, finished = ids[: ids.index(tok.eos_token_id)], True
+            ids, finished, eos = ids[: ids.index(tok.eos_token_id)], True, True
         while ids and ids[-1] == tok.pad_token_id:
             ids.pop()
         text = tok.decode(ids, skip_special_tokens=True)
@@ -120,4 +121,4 @@ class HFEngine:
                 else:
                     lo = mid + 1
             ids = ids[:lo]
-        return Completion(text, ids, finished or stopped)
+        return Completion(text, ids, finished or stopped, eos and not stopped)

@@ -1,0 +1,274 @@
+"""RLVRModule: GRPO-family RL with verifiable (unit-test) rewards, from a base, NTP or RA3 checkpoint.
+
+One training step, top to bottom:
+
+1. Sample ``num_generations`` (G) completions for each of the batch's prompts (``ra3.rollout.generate``,
+   the same sampler as evaluation); reward jobs go to the sandbox pool as soon as each generation chunk is
+   done, so execution overlaps the next chunk's generation.
+2. Rewards ``(prompts, completions, **columns) -> list[float | None]`` (``ra3.rewards``); ``None`` (e.g. a
+   sandbox error) drops the sample from the loss and from its group's baseline.
+3. Advantages ``A = R - mean_group(R)``, divided by the group std (``scale_rewards: group``), the batch std
+   (``batch``) or nothing (``none``); zero for constant-reward groups.
+4. Clipped surrogate per completion token ``l = -min(r A, clip(r, 1 - eps_low, 1 + eps_high) A)``, with
+   ``r = pi / pi_old``, aggregated by ``loss_type``:
+   ``grpo``: mean over each completion's tokens, then over completions;
+   ``dr_grpo``: sum over all tokens / (N × max_new_tokens) (no length or std normalisation);
+   ``dapo``: sum over all tokens / number of tokens (token-level mean), asymmetric clip.
+   Plus ``beta`` × k3 KL to a frozen reference when ``beta > 0`` (otherwise no reference exists).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from typing import Any
+
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
+
+from ra3.errors import Ra3Error
+from ra3.modules.policy import PolicyModule
+from ra3.rewards import FormatReward, UnitTestReward, WeightedSum
+from ra3.rollout.generate import HFEngine, SamplingConfig, encode_prompt
+
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
+
+
+def rl_advantages(rewards: torch.Tensor, valid: torch.Tensor, group_size: int, scale: str = "group") -> torch.Tensor:
+    """(N,) rewards in groups of G (``valid`` False = no reward) -> (N,) advantages; 0 where not valid."""
+    r = torch.where(valid, rewards, torch.zeros_like(rewards)).view(-1, group_size)
+    v = valid.view(-1, group_size).float()
+    n = v.sum(1, keepdim=True).clamp(min=1)
+    mean = (r * v).sum(1, keepdim=True) / n
+    adv = (r - mean) * v
+    if scale == "group":
+        std = (((r - mean) ** 2 * v).sum(1, keepdim=True) / (n - 1).clamp(min=1)).sqrt()
+        adv = adv / (std + 1e-4)
+    elif scale == "batch":
+        adv = adv / (rewards[valid].std() + 1e-4 if valid.sum() > 1 else 1.0)
+    elif scale != "none":
+        raise Ra3Error(f"scale_rewards must be group, batch or none; got {scale!r}")
+    return adv.reshape(-1)
+
+
+def policy_gradient_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                         loss_type: str, eps_low: float, eps_high: float, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clipped surrogate aggregated as ``loss_type`` (see the module docstring).
+
+    ``logp``/``old_logp``/``mask``: (N, T) per completion token; ``advantages``: (N,). Returns (loss, clip fraction)."""
+    mask = mask.float()
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages[:, None]
+    clipped = ratio.clamp(1 - eps_low, 1 + eps_high)
+    per_token = -torch.min(ratio * adv, clipped * adv) * mask
+    if loss_type == "grpo":
+        lengths = mask.sum(1)
+        has = lengths > 0
+        loss = (per_token.sum(1)[has] / lengths[has]).mean() if has.any() else per_token.sum() * 0
+    elif loss_type == "dr_grpo":
+        loss = per_token.sum() / (logp.shape[0] * max_new_tokens)
+    elif loss_type == "dapo":
+        loss = per_token.sum() / mask.sum().clamp(min=1)
+    else:
+        raise Ra3Error(f"loss_type must be one of {', '.join(LOSS_TYPES)}; got {loss_type!r}")
+    clip_frac = (((ratio - clipped).abs() > 1e-6).float() * mask).sum() / mask.sum().clamp(min=1)
+    return loss, clip_frac
+
+
+class RLVRModule(PolicyModule):
+    """GRPO-family policy optimisation on prompts with unit tests. Batches are lists of RL rows.
+
+    Args:
+        init_from: the checkpoint to start from (base, NTP or RA3 ``save_pretrained`` dir, or a hub name);
+            the same as ``model``.
+        num_generations: completions per prompt (G >= 2).
+        temperature: sampling temperature.
+        top_p: nucleus sampling mass.
+        max_new_tokens: completion length cap.
+        stop: strings that end a completion (besides eos).
+        loss_type: ``grpo``, ``dr_grpo`` or ``dapo``.
+        epsilon: clip range (lower side, and upper side unless ``epsilon_high`` is set).
+        epsilon_high: upper clip range (DAPO's clip-higher; default 0.28 for ``dapo``, else ``epsilon``).
+        scale_rewards: divide advantages by the ``group`` or ``batch`` reward std, or ``none``
+            (default: ``none`` for ``dr_grpo``, else ``group``).
+        beta: weight of the k3 KL to a frozen copy of the initial policy (0: no copy is made).
+        ppo_epochs: policy updates per generated batch.
+        mask_truncated: leave completions that hit ``max_new_tokens`` out of the loss.
+        partial_credit: unit-test reward = fraction of tests passed instead of all-or-nothing.
+        format_weight: weight of the format reward (valid Python) added to the unit-test reward.
+        generation_batch_size: prompts × G generated per chunk (reward jobs start after each chunk).
+        max_grad_norm: gradient clipping norm (0 = off).
+        sandbox_workers: parallel sandbox processes (default: CPU count).
+        table_every_n_steps: W&B table of prompts/completions/rewards this often (0 = never).
+    """
+
+    data_view = "prompts"
+
+    def __init__(self, *args, init_from: str | None = None, num_generations: int = 4, temperature: float = 1.0,
+                 top_p: float = 1.0, max_new_tokens: int = 128, stop: list[str] | None = None, loss_type: str = "grpo",
+                 epsilon: float = 0.2, epsilon_high: float | None = None, scale_rewards: str | None = None,
+                 beta: float = 0.0, ppo_epochs: int = 1, mask_truncated: bool = False, partial_credit: bool = False,
+                 format_weight: float = 0.0, generation_batch_size: int = 64, max_grad_norm: float = 1.0,
+                 sandbox_workers: int | None = None, table_every_n_steps: int = 50, **kwargs):
+        if num_generations < 2:
+            raise Ra3Error(f"num_generations must be >= 2 for group-relative advantages, got {num_generations}")
+        if loss_type not in LOSS_TYPES:
+            raise Ra3Error(f"loss_type must be one of {', '.join(LOSS_TYPES)}; got {loss_type!r}")
+        if init_from is not None:
+            if kwargs.get("model") not in (None, init_from):
+                raise Ra3Error("set init_from or model, not both")
+            kwargs["model"] = init_from
+        super().__init__(*args, **kwargs)
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.scale_rewards = scale_rewards or ("none" if loss_type == "dr_grpo" else "group")
+        self.eps_high = epsilon_high if epsilon_high is not None else (0.28 if loss_type == "dapo" else epsilon)
+        self.sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                       stop=list(stop if stop is not None else ["\ndef ", "\nclass ", "\nprint(", "\nassert", "\nif __name__"]),
+                                       batch_size=generation_batch_size)
+        self.reference = copy.deepcopy(self.model).eval().requires_grad_(False) if beta > 0 else None
+        self.unit_tests = UnitTestReward(partial=partial_credit)
+        self.statuses: list[str] = []
+        self._pool = None
+
+    def reward_function(self):
+        """The reward (protocol of ``ra3.rewards``); override to use your own."""
+        if self.hparams.format_weight:
+            return WeightedSum([(self.unit_tests, 1.0), (FormatReward(), self.hparams.format_weight)])
+        return self.unit_tests
+
+    def on_fit_start(self) -> None:
+        from ra3.execution import SandboxPool
+
+        self._pool = SandboxPool(workers=self.hparams.sandbox_workers)
+        self.unit_tests.pool = self._pool
+
+    def on_fit_end(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+        super().on_fit_end()
+
+    # ---- one step --------------------------------------------------------------------------------
+    def generate_and_score(self, rows: list[dict]) -> tuple[list, list[float | None]]:
+        """G completions per row and their rewards; reward jobs for a chunk run while the next is generated."""
+        G = self.hparams.num_generations
+        engine = HFEngine(self.model, self.tokenizer)
+        per_chunk = max(1, self.sampling.batch_size // G)
+        completions, futures = [], []
+        reward_fn = self.reward_function()
+        from concurrent.futures import ThreadPoolExecutor
+
+        def score(prompts, texts, **columns):
+            values = reward_fn(prompts, texts, **columns)
+            return values, list(self.unit_tests.last_statuses)
+
+        with ThreadPoolExecutor(1) as scorer:
+            for i in range(0, len(rows), per_chunk):
+                chunk = rows[i : i + per_chunk]
+                done = engine.generate([r["prompt"] for r in chunk], G, self.sampling)
+                flat = [c for cs in done for c in cs]
+                completions += flat
+                prompts = [r["prompt"] for r in chunk for _ in range(G)]
+                columns = {k: [r.get(k) for r in chunk for _ in range(G)] for k in chunk[0] if k != "prompt"}
+                futures.append(scorer.submit(score, prompts, [c.text for c in flat], **columns))
+            results = [f.result() for f in futures]
+        self.statuses = [s for _, st in results for s in st]
+        return completions, [x for values, _ in results for x in values]
+
+    def _sequences(self, rows: list[dict], completions: list) -> tuple[torch.Tensor, ...]:
+        G = self.hparams.num_generations
+        seqs, starts = [], []
+        for i, c in enumerate(completions):
+            prompt = encode_prompt(self.tokenizer, rows[i // G]["prompt"])
+            ids = c.token_ids + ([self.tokenizer.eos_token_id] if c.ended_by_eos else [])
+            seqs.append(prompt + ids)
+            starts.append(len(prompt))
+        width = max(map(len, seqs))
+        input_ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros_like(input_ids)
+        completion = torch.zeros_like(input_ids, dtype=torch.bool)
+        for i, (s, start) in enumerate(zip(seqs, starts)):
+            input_ids[i, : len(s)] = torch.tensor(s)
+            attention[i, : len(s)] = 1
+            completion[i, start : len(s)] = True
+        return input_ids.to(self.device), attention.to(self.device), completion.to(self.device)
+
+    def token_logprobs(self, model, input_ids, attention, with_entropy: bool = False):
+        """Per-token log-probs (N, S-1) of ``input_ids[:, 1:]`` (fp32), and optionally the entropy."""
+        hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention, use_cache=False).last_hidden_state
+        logits = model.get_output_embeddings()(hidden[:, :-1]).float()
+        logp_all = torch.log_softmax(logits, -1)
+        logp = logp_all.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        if not with_entropy:
+            return logp, None
+        return logp, -(logp_all.exp() * logp_all).sum(-1)
+
+    def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
+        hp, G = self.hparams, self.hparams.num_generations
+        completions, rewards = self.generate_and_score(batch)
+        valid = torch.tensor([r is not None for r in rewards], device=self.device)
+        R = torch.tensor([r if r is not None else 0.0 for r in rewards], dtype=torch.float32, device=self.device)
+        advantages = rl_advantages(R, valid, G, self.scale_rewards)
+        input_ids, attention, completion = self._sequences(batch, completions)
+        mask = completion[:, 1:] & valid[:, None]
+        truncated = torch.tensor([not c.finished for c in completions], device=self.device)
+        if hp.mask_truncated:
+            mask &= ~truncated[:, None]
+        with torch.no_grad():
+            old_logp, entropy = self.token_logprobs(self.model, input_ids, attention, with_entropy=True)
+            ref_logp = self.token_logprobs(self.reference, input_ids, attention)[0] if self.reference is not None else None
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        for _ in range(hp.ppo_epochs):
+            logp, _ = self.token_logprobs(self.model, input_ids, attention)
+            loss, clip_frac = policy_gradient_loss(logp, old_logp, advantages, mask, hp.loss_type, hp.epsilon,
+                                                   self.eps_high, hp.max_new_tokens)
+            kl = None
+            if ref_logp is not None:
+                d = ref_logp - logp
+                kl = ((torch.exp(d) - d - 1) * mask).sum() / mask.sum().clamp(min=1)
+                loss = loss + hp.beta * kl
+            opt.zero_grad()
+            self.manual_backward(loss)
+            if hp.max_grad_norm > 0:
+                self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+            opt.step()
+        if sched is not None:
+            sched.step()
+        self._log(batch, completions, rewards, R, valid, loss, clip_frac, kl, entropy, completion, truncated)
+        return loss
+
+    def _log(self, batch, completions, rewards, R, valid, loss, clip_frac, kl, entropy, completion, truncated) -> None:
+        G = self.hparams.num_generations
+        rv = R[valid]
+        grouped = R.view(-1, G)
+        statuses = Counter(self.statuses)
+        tokens = completion[:, 1:].float()
+        metrics = {
+            "rlvr/loss": loss.detach(),
+            "rlvr/reward_mean": rv.mean() if rv.numel() else torch.tensor(0.0),
+            "rlvr/reward_std": rv.std() if rv.numel() > 1 else torch.tensor(0.0),
+            "rlvr/pass_rate": torch.tensor(statuses.get("passed", 0) / max(1, len(completions))),
+            "rlvr/zero_std_frac": (grouped.std(1) < 1e-6).float().mean(),
+            "rlvr/clip_frac": clip_frac.detach(),
+            "rlvr/entropy": (entropy * tokens).sum() / tokens.sum().clamp(min=1),
+            "rlvr/completion_length": torch.tensor(float(sum(len(c.token_ids) for c in completions)) / len(completions)),
+            "rlvr/truncated_frac": truncated.float().mean(),
+            "rlvr/no_reward_frac": 1 - valid.float().mean(),
+            "rlvr/lr": torch.tensor(self.optimizers().param_groups[0]["lr"]),
+            **{f"rlvr/status_{s}": torch.tensor(float(n)) for s, n in statuses.items()},
+        }
+        if kl is not None:
+            metrics["rlvr/kl"] = kl.detach()
+        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()})
+        self.log("rlvr/reward", metrics["rlvr/reward_mean"], prog_bar=True)
+        every = self.hparams.table_every_n_steps
+        if every and self.global_step % every == 0 and isinstance(self.logger, WandbLogger) and self.trainer.is_global_zero:
+            try:
+                st = self.statuses or [""] * len(completions)
+                data = [[batch[i // G].get("task_id", ""), batch[i // G]["prompt"], c.text, rewards[i], st[i] if i < len(st) else ""]
+                        for i, c in enumerate(completions)][:16]
+                self.logger.log_table("rlvr/samples", columns=["task_id", "prompt", "completion", "reward", "status"],
+                                      data=data, step=self.global_step)
+            except Exception as e:
+                rank_zero_warn(f"could not log the W&B table of RLVR samples: {e}")

@@ -1,0 +1,141 @@
+import lightning as L
+import pytest
+import torch
+
+from ra3.datamodules import CodeDataModule
+from ra3.errors import Ra3Error
+from ra3.modules import RLVRModule
+from ra3.modules.rlvr import policy_gradient_loss, rl_advantages
+from ra3.rewards import FormatReward, UnitTestReward, WeightedSum
+
+from conftest import TINY_LLAMA
+
+
+def _toy():
+    torch.manual_seed(0)
+    N, T = 4, 5
+    logp = -torch.rand(N, T)
+    old = logp + 0.3 * torch.randn(N, T)
+    adv = torch.tensor([1.0, -0.5, 2.0, 0.0])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    return logp, old, adv, mask
+
+
+def _reference(logp, old, adv, mask, kind, lo, hi, max_new):
+    """The formulas written out token by token."""
+    N, T = logp.shape
+    per_seq, total, count = [], 0.0, 0
+    for i in range(N):
+        s, n = 0.0, 0
+        for t in range(T):
+            if mask[i, t]:
+                r = float(torch.exp(logp[i, t] - old[i, t]))
+                a = float(adv[i])
+                term = -min(r * a, min(max(r, 1 - lo), 1 + hi) * a)
+                s, n = s + term, n + 1
+        per_seq.append(s / n)
+        total, count = total + s, count + n
+    return {"grpo": sum(per_seq) / N, "dr_grpo": total / (N * max_new), "dapo": total / count}[kind]
+
+
+@pytest.mark.parametrize("kind,lo,hi", [("grpo", 0.2, 0.2), ("dr_grpo", 0.2, 0.2), ("dapo", 0.2, 0.28)])
+def test_each_loss_variant_equals_its_formula(kind, lo, hi):
+    logp, old, adv, mask = _toy()
+    loss, clip = policy_gradient_loss(logp, old, adv, mask, kind, lo, hi, max_new_tokens=8)
+    assert loss.item() == pytest.approx(_reference(logp, old, adv, mask, kind, lo, hi, 8), rel=1e-5)
+    assert 0 < clip.item() < 1  # the toy ratios straddle the clip range
+
+
+def test_advantages_are_zero_for_constant_groups_and_skip_missing_rewards():
+    r = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 0.0])
+    valid = torch.tensor([True, True, True, True, True, False])
+    adv = rl_advantages(r, valid, 3, "none")
+    torch.testing.assert_close(adv, torch.tensor([0.0, 0.0, 0.0, -0.5, 0.5, 0.0]))
+    scaled = rl_advantages(r, valid, 3, "group")
+    assert scaled[:3].abs().max() == 0 and scaled[5] == 0 and scaled[4] > 0.5
+
+
+def test_a_sample_without_reward_gets_no_gradient():
+    logp, old, adv, mask = _toy()
+    logp.requires_grad_(True)
+    valid = torch.tensor([True, False, True, True])
+    loss, _ = policy_gradient_loss(logp, old, adv * valid, mask & valid[:, None], "dapo", 0.2, 0.28, 8)
+    loss.backward()
+    assert logp.grad[1].abs().max() == 0 and logp.grad[0].abs().max() > 0
+
+
+def test_config_errors_and_reference_only_with_beta(tiny_model_dir):
+    with pytest.raises(Ra3Error, match="num_generations"):
+        RLVRModule(init_from=str(tiny_model_dir), num_generations=1)
+    with pytest.raises(Ra3Error, match="loss_type"):
+        RLVRModule(init_from=str(tiny_model_dir), loss_type="ppo")
+    assert RLVRModule(init_from=str(tiny_model_dir)).reference is None
+    assert RLVRModule(init_from=str(tiny_model_dir), beta=0.04).reference is not None
+
+
+def test_reward_functions_on_the_sandbox(world_dir):
+    import json
+    row = json.loads(open(world_dir / "rl.jsonl").readline())
+    body = row["completion"]
+    columns = {"test_cases": [row["test_cases"]] * 3, "entry_point": ["solve"] * 3}
+    prompts = [row["prompt"]] * 3
+    completions = [body, "\n    return xs[::-1] + [42]", "\n    return (("]
+    assert UnitTestReward()(prompts, completions, **columns) == [1.0, 0.0, 0.0]
+    assert FormatReward()(prompts, completions) == [1.0, 1.0, 0.0]
+    combined = WeightedSum([(UnitTestReward(), 1.0), (FormatReward(), 0.5)])(prompts, completions, **columns)
+    assert combined == [1.5, 0.5, 0.0]
+
+
+def reference_overlap(prompts, completions, completion=None, **columns):
+    """A dense reward a random tiny model can climb: the share of a completion's words that occur in the
+    row's expert solution (the RL rows carry it as ``completion``)."""
+    out = []
+    for text, reference in zip(completions, completion):
+        words, known = text.split(), set(reference.split())
+        out.append(sum(w in known for w in words) / len(words) if words else 0.0)
+    return out
+
+
+class OverlapRLVR(RLVRModule):
+    def reward_function(self):
+        return reference_overlap
+
+
+class NoneForOddSamples(RLVRModule):
+    def reward_function(self):
+        return lambda prompts, completions, **kw: [None if i % 2 else 1.0 for i in range(len(completions))]
+
+
+def _fit(module, world_dir, steps, history=None):
+    data = CodeDataModule(rl_files=[str(world_dir / "rl.jsonl")], program_batch_size=4)
+    callbacks = [history] if history else []
+    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=0, callbacks=callbacks, overfit_batches=1)
+    trainer.fit(module, data)
+    return trainer
+
+
+class _Rewards(L.Callback):
+    def __init__(self):
+        self.values = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.values.append(float(trainer.callback_metrics["rlvr/reward_mean"]))
+
+
+def test_short_rlvr_run_raises_the_training_reward(tiny_model_dir, world_dir):
+    torch.manual_seed(0)
+    module = OverlapRLVR(init_from=str(tiny_model_dir), num_generations=4, max_new_tokens=12, learning_rate=1e-2,
+                         loss_type="dapo", min_lr_ratio=1.0)
+    history = _Rewards()
+    _fit(module, world_dir, 12, history)
+    first, last = sum(history.values[:3]) / 3, sum(history.values[-3:]) / 3
+    assert last > 2 * first and last - first > 0.02, history.values
+
+
+def test_samples_without_reward_are_left_out(tiny_model_dir, world_dir):
+    module = NoneForOddSamples(init_from=str(tiny_model_dir), num_generations=2, max_new_tokens=6)
+    trainer = _fit(module, world_dir, 1)
+    assert trainer.callback_metrics["rlvr/no_reward_frac"] == pytest.approx(0.5)
+    assert trainer.callback_metrics["rlvr/zero_std_frac"] >= 0
