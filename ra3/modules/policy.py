@@ -135,28 +135,28 @@ class PolicyModule(L.LightningModule):
         if tokenizer_path is None:
             raise Ra3Error("a model built from model_config needs a tokenizer path")
         self.tokenizer = load_tokenizer(tokenizer_path)
-        self.model = self._load_model().train()  # from_pretrained returns eval mode
+        self.model = self._load_model(model, model_config).train()  # from_pretrained returns eval mode
         if len(self.tokenizer) > self.model.get_input_embeddings().num_embeddings:
             self.model.resize_token_embeddings(len(self.tokenizer))
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.model.config.use_cache = False
 
-    def _load_model(self):
+    def _load_model(self, model: str | None, model_config: dict | None):
         from transformers import AutoModelForCausalLM
 
         hp = self.hparams
-        if hp.model_config is not None:
-            config = build_config(hp.model_config, self.tokenizer)
+        if model_config is not None:
+            config = build_config(model_config, self.tokenizer)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(hp.init_seed)
                 return AutoModelForCausalLM.from_config(config, attn_implementation=hp.attn_implementation)
-        _check_exists(hp.model, "model")
+        _check_exists(model, "model")
         try:
-            return AutoModelForCausalLM.from_pretrained(hp.model, attn_implementation=hp.attn_implementation)
+            return AutoModelForCausalLM.from_pretrained(model, attn_implementation=hp.attn_implementation)
         except (OSError, ValueError) as e:
             offline = " (offline: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
-            raise Ra3Error(f"cannot load model '{hp.model}'{offline}: {_first_line(e)}") from None
+            raise Ra3Error(f"cannot load model '{model}'{offline}: {_first_line(e)}") from None
 
     # ---- forward ---------------------------------------------------------------------------------
     def hidden_states(self, input_ids: torch.Tensor, position_ids=None, doc_ids=None, attention_mask=None) -> torch.Tensor:

@@ -1,0 +1,49 @@
+"""Every shipped recipe parses (``--print_config``) and instantiates with the model swapped for the tiny one."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ["qwen2.5-1.5b", "llama-3.2-1b", "llama-3.1-8b"]
+FIT_RECIPES = [f"configs/{m}/{k}.yaml" for m in REAL for k in ("ntp", "rlvr")] + [
+    "configs/skillworld/pretrain.yaml", "configs/skillworld/ntp.yaml", "configs/skillworld/rlvr.yaml"]
+EM_RECIPES = [f"configs/{m}/ra3.yaml" for m in REAL] + ["configs/skillworld/ra3.yaml"]
+
+
+def ra3(*args, cwd=ROOT):
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "ra3.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("recipe", FIT_RECIPES + EM_RECIPES)
+def test_print_config(recipe, capsys, monkeypatch):
+    from ra3.cli import main
+
+    monkeypatch.chdir(ROOT)
+    sub = "em" if recipe in EM_RECIPES else "fit"
+    with pytest.raises(SystemExit) as exit_:
+        main([sub, "-c", recipe, "--print_config"])
+    assert exit_.value.code in (0, None)
+    assert "class_path: ra3.modules." in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("recipe", [r for r in FIT_RECIPES if "skillworld" not in r])
+def test_fit_recipe_instantiates_with_the_tiny_model(recipe, tiny_model_dir, world_dir):
+    from lightning.pytorch.cli import LightningCLI
+
+    from ra3.datamodules.code import CodeDataModule
+    from ra3.modules.policy import PolicyModule
+
+    key = "init_from" if "rlvr" in recipe else "model"
+    cli = LightningCLI(PolicyModule, CodeDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
+                       auto_configure_optimizers=False, save_config_callback=None,
+                       args=["-c", str(ROOT / recipe), f"--model.init_args.{key}={tiny_model_dir}",
+                             "--trainer.accelerator=cpu", "--trainer.precision=32-true", "--trainer.logger=false",
+                             f"--data.init_args.{'rl_files' if 'rlvr' in recipe else 'train_files'}=[{world_dir / ('rl.jsonl' if 'rlvr' in recipe else 'midtrain.jsonl')}]"])
+    assert cli.model.model.config.hidden_size == 32
+    assert cli.trainer.max_steps > 0
