@@ -91,6 +91,17 @@ class EMCallback(L.Callback):
         if trainer.logger is not None:
             trainer.logger.log_metrics({"em/round": self.state.round}, step=trainer.global_step)
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Append the E-step's per-step metrics to ``estep_steps.jsonl`` (for plots across rounds)."""
+        m = trainer.callback_metrics
+        if self.out is None or "estep/reward_mean" not in m or not trainer.is_global_zero:
+            return
+        keys = ("reward_mean", "thought_rate", "boundary_f1", "expert_nll_with_thoughts", "expert_nll_without_thoughts")
+        row = {"round": self.state.round, "step": trainer.global_step,
+               **{k: float(m[f"estep/{k}"]) for k in keys if f"estep/{k}" in m}}
+        with open(self.out / "estep_steps.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
     # ---- state -----------------------------------------------------------------------------------
     def _save_state(self) -> None:
         self.state.python_rng = random.getstate()

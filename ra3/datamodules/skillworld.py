@@ -299,6 +299,14 @@ def generate_split(world: SkillWorld, split: str, n: int, comment_fraction: floa
     return rows
 
 
+def with_comments(row: dict) -> dict:
+    """The same task row with ``# <skill description>`` before every block (the oracle annotation)."""
+    docstring = row["prompt"].split('"""')[1]
+    task = Task(row["task_id"], row["style"], [Step(s["name"], tuple(s["params"])) for s in row["skills"]], docstring,
+                row.get("macros", []))
+    return task_row(task, None, comments=True) | {k: row[k] for k in ("tests", "test_cases") if k in row}
+
+
 def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
     """Atomic write: a temp file in the same folder, renamed over ``path`` once complete."""
     path = Path(path)
@@ -311,7 +319,8 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
 
 
 def build_world(out_dir: str | os.PathLike, config: WorldConfig | None = None) -> dict[str, Path]:
-    """Write ``pretrain.jsonl``, ``midtrain.jsonl``, ``rl.jsonl``, ``eval.jsonl`` and ``world.json`` under ``out_dir``."""
+    """Write ``pretrain.jsonl``, ``midtrain.jsonl`` (and ``midtrain_oracle.jsonl``: the same programs with the
+    ground-truth comments), ``rl.jsonl``, ``eval.jsonl`` and ``world.json`` under ``out_dir``."""
     config = config or WorldConfig()
     world = SkillWorld(config)
     out = Path(out_dir)
@@ -321,6 +330,7 @@ def build_world(out_dir: str | os.PathLike, config: WorldConfig | None = None) -
         "rl": generate_split(world, "rl", config.n_rl, with_tests=True),
         "eval": generate_split(world, "eval", config.n_eval, with_tests=True),
     }
+    splits["midtrain_oracle"] = [with_comments(r) for r in splits["midtrain"]]
     paths = {}
     for name, rows in splits.items():
         paths[name] = out / f"{name}.jsonl"

@@ -51,9 +51,19 @@ def test_mbppplus_canonical_solutions_pass_their_plus_tests(pool, tmp_path, shar
     problems = load_benchmark("mbppplus", str(shared_data / "MbppPlus.jsonl"), pool=pool, cache_dir=str(tmp_path))
     assert len(problems) == 399 and sum(len(p.tests) for p in problems) > 40000
     assert problems[0].task_id == "Mbpp/2" and isinstance(problems[0].tests[0].args[0], tuple)  # deserialised
-    results = pool.run_many([p.job(p.canonical_solution) for p in problems])
-    failing = {p.task_id for p, r in zip(problems, results) if not r.passed}
-    assert failing == MBPPPLUS_EXCEPTIONS
+    # the ground-truth run itself must have produced every output; then re-run the special-oracle and float
+    # tasks plus every 4th task through the full comparison path
+    assert {p.task_id for p in problems if p.meta.get("canonical_failed")} == MBPPPLUS_EXCEPTIONS
+    from ra3.execution.compare import MBPP_OUTPUT_NOT_NONE, MBPP_OUTPUT_SET_EQ
+    special = MBPP_OUTPUT_SET_EQ | MBPP_OUTPUT_NOT_NONE | {"are_equivalent", "sum_div"}
+    chosen = [p for i, p in enumerate(problems) if p.entry_point in special or p.atol or i % 4 == 0]
+    results = pool.run_many([p.job(p.canonical_solution) for p in chosen])
+    retry = [p for p, r in zip(chosen, results) if r.status == Status.TIMEOUT]  # time limits depend on machine load
+    for p in retry:
+        p.timeouts = [4 * t for t in p.timeouts]
+    retried = dict(zip([p.task_id for p in retry], pool.run_many([p.job(p.canonical_solution) for p in retry])))
+    failing = {p.task_id for p, r in zip(chosen, results) if not retried.get(p.task_id, r).passed}
+    assert failing == MBPPPLUS_EXCEPTIONS & {p.task_id for p in chosen}
     by_id = {p.task_id: p for p in problems}
     mutated = [by_id[t] for t in ("Mbpp/2", "Mbpp/3", "Mbpp/4", "Mbpp/6", "Mbpp/7")]
     assert not any(r.passed for r in pool.run_many([p.job(_mutate(p.canonical_solution, p.entry_point)) for p in mutated]))

@@ -90,3 +90,13 @@ def test_boundaries_point_at_block_starts_and_comments(world_dir):
         for b, skill in zip(r["boundaries"], r["skills"]):
             step = Step(skill["name"], tuple(skill["params"]))
             assert lines[b] == "    " + step.lines()[0]
+
+
+def test_oracle_midtrain_split_is_the_same_programs_with_true_comments(world_dir):
+    plain = [json.loads(l) for l in open(world_dir / "midtrain.jsonl")]
+    oracle = [json.loads(l) for l in open(world_dir / "midtrain_oracle.jsonl")]
+    assert [r["task_id"] for r in plain] == [r["task_id"] for r in oracle]
+    for p, o in zip(plain, oracle):
+        stripped = "\n".join(l for l in o["text"].split("\n") if not l.strip().startswith("#"))
+        assert stripped == p["text"]
+        assert o["text"].count("    # ") == len(p["skills"])
