@@ -191,16 +191,11 @@ class EStepModule(PolicyModule):
         rewards = self.rewards(rollout, plain.repeat_interleave(G))
         advantages = group_advantages(rewards, G, hp.advantage, hp.scale_advantages)
 
-        opt, sched = self.optimizers(), self.lr_schedulers()
         for _ in range(hp.ppo_epochs):
             loss, stats = self.policy_loss(rollout, advantages)
-            opt.zero_grad()
-            self.manual_backward(loss)
-            if hp.max_grad_norm > 0:
-                self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
-            opt.step()
-        if sched is not None:
-            sched.step()
+            self.manual_update(loss, hp.max_grad_norm)
+        if self.lr_schedulers() is not None:
+            self.lr_schedulers().step()
         self._log_step(programs, rollout, rewards, plain, n_expert, loss, stats)
         return loss
 

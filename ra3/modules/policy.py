@@ -209,6 +209,15 @@ class PolicyModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def manual_update(self, loss: torch.Tensor, max_grad_norm: float) -> None:
+        """One optimizer step under manual optimization (the RL phases): backward, clip, step."""
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward(loss)
+        if max_grad_norm > 0:
+            self.clip_gradients(opt, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
+        opt.step()
+
     # ---- export ----------------------------------------------------------------------------------
     def export(self, directory: str | os.PathLike) -> Path:
         """``save_pretrained`` of model and tokenizer (rank 0), loadable with plain transformers."""

@@ -218,7 +218,6 @@ class RLVRModule(PolicyModule):
         with torch.no_grad():
             old_logp, entropy = self.token_logprobs(self.model, input_ids, attention, with_entropy=True)
             ref_logp = self.token_logprobs(self.reference, input_ids, attention)[0] if self.reference is not None else None
-        opt, sched = self.optimizers(), self.lr_schedulers()
         for _ in range(hp.ppo_epochs):
             logp, _ = self.token_logprobs(self.model, input_ids, attention)
             loss, clip_frac = policy_gradient_loss(logp, old_logp, advantages, mask, hp.loss_type, hp.epsilon,
@@ -228,13 +227,9 @@ class RLVRModule(PolicyModule):
                 d = ref_logp - logp
                 kl = ((torch.exp(d) - d - 1) * mask).sum() / mask.sum().clamp(min=1)
                 loss = loss + hp.beta * kl
-            opt.zero_grad()
-            self.manual_backward(loss)
-            if hp.max_grad_norm > 0:
-                self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
-            opt.step()
-        if sched is not None:
-            sched.step()
+            self.manual_update(loss, hp.max_grad_norm)
+        if self.lr_schedulers() is not None:
+            self.lr_schedulers().step()
         self._log(batch, completions, rewards, R, valid, loss, clip_frac, kl, entropy, completion, truncated)
         return loss
 
