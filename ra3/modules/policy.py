@@ -77,6 +77,20 @@ def build_config(model_config: dict[str, Any], tokenizer) -> Any:
     return config_cls(**cfg)
 
 
+def make_optimizer(name: str, groups: list[dict], **kwargs) -> torch.optim.Optimizer:
+    """AdamW from torch or (8-bit, optionally paged) from bitsandbytes, with a one-line error if bnb cannot."""
+    if name == "adamw":
+        return torch.optim.AdamW(groups, **kwargs)
+    try:
+        import bitsandbytes as bnb
+
+        cls = {"adamw8bit": bnb.optim.AdamW8bit, "paged_adamw8bit": bnb.optim.PagedAdamW8bit}[name]
+        return cls(groups, **kwargs)
+    except Exception as e:  # ImportError, or a bnb build without a backend for this device
+        raise Ra3Error(f"optimizer {name!r} needs a working bitsandbytes ({type(e).__name__}: {_first_line(e)}); "
+                       "use optimizer: adamw") from None
+
+
 def packed_attention_mask(doc_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B, T) document ids -> (B, 1, T, T) additive mask: causal and never across documents.
 
@@ -104,6 +118,7 @@ class PolicyModule(L.LightningModule):
         warmup_steps: linear warm-up steps, then cosine decay to ``min_lr_ratio`` × peak.
         min_lr_ratio: final learning rate as a fraction of the peak.
         gradient_checkpointing: recompute activations in the backward pass to save memory.
+        optimizer: ``adamw`` (torch), or bitsandbytes' ``adamw8bit`` / ``paged_adamw8bit`` (8-bit states).
         export_dir: where ``save_pretrained`` writes the policy (and tokenizer) when fit ends.
         init_seed: seed for the random initialisation of a model built from ``model_config``.
     """
@@ -120,6 +135,7 @@ class PolicyModule(L.LightningModule):
         warmup_steps: int = 0,
         min_lr_ratio: float = 0.1,
         gradient_checkpointing: bool = False,
+        optimizer: str = "adamw",
         export_dir: str | None = None,
         init_seed: int = 0,
     ):
@@ -129,6 +145,8 @@ class PolicyModule(L.LightningModule):
             raise Ra3Error("set either model (hub name or path of a causal LM) or model_config (to build one from scratch)")
         if model is not None and model_config is not None:
             raise Ra3Error("set model or model_config, not both")
+        if optimizer not in ("adamw", "adamw8bit", "paged_adamw8bit"):
+            raise Ra3Error(f"optimizer must be adamw, adamw8bit or paged_adamw8bit; got {optimizer!r}")
         if learning_rate <= 0:
             raise Ra3Error(f"learning_rate must be > 0, got {learning_rate}")
         tokenizer_path = tokenizer or model
@@ -197,7 +215,7 @@ class PolicyModule(L.LightningModule):
             if p.requires_grad:
                 (no_decay if p.ndim < 2 else decay).append(p)
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas))
+        optimizer = make_optimizer(hp.optimizer, groups, lr=hp.learning_rate, betas=tuple(hp.betas))
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
 
         def schedule(step: int) -> float:

@@ -194,7 +194,7 @@ class _Cache:
         self.past = getattr(out, self.cache_kwarg, None) or out.past_key_values
         logp = torch.log_softmax(out.logits.float(), -1)  # (N, W, V)
         if self.last_logp is None:
-            self.last_logp = torch.zeros(n, logp.shape[-1], device=self.device)
+            self.last_logp = torch.zeros(n, logp.shape[-1], dtype=torch.float32, device=self.device)
         # log-prob of token j comes from the position before it: the previous call's last position for j = 0
         prev = torch.cat([self.last_logp[:, None], logp[:, :-1]], 1)
         token_lp = prev.gather(2, ids[:, :, None]).squeeze(2).tolist()
@@ -376,12 +376,12 @@ class LatentRolloutEngine:
         input_ids = torch.full((N, S), pad, dtype=torch.long)
         attention = torch.zeros((N, S), dtype=torch.long)
         kinds = torch.full((N, S), -1, dtype=torch.long)
-        logprobs = torch.zeros((N, S))
+        logprobs = torch.zeros((N, S), dtype=torch.float32)  # fp32 whatever the default dtype (bf16-true)
         dpos = torch.full((N, D), -1, dtype=torch.long)
         dmark = torch.zeros((N, D), dtype=torch.long)
         dexp = torch.zeros((N, D), dtype=torch.long)
         dthink = torch.zeros((N, D), dtype=torch.bool)
-        dlp = torch.zeros((N, D))
+        dlp = torch.zeros((N, D), dtype=torch.float32)
         for i, row in enumerate(rows):
             n = len(row.tokens)
             input_ids[i, :n] = torch.tensor(row.tokens)
@@ -409,6 +409,6 @@ def decision_logprobs(logp_at_pos: torch.Tensor, marker: torch.Tensor, expert: t
     ``logp_at_pos``: (..., V) log-softmax; ``marker``/``expert``/``think``: (...). Differentiable."""
     la = logp_at_pos.gather(-1, marker[..., None]).squeeze(-1)
     le = logp_at_pos.gather(-1, expert[..., None]).squeeze(-1)
-    log_p = torch.nn.functional.logsigmoid(la - le) + (torch.log1p(torch.tensor(-alpha)) if alpha > 0 else 0.0)
+    log_p = torch.nn.functional.logsigmoid(la - le) + (torch.log1p(torch.tensor(-alpha, dtype=la.dtype)) if alpha > 0 else 0.0)
     log_not_p = torch.log1p(-log_p.exp().clamp(max=1 - 1e-7))
     return torch.where(think, log_p, log_not_p)

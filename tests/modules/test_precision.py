@@ -1,0 +1,54 @@
+"""Every phase under every precision Lightning offers on CPU, and bitsandbytes 8-bit optimizers."""
+
+import lightning as L
+import pytest
+import torch
+
+from ra3.datamodules import CodeDataModule
+from ra3.errors import Ra3Error
+from ra3.modules import EStepModule, MStepModule, RLVRModule
+
+
+def _phase(name, model_dir, world_dir, **kw):
+    if name == "mstep":
+        return MStepModule(model=str(model_dir), **kw), CodeDataModule(train_files=[str(world_dir / "midtrain.jsonl")], max_length=128, batch_size=2)
+    if name == "estep":
+        return (EStepModule(model=str(model_dir), group_size=2, max_thought_tokens=3, **kw),
+                CodeDataModule(train_files=[str(world_dir / "midtrain.jsonl")], program_batch_size=2))
+    return (RLVRModule(init_from=str(model_dir), num_generations=2, max_new_tokens=6, **kw),
+            CodeDataModule(rl_files=[str(world_dir / "rl.jsonl")], program_batch_size=2))
+
+
+def _fit(module, data, precision="32-true"):
+    trainer = L.Trainer(accelerator="cpu", precision=precision, max_steps=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(module, data)
+    return trainer
+
+
+@pytest.mark.parametrize("precision,dtype", [("32-true", torch.float32), ("bf16-mixed", torch.float32), ("bf16-true", torch.bfloat16)])
+@pytest.mark.parametrize("phase", ["mstep", "estep", "rlvr"])
+def test_each_phase_trains_under_each_precision(phase, precision, dtype, tiny_model_dir, world_dir):
+    module, data = _phase(phase, tiny_model_dir, world_dir)
+    trainer = _fit(module, data, precision)
+    assert next(module.model.parameters()).dtype == dtype
+    loss = trainer.callback_metrics[f"{phase}/loss"]
+    assert torch.isfinite(loss)
+    if phase == "estep":  # log-probs for rewards and ratios stay fp32
+        assert module.last_rollout.token_logprobs.dtype == torch.float32
+        assert module.last_rollout.decision_logprob.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", ["adamw8bit", "paged_adamw8bit"])
+def test_bitsandbytes_8bit_optimizers(name, tiny_model_dir, world_dir):
+    bnb = pytest.importorskip("bitsandbytes")
+    module, data = _phase("mstep", tiny_model_dir, world_dir, optimizer=name)
+    before = [p.detach().clone() for p in module.model.parameters()]
+    trainer = _fit(module, data)
+    assert type(trainer.optimizers[0]).__module__.startswith("bitsandbytes")
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.model.parameters()))
+
+
+def test_unknown_optimizer_is_a_one_line_error(tiny_model_dir):
+    with pytest.raises(Ra3Error, match="optimizer must be"):
+        MStepModule(model=str(tiny_model_dir), optimizer="lion")
