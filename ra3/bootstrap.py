@@ -28,7 +28,7 @@ def annotate(module, rows: list[dict], mode: str, group_size: int, generator: to
     config = LatentConfig(group_size, hp.alpha, hp.temperature, hp.max_thought_tokens, hp.max_thoughts, hp.max_length)
     rollout = module.engine.rollout(programs, config, generator)
     plain, _ = module.plain_logprob(programs)
-    rewards = module.rewards(_cpu(rollout), plain.cpu().repeat_interleave(group_size)).view(-1, group_size)
+    rewards = module.rewards(rollout.to("cpu"), plain.cpu().repeat_interleave(group_size)).view(-1, group_size)
     picks = rewards.argmax(1).tolist() if mode == "best" else [0] * len(rows)
     out = []
     for b, (row, g) in enumerate(zip(rows, picks)):
@@ -42,13 +42,6 @@ def annotate(module, rows: list[dict], mode: str, group_size: int, generator: to
         new["estep_reward"] = float(rewards[b, g])
         out.append(new)
     return out
-
-
-def _cpu(rollout):
-    for name, value in vars(rollout).items():
-        if isinstance(value, torch.Tensor):
-            setattr(rollout, name, value.cpu())
-    return rollout
 
 
 def bootstrap(module, rows: list[dict], out_dir: str | os.PathLike, mode: str = "best", group_size: int | None = None,

@@ -26,6 +26,16 @@ from ra3.metrics import pass_at_k
 log = logging.getLogger(__name__)
 
 
+def task_counts(rows: list[dict]) -> dict[str, tuple[int, int]]:
+    """``{task_id: (samples scored, samples passed)}`` from per-sample rows; sandbox errors are not scored."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r in rows:
+        if r["status"] != Status.SANDBOX_ERROR.value:
+            counts[r["task_id"]][0] += 1
+            counts[r["task_id"]][1] += int(r["passed"])
+    return {t: (n, c) for t, (n, c) in counts.items()}
+
+
 def score_samples(problems: list[Problem], samples: list[dict], pool: SandboxPool, ks: Iterable[int] = (1,),
                   on_result=None) -> tuple[dict[str, Any], list[dict]]:
     """Run ``samples`` (dicts with ``task_id`` and ``completion`` or ``solution``) and compute pass@k.
@@ -38,14 +48,9 @@ def score_samples(problems: list[Problem], samples: list[dict], pool: SandboxPoo
         p = by_id[s["task_id"]]
         jobs.append(p.job(p.program(completion=s.get("completion"), solution=s.get("solution"))))
     results = pool.run_many(jobs, on_result=on_result)
-    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    rows = []
-    for s, r in zip(samples, results):
-        rows.append({"task_id": s["task_id"], "status": r.status.value, "passed": r.passed,
-                     "fraction_passed": r.fraction_passed, "detail": r.detail})
-        if r.status != Status.SANDBOX_ERROR:
-            counts[s["task_id"]][0] += 1
-            counts[s["task_id"]][1] += int(r.passed)
+    rows = [{"task_id": s["task_id"], "status": r.status.value, "passed": r.passed,
+             "fraction_passed": r.fraction_passed, "detail": r.detail} for s, r in zip(samples, results)]
+    counts = task_counts(rows)
     status_counts = Counter(r.status.value for r in results)
     if status_counts.get("sandbox_error"):
         log.warning("%d sample(s) hit a sandbox error: left out of pass@k", status_counts["sandbox_error"])

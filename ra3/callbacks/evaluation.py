@@ -8,7 +8,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ra3.datamodules.benchmarks import load_benchmark
-from ra3.evaluation import generate_samples, score_samples
+from ra3.evaluation import generate_samples, score_samples, task_counts
 from ra3.execution import SandboxPool
 from ra3.metrics import PassAtK
 from ra3.rollout.generate import HFEngine, SamplingConfig
@@ -72,12 +72,7 @@ class PassAtKCallback(L.Callback):
         samples = generate_samples(engine, self._problems, self.n_samples, self.sampling)
         _, rows = score_samples(self._problems, samples, self._pool, self.ks)
         metric = PassAtK(self.ks).to(pl_module.device)
-        counts: dict[str, list[int]] = {}
-        for r in rows:
-            if r["status"] != "sandbox_error":
-                c = counts.setdefault(r["task_id"], [0, 0])
-                c[0] += 1
-                c[1] += int(r["passed"])
+        counts = task_counts(rows)
         if counts:
             metric.update([n for n, _ in counts.values()], [c for _, c in counts.values()])
         values = {f"eval/{self.benchmark}/{name}": v.item() for name, v in metric.compute().items()}

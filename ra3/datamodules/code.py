@@ -241,21 +241,26 @@ class CodeDataModule(L.LightningDataModule):
         self.val_examples: list[Example] = []
 
     # ---- reading ---------------------------------------------------------------------------------
-    def read_programs(self, sources: list[str]) -> list[dict[str, str]]:
-        """Programs (``{"text"}`` or ``{"prompt", "completion"}``) from ``sources``; malformed rows per ``on_malformed``."""
-        hp = self.hparams
-        programs = []
+    def _read_valid(self, sources: list[str], parse) -> list:
+        """``parse(row)`` of every row of ``sources``; a row whose parse raises ``ValueError``/``KeyError``/
+        ``TypeError`` is malformed (skipped and reported once per source, or fatal, per ``on_malformed``)."""
+        out = []
         for source in sources:
-            bad = MalformedRows(source, fatal=hp.on_malformed == "error")
-            for row_number, row in rows_from_source(source, hp.split):
+            bad = MalformedRows(source, fatal=self.hparams.on_malformed == "error")
+            for row_number, row in rows_from_source(source, self.hparams.split):
                 try:
                     if isinstance(row, json.JSONDecodeError):
                         raise ValueError(f"invalid JSON ({row.msg})")
-                    programs.append(program_from_row(row, hp.text_field, hp.prompt_field, hp.completion_field))
-                except ValueError as e:
+                    out.append(parse(row))
+                except (ValueError, KeyError, TypeError) as e:
                     bad.add(row_number, str(e))
             bad.report()
-        return programs
+        return out
+
+    def read_programs(self, sources: list[str]) -> list[dict[str, str]]:
+        """Programs (``{"text"}`` or ``{"prompt", "completion"}``) from ``sources``; malformed rows per ``on_malformed``."""
+        hp = self.hparams
+        return self._read_valid(sources, lambda row: program_from_row(row, hp.text_field, hp.prompt_field, hp.completion_field))
 
     def encode(self, program: dict[str, Any]) -> Example:
         segments = program_segments(program.get("text"), program.get("prompt"), program.get("completion"))
@@ -279,20 +284,15 @@ class CodeDataModule(L.LightningDataModule):
         """RL rows (a ``prompt`` and tests in a shape ``ra3.rewards.tests_from_row`` accepts)."""
         from ra3.rewards import tests_from_row
 
-        rows = []
-        for source in sources:
-            bad = MalformedRows(source, fatal=self.hparams.on_malformed == "error")
-            for row_number, row in rows_from_source(source, self.hparams.split):
-                try:
-                    if isinstance(row, json.JSONDecodeError):
-                        raise ValueError(f"invalid JSON ({row.msg})")
-                    if not isinstance(row, dict) or not isinstance(row.get(self.hparams.prompt_field), str):
-                        raise ValueError(f"needs a string '{self.hparams.prompt_field}'")
-                    tests_from_row(row)
-                    rows.append({**row, "prompt": row[self.hparams.prompt_field]})
-                except (ValueError, KeyError, TypeError) as e:
-                    bad.add(row_number, str(e))
-            bad.report()
+        field = self.hparams.prompt_field
+
+        def parse(row):
+            if not isinstance(row, dict) or not isinstance(row.get(field), str):
+                raise ValueError(f"needs a string '{field}'")
+            tests_from_row(row)
+            return {**row, "prompt": row[field]}
+
+        rows = self._read_valid(sources, parse)
         if not rows:
             raise Ra3Error(f"no usable RL rows in {', '.join(sources)}")
         return rows

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
 from ra3.execution.compare import outputs_match, stdout_matches
-from ra3.execution.harness import decode
+from ra3.execution.harness import decode, encode
 from ra3.execution.types import ExecutionResult, Job, Status
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class LocalSandbox:
         payload = {
             "program": job.program, "entry_point": job.entry_point, "nonce": nonce, "timeouts": job.test_timeouts(),
             "stop_on_failure": job.stop_on_failure,
-            "tests": [{"kind": t.kind, "code": t.code, "args": _encode(t.args), "stdin": t.stdin} for t in job.tests],
+            "tests": [{"kind": t.kind, "code": t.code, "args": encode(t.args), "stdin": t.stdin} for t in job.tests],
             "limits": {"memory_mb": job.memory_mb, "fsize": self.fsize, "cpu": math.ceil(wall) + 1,
                        "nproc": self.nproc if uid is not None else None},
         }
@@ -265,12 +265,6 @@ class LocalSandbox:
         return ExecutionResult(status, statuses, outputs, times, detail[:500],
                                streams["stdout"].decode(errors="replace"), streams["stderr"].decode(errors="replace"),
                                duration, self.name, self.missing_protections, job.job_id)
-
-
-def _encode(value):
-    from ra3.execution.harness import encode
-
-    return encode(value)
 
 
 def _parse_records(data: bytes, nonce: str) -> list[dict]:

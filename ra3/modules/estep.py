@@ -185,7 +185,7 @@ class EStepModule(PolicyModule):
         hp, G = self.hparams, self.hparams.group_size
         programs = [program_from_row(row) for row in batch]
         rollout = self.engine.rollout(programs, self.latent_config, self._generator)
-        rollout = _to_device(rollout, self.device)
+        rollout = rollout.to(self.device)
         self.last_rollout = rollout
         plain, n_expert = self.plain_logprob(programs)
         rewards = self.rewards(rollout, plain.repeat_interleave(G))
@@ -239,9 +239,3 @@ class EStepModule(PolicyModule):
             except Exception as e:
                 rank_zero_warn(f"could not log the W&B table of annotated programs: {e}")
 
-
-def _to_device(rollout: LatentRollout, device) -> LatentRollout:
-    for name, value in vars(rollout).items():
-        if isinstance(value, torch.Tensor):
-            setattr(rollout, name, value.to(device))
-    return rollout

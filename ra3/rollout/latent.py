@@ -124,6 +124,13 @@ class LatentRollout:
     group_size: int
     alpha: float
 
+    def to(self, device) -> "LatentRollout":
+        """Move every tensor field to ``device`` (in place); returns self."""
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value.to(device))
+        return self
+
 
 @dataclass
 class _Row:
@@ -254,7 +261,6 @@ class LatentRolloutEngine:
 
     @torch.no_grad()
     def rollout(self, programs: list[ExpertProgram], config: LatentConfig, generator: torch.Generator | None = None) -> LatentRollout:
-        tok, G = self.tokenizer, config.group_size
         model = self.model
         was_training = model.training
         model.eval()
@@ -272,7 +278,6 @@ class LatentRolloutEngine:
         for row in rows:
             row.text = [s.text for s in programs[row.program].context]
         cache = _Cache(self.model, len(rows), tok.pad_token_id)
-        device = cache.device
         remaining = [sum(len(l.ids) for l in ls) + 1 for ls in lines]  # expert tokens + eos per program
 
         def append(r: int, ids: list[int], kind: int, lps: list[float]) -> None:
@@ -337,7 +342,7 @@ class LatentRolloutEngine:
                     rows[r].tokens += chunks[r]
                     rows[r].kinds += kinds[r]
                     rows[r].logprobs += lps
-        return self._pack(rows, programs, config, device)
+        return self._pack(rows, config)
 
     def _think(self, cache: _Cache, think: list[int], markers: list[list[int]], config: LatentConfig,
                generator) -> dict[int, tuple[list[int], bool]]:
@@ -369,7 +374,7 @@ class LatentRolloutEngine:
                 sub.feed(chunks)
         return {r: (sampled[i], i in hit_max) for i, r in enumerate(think)}
 
-    def _pack(self, rows: list[_Row], programs, config: LatentConfig, device) -> LatentRollout:
+    def _pack(self, rows: list[_Row], config: LatentConfig) -> LatentRollout:
         N, S = len(rows), max(len(r.tokens) for r in rows)
         D = max((len(r.decisions) for r in rows), default=0) or 1
         pad = self.tokenizer.pad_token_id
