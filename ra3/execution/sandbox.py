@@ -198,23 +198,27 @@ class LocalSandbox:
             return  # the PID namespace died with bwrap
         import psutil
 
-        for _ in range(100):  # repeat: a process caught mid-fork may leave a child behind
+        # Repeat until the slot is empty: a process caught mid-fork may leave a child behind, and killed
+        # orphans stay zombies until init reaps them — they still count against the uid's RLIMIT_NPROC, so
+        # the next job on this slot could not fork until they are gone.
+        for _ in range(300):
             left = 0
-            for p in psutil.process_iter(["uids"]):
+            for p in psutil.process_iter(["uids", "status"]):
                 try:
                     if uid is not None:
                         mine = p.info["uids"] is not None and p.info["uids"].real == uid
                     else:
                         mine = p.environ().get("RA3_SANDBOX_TOKEN") == token
                     if mine:
-                        p.kill()
+                        if p.info["status"] != psutil.STATUS_ZOMBIE:
+                            p.kill()
                         left += 1
                 except (psutil.Error, OSError):
                     pass
             if not left:
                 return
             time.sleep(0.01)
-        log.warning("processes of sandbox slot uid %s survived 100 kill sweeps", uid)
+        log.warning("processes of sandbox slot uid %s were still present after 3 s of kill sweeps", uid)
 
     def _verdict(self, job: Job, records: list[dict], returncode: int, timed_out: bool, streams: dict, duration: float) -> ExecutionResult:
         n = len(job.tests)

@@ -70,7 +70,9 @@ def test_fork_bomb_is_contained(pool):
     time.sleep(0.2)
     assert not [p for p in psutil.process_iter(["cmdline"]) if "harness.py" in " ".join(p.info["cmdline"] or [])]
     from ra3.execution.sandbox import UID_BASE
-    assert not [p for p in psutil.process_iter(["uids"]) if UID_BASE <= p.info["uids"].real < UID_BASE + 16]
+    running = [p for p in psutil.process_iter(["uids", "status"])
+               if UID_BASE <= p.info["uids"].real < UID_BASE + 16 and p.info["status"] != psutil.STATUS_ZOMBIE]
+    assert not running  # killed children may linger as zombies until init reaps them; none may still run
 
 
 def test_allocating_10_gib_is_a_memory_error(pool):
