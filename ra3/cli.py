@@ -19,6 +19,9 @@ def _lightning_cli(args: list[str] | None) -> None:
 
     from ra3.datamodules.code import CodeDataModule
     from ra3.modules.policy import PolicyModule
+    from ra3.strategies import register
+
+    register()
 
     class SaveConfigEverywhere(SaveConfigCallback):
         """Writes ``config.yaml`` to the log dir, the checkpoint dir and the model's ``export_dir``."""

@@ -202,6 +202,8 @@ class CodeDataModule(L.LightningDataModule):
         on_malformed: ``skip`` malformed rows (reported once with the first row number) or ``error``.
         num_workers: DataLoader worker processes.
         seed: seed of the validation split and packing order.
+        shuffle: reshuffle the training rows each epoch (seed + epoch); off: file order. Either way one process
+            with batch size W × b reads the union of what W data-parallel processes with b each read.
     """
 
     def __init__(
@@ -223,6 +225,7 @@ class CodeDataModule(L.LightningDataModule):
         rl_files: list[str] | None = None,
         num_workers: int = 0,
         seed: int = 0,
+        shuffle: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -346,37 +349,47 @@ class CodeDataModule(L.LightningDataModule):
         rows = pack_best_fit([len(ex.ids) for ex in examples], self.hparams.max_length)
         return [[examples[i] for i in row] for row in rows]
 
-    def _loader(self, examples: list[Example], shuffle: bool) -> DataLoader:
+    def _sampler(self, items, shuffle: bool):
+        """Training order: a permutation of seed + epoch (or file order), rank r of W taking items r, r+W, ...
+
+        Built here rather than left to Lightning (which always shuffles distributed training), so one process
+        with batch size W × b reads exactly the union of what W processes with b each read.
+        """
+        from torch.utils.data import DistributedSampler
+
+        kwargs = {"num_replicas": 1, "rank": 0}
+        if self.trainer is not None and self.trainer.world_size > 1:
+            kwargs = self.trainer.strategy.distributed_sampler_kwargs
+        return DistributedSampler(items, shuffle=shuffle, seed=self.hparams.seed, **kwargs)
+
+    def _loader(self, examples: list[Example], train: bool) -> DataLoader:
         hp = self.hparams
         collate = TokenCollator(self.tokenizer.pad_token_id, hp.loss_mode, hp.max_length, hp.packing)
-        generator = torch.Generator().manual_seed(hp.seed)
-        return DataLoader(
-            self._items(examples), batch_size=hp.batch_size, shuffle=shuffle, collate_fn=collate,
-            num_workers=hp.num_workers, generator=generator, persistent_workers=hp.num_workers > 0,
-        )
+        items = self._items(examples)
+        return DataLoader(items, batch_size=hp.batch_size, sampler=self._sampler(items, hp.shuffle) if train else None,
+                          collate_fn=collate, num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
 
     def _view(self) -> str:
         module = self.trainer.lightning_module if self.trainer is not None else None
         return getattr(module, "data_view", "tokens")
 
-    def _program_loader(self, programs: list[dict], shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.hparams.seed)
-        return DataLoader(programs, batch_size=self.hparams.program_batch_size, shuffle=shuffle, collate_fn=list,
-                          generator=generator)
+    def _program_loader(self, programs: list[dict], train: bool) -> DataLoader:
+        sampler = self._sampler(programs, self.hparams.shuffle) if train else None
+        return DataLoader(programs, batch_size=self.hparams.program_batch_size, sampler=sampler, collate_fn=list)
 
     def train_dataloader(self) -> DataLoader:
         if self._view() == "prompts":
-            return self._program_loader(self.rl_rows, shuffle=True)
+            return self._program_loader(self.rl_rows, train=True)
         if self._view() == "programs":
-            return self._program_loader(self.train_programs, shuffle=True)
-        return self._loader(self.train_examples, shuffle=True)
+            return self._program_loader(self.train_programs, train=True)
+        return self._loader(self.train_examples, train=True)
 
     def val_dataloader(self) -> DataLoader:
         if self._view() == "prompts":
             return []
         if self._view() == "programs":
-            return self._program_loader(self.val_programs, shuffle=False) if self.val_programs else []
-        return self._loader(self.val_examples, shuffle=False) if self.val_examples else []
+            return self._program_loader(self.val_programs, train=False) if self.val_programs else []
+        return self._loader(self.val_examples, train=False) if self.val_examples else []
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

@@ -183,8 +183,11 @@ class WorldConfig:
         style: docstring style: ``steps`` (one clause per skill), ``macro`` (named routines) or ``mixed``.
         comment_fraction: fraction of pre-training programs with ``# <skill>`` before each block.
         n_pretrain / n_midtrain / n_rl / n_eval: number of programs in each split.
-        min_chain / max_chain: skills per training task; evaluation tasks go up to ``max_chain + 1``.
-        heldout_fraction: fraction of skill bigrams reserved for evaluation.
+        min_chain / max_chain: skills per training task.
+        eval_min_chain / eval_max_chain: skills per evaluation task (default ``min_chain`` / ``max_chain + 1``);
+            e.g. ``eval_min_chain = max_chain + 1`` tests length generalisation only.
+        heldout_fraction: fraction of skill bigrams reserved for evaluation (``0``: none; evaluation tasks then
+            differ from training tasks only by what their chain lengths make them).
         n_tests: unit tests per RL / evaluation task.
     """
 
@@ -197,6 +200,8 @@ class WorldConfig:
     n_eval: int = 200
     min_chain: int = 2
     max_chain: int = 4
+    eval_min_chain: int | None = None
+    eval_max_chain: int | None = None
     heldout_fraction: float = 0.15
     n_tests: int = 5
 
@@ -209,6 +214,10 @@ class SkillWorld:
             raise ValueError(f"comment_fraction must be in [0, 1], got {config.comment_fraction}")
         if not 2 <= config.min_chain <= config.max_chain:
             raise ValueError(f"need 2 <= min_chain <= max_chain, got {config.min_chain}, {config.max_chain}")
+        self.eval_chain = (config.eval_min_chain or config.min_chain,
+                           config.eval_max_chain or max(config.max_chain + 1, config.eval_min_chain or 0))
+        if not 2 <= self.eval_chain[0] <= self.eval_chain[1]:
+            raise ValueError(f"need 2 <= eval_min_chain <= eval_max_chain, got {self.eval_chain}")
         self.config = config
         rng = random.Random(f"heldout-{config.seed}")
         in_macro = {(a[0], b[0]) for _, chain in MACROS.values() for a, b in zip(chain, chain[1:])}
@@ -245,15 +254,15 @@ class SkillWorld:
 
     def sample(self, rng: random.Random, heldout: bool) -> Task:
         cfg = self.config
-        lo, hi = (cfg.min_chain, cfg.max_chain + 1) if heldout else (cfg.min_chain, cfg.max_chain)
+        lo, hi = self.eval_chain if heldout else (cfg.min_chain, cfg.max_chain)
         while True:
             style = cfg.style if cfg.style != "mixed" else rng.choice(["steps", "macro"])
             length = rng.randint(lo, hi)
             task = self._steps_task(rng, length) if style == "steps" else self._macro_task(rng, length)
-            if len(task.steps) > hi:
+            if not lo <= len(task.steps) <= hi:
                 continue
             has_heldout = bool(bigrams(task.steps) & self.heldout)
-            if has_heldout == heldout:
+            if has_heldout == (heldout and bool(self.heldout)):
                 return task
 
     def tests(self, task: Task, rng: random.Random) -> list[dict]:

@@ -140,24 +140,28 @@ class EStepModule(PolicyModule):
             expert[b, n_ctx : len(ids)] = True
             attention[b, : len(ids)] = 1
         input_ids, expert = input_ids.to(self.device), expert.to(self.device)
-        hidden = self.hidden_states(input_ids, attention_mask=attention.to(self.device))
-        logp = torch.log_softmax(self.logits(hidden[:, :-1]), -1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        keep = torch.zeros_like(expert)
+        keep[:, :-1] = True
+        logits = self.forward_logits(self.model, input_ids, keep, attention_mask=attention.to(self.device))
+        logp = torch.log_softmax(logits, -1).gather(-1, input_ids[:, 1:].reshape(-1, 1)).view(len(encoded), -1)
         return (logp * expert[:, 1:]).sum(1), expert[:, 1:].sum(1)
 
     # ---- loss ------------------------------------------------------------------------------------
     def latent_logprobs(self, model, rollout: LatentRollout) -> torch.Tensor:
         """Log-probs of all latent actions — sampled thought tokens, then decisions — flattened (M,)."""
         ids = rollout.input_ids
-        out = model.get_decoder()(input_ids=ids, attention_mask=rollout.attention_mask, use_cache=False)
-        hidden = out.last_hidden_state
-        head = model.get_output_embeddings()
-        thought = rollout.latent_mask[:, 1:]
-        lp_thought = torch.log_softmax(head(hidden[:, :-1][thought]).float(), -1).gather(
-            -1, ids[:, 1:][thought][:, None]).squeeze(-1)
+        thought = torch.zeros_like(rollout.latent_mask)
+        thought[:, :-1] = rollout.latent_mask[:, 1:]  # the position that predicts each thought token
         has = rollout.decision_pos >= 0
         rows = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(has)
-        h_dec = hidden[rows[has], rollout.decision_pos[has]]
-        lp_dec = decision_logprobs(torch.log_softmax(head(h_dec).float(), -1), rollout.decision_marker[has],
+        decision = torch.zeros_like(thought)
+        decision[rows[has], rollout.decision_pos[has]] = True
+        keep = thought | decision
+        logp = torch.log_softmax(self.forward_logits(model, ids, keep, attention_mask=rollout.attention_mask), -1)
+        index = torch.full(keep.shape, -1, dtype=torch.long, device=ids.device)
+        index[keep] = torch.arange(int(keep.sum()), device=ids.device)
+        lp_thought = logp[index[thought]].gather(-1, ids[:, 1:][rollout.latent_mask[:, 1:]][:, None]).squeeze(-1)
+        lp_dec = decision_logprobs(logp[index[rows[has], rollout.decision_pos[has]]], rollout.decision_marker[has],
                                    rollout.decision_expert[has], rollout.decision_think[has], rollout.alpha)
         return torch.cat([lp_thought, lp_dec])
 
@@ -170,12 +174,12 @@ class EStepModule(PolicyModule):
         new = self.latent_logprobs(self.model, rollout)
         ratio = torch.exp(new - old)
         clipped = ratio.clamp(1 - hp.clip_epsilon, 1 + hp.clip_epsilon)
-        loss = -torch.min(ratio * adv, clipped * adv).mean()
+        loss = self.global_token_mean(-torch.min(ratio * adv, clipped * adv).sum(), torch.tensor(float(len(adv)), device=adv.device))
         stats = {"clip_frac": ((ratio - clipped).abs() > 1e-6).float().mean().detach()}
         if self.reference is not None:
             with torch.no_grad():
                 ref = self.latent_logprobs(self.reference, rollout)
-            kl = (torch.exp(ref - new) - (ref - new) - 1).mean()
+            kl = self.global_token_mean((torch.exp(ref - new) - (ref - new) - 1).sum(), torch.tensor(float(len(new)), device=new.device))
             loss = loss + hp.beta * kl
             stats["kl"] = kl.detach()
         return loss, stats
@@ -184,7 +188,8 @@ class EStepModule(PolicyModule):
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
         hp, G = self.hparams, self.hparams.group_size
         programs = [program_from_row(row) for row in batch]
-        rollout = self.engine.rollout(programs, self.latent_config, self._generator)
+        with self.generation():
+            rollout = self.engine.rollout(programs, self.latent_config, self._generator)
         rollout = rollout.to(self.device)
         self.last_rollout = rollout
         plain, n_expert = self.plain_logprob(programs)

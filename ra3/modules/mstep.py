@@ -28,9 +28,9 @@ class MStepModule(PolicyModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         nll, count = self.token_nll(batch)
-        loss = nll / count.clamp(min=1)
+        loss = self.global_token_mean(nll, count)
         p = self.log_prefix
-        self.log(f"{p}/loss", loss, prog_bar=True)
+        self.log(f"{p}/loss", loss, prog_bar=True, sync_dist=self.trainer.world_size > 1)
         self.log(f"{p}/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         now = time.perf_counter()
         if self._last_step_time is not None:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ra3.errors import Ra3Error
+from ra3.modules.sharding import DTYPES, full_state_dict, gathered, is_sharded, shard_causal_lm
 
 
 def _looks_like_path(name: str) -> bool:
@@ -121,6 +122,11 @@ class PolicyModule(L.LightningModule):
         optimizer: ``adamw`` (torch), or bitsandbytes' ``adamw8bit`` / ``paged_adamw8bit`` (8-bit states).
         export_dir: where ``save_pretrained`` writes the policy (and tokenizer) when fit ends.
         init_seed: seed for the random initialisation of a model built from ``model_config``.
+        fsdp_param_dtype: FSDP2 compute/all-gather dtype of the parameters (``bfloat16``, ``float16``,
+            ``float32`` or null = their own dtype); only used under ``ModelParallelStrategy``/``FSDP2Strategy``.
+        fsdp_reduce_dtype: FSDP2 gradient reduce-scatter dtype (null = the parameters' dtype).
+        fsdp_reshard_after_forward: free each block's gathered weights after its forward (ZeRO-3);
+            ``False`` keeps them until backward (ZeRO-2: faster, more memory).
     """
 
     def __init__(
@@ -138,6 +144,9 @@ class PolicyModule(L.LightningModule):
         optimizer: str = "adamw",
         export_dir: str | None = None,
         init_seed: int = 0,
+        fsdp_param_dtype: str | None = "bfloat16",
+        fsdp_reduce_dtype: str | None = "float32",
+        fsdp_reshard_after_forward: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -147,6 +156,9 @@ class PolicyModule(L.LightningModule):
             raise Ra3Error("set model or model_config, not both")
         if optimizer not in ("adamw", "adamw8bit", "paged_adamw8bit"):
             raise Ra3Error(f"optimizer must be adamw, adamw8bit or paged_adamw8bit; got {optimizer!r}")
+        for name, value in (("fsdp_param_dtype", fsdp_param_dtype), ("fsdp_reduce_dtype", fsdp_reduce_dtype)):
+            if value is not None and value not in DTYPES:
+                raise Ra3Error(f"{name} must be one of {', '.join(DTYPES)} or null, got {value!r}")
         if learning_rate <= 0:
             raise Ra3Error(f"learning_rate must be > 0, got {learning_rate}")
         tokenizer_path = tokenizer or model
@@ -176,35 +188,73 @@ class PolicyModule(L.LightningModule):
             offline = " (offline: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
             raise Ra3Error(f"cannot load model '{model}'{offline}: {_first_line(e)}") from None
 
+    # ---- sharding --------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """FSDP2 under ``ModelParallelStrategy``: one unit per decoder block + the root (policy and reference)."""
+        mesh = self._device_mesh
+        if mesh is None or is_sharded(self.model):
+            return
+        if "tensor_parallel" in (mesh.mesh_dim_names or ()) and mesh["tensor_parallel"].size() > 1:
+            raise Ra3Error("ra3 shards with FSDP2 only: use strategy ra3.strategies.FSDP2Strategy, or set "
+                           "ModelParallelStrategy(data_parallel_size=<nodes x devices>, tensor_parallel_size=1)")
+        dp = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+        hp = self.hparams
+        for model in (self.model, getattr(self, "reference", None)):
+            if model is not None:
+                shard_causal_lm(model, dp, hp.fsdp_param_dtype, hp.fsdp_reduce_dtype, hp.fsdp_reshard_after_forward)
+
+    def generation(self):
+        """Context for sampling from the policy: full weights gathered once if sharded (see ``sharding.gathered``)."""
+        return gathered(self.model)
+
+    def _dp_world(self):
+        """(process group, size) of data parallelism: the mesh's ``data_parallel`` dim, or all ranks."""
+        mesh = self._device_mesh
+        if mesh is not None:
+            dp = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+            return dp.get_group(), dp.size()
+        world = self.trainer.world_size if self._trainer is not None else 1
+        return None, world
+
+    def global_token_mean(self, total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """``total / count`` with ``count`` summed over data-parallel ranks, times the world size: after the
+        gradient averaging of DDP/FSDP the update equals the token mean of the global batch."""
+        group, world = self._dp_world()
+        if world == 1:
+            return total / count.clamp(min=1)
+        global_count = count.detach().to(torch.float32).clone()
+        torch.distributed.all_reduce(global_count, group=group)
+        return total * world / global_count.clamp(min=1)
+
     # ---- forward ---------------------------------------------------------------------------------
-    def hidden_states(self, input_ids: torch.Tensor, position_ids=None, doc_ids=None, attention_mask=None) -> torch.Tensor:
-        """Last hidden states (B, T, H). ``doc_ids`` (B, T) marks packed documents (see ``packed_attention_mask``)."""
-        if doc_ids is not None and self.model.config._attn_implementation != "flash_attention_2":
-            dtype = next(self.model.parameters()).dtype
+    def forward_logits(self, model, input_ids: torch.Tensor, keep: torch.Tensor, attention_mask=None,
+                       position_ids=None, doc_ids=None) -> torch.Tensor:
+        """fp32 logits (N, V) at the N positions where ``keep`` (B, T) is True, row-major.
+
+        One call of the root module (required under FSDP2); the LM head runs on the kept positions only.
+        ``doc_ids`` (B, T) marks packed documents (see ``packed_attention_mask``).
+        """
+        if doc_ids is not None and model.config._attn_implementation != "flash_attention_2":
+            dtype = next(model.parameters()).dtype
             if torch.is_autocast_enabled(input_ids.device.type):
                 dtype = torch.get_autocast_dtype(input_ids.device.type)
             attention_mask = packed_attention_mask(doc_ids, dtype)
-        decoder = self.model.get_decoder()
-        out = decoder(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False)
-        return out.last_hidden_state
-
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """LM-head logits in fp32 for the given hidden states (any leading shape)."""
-        return self.model.get_output_embeddings()(hidden).float()
+        out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False,
+                    logits_to_keep=keep)
+        return out.logits.float()
 
     def token_nll(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed next-token NLL over positions whose label is not -100, and their count.
 
         ``batch``: ``input_ids``/``labels`` (B, T) plus ``position_ids`` and ``doc_ids`` (packed) or
-        ``attention_mask`` (padded). The LM head runs only on the labelled positions.
+        ``attention_mask`` (padded).
         """
-        hidden = self.hidden_states(
-            batch["input_ids"], batch.get("position_ids"), batch.get("doc_ids"), batch.get("attention_mask")
-        )
         labels = batch["labels"][:, 1:]
-        keep = labels != -100
-        logits = self.logits(hidden[:, :-1][keep])
-        nll = F.cross_entropy(logits, labels[keep], reduction="sum")
+        keep = torch.zeros_like(batch["labels"], dtype=torch.bool)
+        keep[:, :-1] = labels != -100
+        logits = self.forward_logits(self.model, batch["input_ids"], keep, batch.get("attention_mask"),
+                                     batch.get("position_ids"), batch.get("doc_ids"))
+        nll = F.cross_entropy(logits, labels[keep[:, :-1]], reduction="sum")
         return nll, keep.sum()
 
     # ---- optimisation ----------------------------------------------------------------------------
@@ -238,12 +288,16 @@ class PolicyModule(L.LightningModule):
 
     # ---- export ----------------------------------------------------------------------------------
     def export(self, directory: str | os.PathLike) -> Path:
-        """``save_pretrained`` of model and tokenizer (rank 0), loadable with plain transformers."""
+        """``save_pretrained`` of model and tokenizer, loadable with plain transformers. Call it on every rank:
+        a sharded model is gathered first (a collective); rank 0 writes."""
         directory = Path(directory)
+        state = full_state_dict(self.model) if is_sharded(self.model) else None
         if self._trainer is None or self._trainer.is_global_zero:
             directory.mkdir(parents=True, exist_ok=True)
-            self.model.save_pretrained(directory)
+            self.model.save_pretrained(directory, state_dict=state)
             self.tokenizer.save_pretrained(directory)
+        if self._trainer is not None:
+            self._trainer.strategy.barrier("ra3-export")
         return directory
 
     def on_fit_end(self) -> None:

@@ -166,7 +166,8 @@ class RLVRModule(PolicyModule):
         with ThreadPoolExecutor(1) as scorer:
             for i in range(0, len(rows), per_chunk):
                 chunk = rows[i : i + per_chunk]
-                done = engine.generate([r["prompt"] for r in chunk], G, self.sampling)
+                with self.generation():
+                    done = engine.generate([r["prompt"] for r in chunk], G, self.sampling)
                 flat = [c for cs in done for c in cs]
                 completions += flat
                 prompts = [r["prompt"] for r in chunk for _ in range(G)]
@@ -194,15 +195,20 @@ class RLVRModule(PolicyModule):
             completion[i, start : len(s)] = True
         return input_ids.to(self.device), attention.to(self.device), completion.to(self.device)
 
-    def token_logprobs(self, model, input_ids, attention, with_entropy: bool = False):
-        """Per-token log-probs (N, S-1) of ``input_ids[:, 1:]`` (fp32), and optionally the entropy."""
-        hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention, use_cache=False).last_hidden_state
-        logits = model.get_output_embeddings()(hidden[:, :-1]).float()
-        logp_all = torch.log_softmax(logits, -1)
-        logp = logp_all.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    def token_logprobs(self, model, input_ids, attention, completion, with_entropy: bool = False):
+        """Per-token log-probs (N, S-1) of ``input_ids[:, 1:]`` (fp32) where ``completion[:, 1:]``, else 0;
+        optionally the entropy there. The LM head runs on completion positions only."""
+        target = completion[:, 1:]
+        keep = torch.zeros_like(completion)
+        keep[:, :-1] = target
+        logp_all = torch.log_softmax(self.forward_logits(model, input_ids, keep, attention_mask=attention), -1)
+        logp = torch.zeros(target.shape, dtype=torch.float32, device=input_ids.device)
+        logp[target] = logp_all.gather(-1, input_ids[:, 1:][target][:, None]).squeeze(-1)
         if not with_entropy:
             return logp, None
-        return logp, -(logp_all.exp() * logp_all).sum(-1)
+        entropy = torch.zeros_like(logp)
+        entropy[target] = -(logp_all.exp() * logp_all).sum(-1)
+        return logp, entropy
 
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
         hp, G = self.hparams, self.hparams.num_generations
@@ -216,10 +222,10 @@ class RLVRModule(PolicyModule):
         if hp.mask_truncated:
             mask &= ~truncated[:, None]
         with torch.no_grad():
-            old_logp, entropy = self.token_logprobs(self.model, input_ids, attention, with_entropy=True)
-            ref_logp = self.token_logprobs(self.reference, input_ids, attention)[0] if self.reference is not None else None
+            old_logp, entropy = self.token_logprobs(self.model, input_ids, attention, completion, with_entropy=True)
+            ref_logp = self.token_logprobs(self.reference, input_ids, attention, completion)[0] if self.reference is not None else None
         for _ in range(hp.ppo_epochs):
-            logp, _ = self.token_logprobs(self.model, input_ids, attention)
+            logp, _ = self.token_logprobs(self.model, input_ids, attention, completion)
             loss, clip_frac = policy_gradient_loss(logp, old_logp, advantages, mask, hp.loss_type, hp.epsilon,
                                                    self.eps_high, hp.max_new_tokens)
             kl = None

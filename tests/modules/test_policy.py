@@ -15,15 +15,17 @@ def test_packed_forward_never_attends_across_documents(world_dir):
     packed = torch.cat([a, b, torch.zeros(1, 3, dtype=torch.long)], 1)
     position_ids = torch.tensor([list(range(11)) + list(range(6)) + [0, 0, 0]])
     doc_ids = torch.tensor([[0] * 11 + [1] * 6 + [-1] * 3])
+    def logits(ids, **kw):
+        return module.forward_logits(module.model, ids, torch.ones_like(ids, dtype=torch.bool), **kw)
+
     with torch.no_grad():
-        h_packed = module.hidden_states(packed, position_ids=position_ids, doc_ids=doc_ids)
-        la, lb = module.logits(module.hidden_states(a)), module.logits(module.hidden_states(b))
-        lp = module.logits(h_packed)
-    torch.testing.assert_close(lp[:, :11], la, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(lp[:, 11:17], lb, atol=1e-5, rtol=1e-5)
+        lp = logits(packed, position_ids=position_ids, doc_ids=doc_ids)
+        la, lb = logits(a), logits(b)
+    torch.testing.assert_close(lp[:11], la, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lp[11:17], lb, atol=1e-5, rtol=1e-5)
     with torch.no_grad():  # one shared doc id lets the second document see the first: the mask is what separates them
-        leaky = module.logits(module.hidden_states(packed, position_ids=position_ids, doc_ids=torch.zeros_like(doc_ids)))
-    assert (leaky[:, 11:17] - lb).abs().max() > 1e-3
+        leaky = logits(packed, position_ids=position_ids, doc_ids=torch.zeros_like(doc_ids))
+    assert (leaky[11:17] - lb).abs().max() > 1e-3
 
 
 def test_packed_and_padded_batches_give_the_same_loss(world_dir, tokenizer):
