@@ -45,8 +45,13 @@ def annotate(module, rows: list[dict], mode: str, group_size: int, generator: to
 
 
 def bootstrap(module, rows: list[dict], out_dir: str | os.PathLike, mode: str = "best", group_size: int | None = None,
-              batch_size: int = 8, part_size: int = 64, seed: int = 0, progress=None) -> dict[str, Any]:
-    """Write ``out_dir/bootstrapped.jsonl`` (+ ``stats.json``) from ``rows``; resumes from finished parts."""
+              batch_size: int = 8, part_size: int = 64, seed: int = 0, progress=None, rank: int = 0,
+              world_size: int = 1) -> dict[str, Any]:
+    """Write ``out_dir/bootstrapped.jsonl`` (+ ``stats.json``) from ``rows``; resumes from finished parts.
+
+    With ``world_size`` > 1 (an initialised process group) rank r annotates parts r, r + W, ...; rank 0
+    assembles the shard once all parts exist. A part's rows depend only on its seed, not on W.
+    """
     if mode not in ("best", "sample"):
         raise ValueError(f"bootstrap mode must be 'best' or 'sample', got {mode!r}")
     out = Path(out_dir)
@@ -59,7 +64,7 @@ def bootstrap(module, rows: list[dict], out_dir: str | os.PathLike, mode: str = 
     n_parts = (len(rows) + part_size - 1) // part_size
     module.eval()
     with torch.no_grad():
-        for p in range(n_parts):
+        for p in range(rank, n_parts, world_size):
             path = parts_dir / f"part_{p:05d}.jsonl"
             if path.exists():
                 if progress:
@@ -73,12 +78,19 @@ def bootstrap(module, rows: list[dict], out_dir: str | os.PathLike, mode: str = 
                 if progress:
                     progress(len(chunk[i : i + batch_size]))
             write_jsonl(path, annotated)
+    if world_size > 1:
+        torch.distributed.barrier()
+        if rank != 0:
+            torch.distributed.barrier()  # rank 0 assembles the shard
+            return json.loads((out / "stats.json").read_text())
     annotated = [json.loads(line) for p in range(n_parts) for line in open(parts_dir / f"part_{p:05d}.jsonl")]
     stats = shard_stats(annotated)
     write_jsonl(final, annotated)
     tmp = out / "stats.json.tmp"
     tmp.write_text(json.dumps(stats, indent=1))
     os.replace(tmp, out / "stats.json")
+    if world_size > 1:
+        torch.distributed.barrier()
     return stats
 
 

@@ -123,6 +123,9 @@ def _em(args: list[str]) -> None:
     from ra3.datamodules.code import CodeDataModule
     from ra3.modules import EStepModule, MStepModule
     from ra3.modules.policy import _check_exists
+    from ra3.strategies import register
+
+    register()
 
     def module_parser(base, key):
         p = ArgumentParser(exit_on_error=False)
@@ -196,7 +199,13 @@ def _quickstart(args: list[str]) -> None:
     print(f"ra3 quickstart: report {Path(a.out) / 'report.md'}, results {Path(a.out) / 'results.json'}")
 
 
-COMMANDS = {"world": _world, "evaluate": _evaluate, "em": _em, "quickstart": _quickstart}
+def _consolidate(args: list[str]) -> None:
+    from ra3.consolidate import main
+
+    main(args)
+
+
+COMMANDS = {"world": _world, "evaluate": _evaluate, "em": _em, "quickstart": _quickstart, "consolidate": _consolidate}
 
 
 def main(argv: list[str] | None = None) -> None:

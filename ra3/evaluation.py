@@ -187,13 +187,14 @@ def evaluate(
 
 
 def load_policy(model: str):
-    """(model, tokenizer) from a HF name or directory, or from a Lightning ``.ckpt`` of a ``PolicyModule``."""
-    from ra3.modules.policy import PolicyModule, _check_exists, _first_line, load_tokenizer
+    """(model, tokenizer) from a HF name or directory, or from a Lightning checkpoint of a ``PolicyModule``
+    (a ``.ckpt`` file or a sharded FSDP2 checkpoint folder)."""
+    from ra3.modules.policy import _check_exists, _first_line, load_tokenizer
 
-    if model.endswith(".ckpt"):
-        if not Path(model).is_file():
-            raise Ra3Error(f"checkpoint '{model}' does not exist")
-        module = PolicyModule.load_from_checkpoint(model, map_location="cpu", strict=False, weights_only=False)
+    if model.endswith(".ckpt") or (Path(model) / ".metadata").exists():
+        from ra3.consolidate import policy_from_checkpoint
+
+        module = policy_from_checkpoint(model)
         return module.model, module.tokenizer
     from transformers import AutoModelForCausalLM
 

@@ -32,6 +32,25 @@ from lightning.pytorch.utilities import rank_zero_info
 PHASES = ("estep", "bootstrap", "mstep")
 
 
+def _dist():
+    """(rank, world size, initialised) of this process; before any Trainer from the launcher's env vars."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), True
+    from lightning.fabric.utilities.rank_zero import _get_rank
+
+    rank = (_get_rank() or 0) + int(os.environ.get("NODE_RANK", 0)) * int(os.environ.get("LOCAL_WORLD_SIZE", 1) or 1)
+    return rank, int(os.environ.get("WORLD_SIZE", 1)), False
+
+
+def _barrier() -> None:
+    if _dist()[2]:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 @dataclass
 class EMState:
     round: int = 0
@@ -106,6 +125,8 @@ class EMCallback(L.Callback):
     def _save_state(self) -> None:
         self.state.python_rng = random.getstate()
         self.state.torch_rng = torch.get_rng_state().tolist()
+        if _dist()[0] != 0:
+            return
         tmp = self.out / "em_state.json.tmp"
         tmp.write_text(json.dumps(asdict(self.state), default=list))
         os.replace(tmp, self.out / "em_state.json")
@@ -136,7 +157,10 @@ class EMCallback(L.Callback):
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         corpus = list(datamodule.train_files)
-        if resume and self._load_state():
+        if _dist()[0] != 0:  # multi-process: rank 0 owns em_state.json; the others follow what it recorded
+            if not self._load_state():
+                self.state = EMState(policy=base_model)
+        elif resume and self._load_state():
             rank_zero_info(f"ra3 em: resuming round {self.state.round}, phase {self.state.phase}")
         else:
             if (self.out / "em_state.json").exists():
@@ -166,8 +190,13 @@ class EMCallback(L.Callback):
                 datamodule.tokenizer = module.tokenizer
                 datamodule.setup("fit")
                 rows = datamodule.train_programs[: self.bootstrap_limit] if self.bootstrap_limit else datamodule.train_programs
-                stats = bootstrap(module, rows, rdir, self.bootstrap_mode, self.bootstrap_group_size,
-                                  self.bootstrap_batch_size, self.bootstrap_part_size, seed=k)
+                rank, world, joined = _dist()
+                if joined or rank == 0:  # ranks split the parts; without a process group yet, rank 0 does all
+                    stats = bootstrap(module, rows, rdir, self.bootstrap_mode, self.bootstrap_group_size,
+                                      self.bootstrap_batch_size, self.bootstrap_part_size, seed=k,
+                                      rank=rank if joined else 0, world_size=world if joined else 1)
+                else:
+                    stats = {}
                 self.state.summaries[-1].update({f"bootstrap/{key}": v for key, v in stats.items()},
                                                 bootstrap_time_s=time.time() - t0)
                 if logger is not None:
@@ -183,8 +212,8 @@ class EMCallback(L.Callback):
                 summary = self.state.summaries[-1]
                 summary.update({key: float(v) for key, v in trainer.callback_metrics.items() if key.startswith(("mstep/", "val/"))},
                                mstep_time_s=time.time() - t0)
-                if self.eval_source:
-                    summary.update(self._evaluate(module))
+                if self.eval_source and _dist()[0] == 0:
+                    summary.update(self._evaluate(policy))
                 if logger is not None:
                     logger.log_metrics({f"em/{key}": v for key, v in summary.items() if isinstance(v, (int, float))})
                 self._advance("estep", policy=str(policy), round=k + 1)
@@ -209,21 +238,28 @@ class EMCallback(L.Callback):
         return trainer
 
     def _export(self, module, directory: Path) -> Path:
+        """``save_pretrained`` into a temp dir renamed over ``directory``; every rank calls it (a sharded
+        policy is gathered), rank 0 writes."""
         tmp = directory.with_name(directory.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        leader = _dist()[0] == 0
+        if leader:
+            shutil.rmtree(tmp, ignore_errors=True)
         module.export(tmp)
-        shutil.rmtree(directory, ignore_errors=True)
-        os.replace(tmp, directory)
+        if leader:
+            shutil.rmtree(directory, ignore_errors=True)
+            os.replace(tmp, directory)
+        _barrier()
         return directory
 
-    def _evaluate(self, module) -> dict[str, float]:
+    def _evaluate(self, policy: Path) -> dict[str, float]:
+        """Greedy pass@1 of the exported ``policy`` (loaded unsharded, on rank 0)."""
         from ra3.datamodules.benchmarks import load_benchmark
-        from ra3.evaluation import generate_samples, score_samples
+        from ra3.evaluation import generate_samples, load_policy, score_samples
         from ra3.execution import SandboxPool
         from ra3.rollout.generate import HFEngine, SamplingConfig
 
         problems = load_benchmark("skillworld", self.eval_source)[: self.eval_limit]
-        samples = generate_samples(HFEngine(module.model, module.tokenizer), problems, 1, SamplingConfig(max_new_tokens=200))
+        samples = generate_samples(HFEngine(*load_policy(str(policy))), problems, 1, SamplingConfig(max_new_tokens=200))
         with SandboxPool() as pool:
             summary, _ = score_samples(problems, samples, pool, [1])
         return {"heldout_pass@1": summary.get("pass@1", 0.0)}

@@ -2,7 +2,7 @@
 
 import torch
 
-from ra3.modules import EStepModule
+from ra3.modules import EStepModule, RLVRModule
 from ra3.rollout.latent import ThoughtFormat
 
 
@@ -18,3 +18,10 @@ class ArrowThoughts(ThoughtFormat):
 
     def render(self, text, indent):
         return "\n" + indent + "# -> " + " ".join(text.split())
+
+
+class LengthRewardRLVR(RLVRModule):
+    """A custom RLVR reward (dense, so a random tiny model gets a signal): completion length in characters / 100."""
+
+    def reward_function(self):
+        return lambda prompts, completions, **columns: [len(c) / 100 for c in completions]
