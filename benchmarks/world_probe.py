@@ -21,11 +21,11 @@ from pathlib import Path
 from ra3.quickstart import Preset, Quickstart
 
 
-def first_error(completion: str, row: dict) -> str:
+def first_error(completion: str, row: dict, style: str = "full") -> str:
     """``comment`` if the first comment that differs from the ground truth comes before any code difference."""
     from ra3.datamodules.skillworld import with_comments
 
-    truth = with_comments(row)["completion"].split("\n")
+    truth = with_comments(row, style)["completion"].split("\n")
     got = completion.split("\n")
     for t, g in zip(truth, got):
         if t.strip() != g.strip():
@@ -59,10 +59,11 @@ def main(argv: list[str]) -> None:
     rows = {r["task_id"]: r for r in map(json.loads, open(w / "eval.jsonl"))}
     samples = [json.loads(line) for line in open(out / "eval" / "oracle" / "samples.jsonl")]
     verdicts = [json.loads(line) for line in open(out / "eval" / "oracle" / "eval_results.jsonl")]
+    style = json.loads((w / "world.json").read_text())["config"].get("comment_style", "full")
     kinds: dict[str, int] = {}
     for s, v in zip(samples, verdicts):
         if not v["passed"]:
-            kind = first_error(s["completion"], rows[s["task_id"]])
+            kind = first_error(s["completion"], rows[s["task_id"]], style)
             kinds[kind] = kinds.get(kind, 0) + 1
     summary = {"pass@1": results, "oracle_failures": kinds, "world_args": world_args}
     (out / "probe.json").write_text(json.dumps(summary, indent=1))

@@ -121,6 +121,13 @@ MACROS: dict[str, tuple[str, list[tuple[str, tuple[int, ...]]]]] = {
 }
 
 
+# Parameter-free intents (``comment_style: abstract``): the comment names what a block does, the code and the
+# docstring carry the numbers.
+ABSTRACT = {"keep_greater": "keep the values above a bound", "take_first": "keep only a prefix of the list",
+            "clip": "clip each value to a range", "multiply": "scale each value", "add": "shift each value",
+            "remove_value": "remove every occurrence of a value"}
+
+
 @dataclass
 class Step:
     skill: str
@@ -128,6 +135,9 @@ class Step:
 
     def description(self) -> str:
         return SKILLS[self.skill].describe(*self.params)
+
+    def comment(self, style: str = "full") -> str:
+        return ABSTRACT.get(self.skill, self.description()) if style == "abstract" else self.description()
 
     def lines(self) -> list[str]:
         return SKILLS[self.skill].block(*self.params)
@@ -143,13 +153,13 @@ class Task:
     docstring: str
     macros: list[str] = field(default_factory=list)
 
-    def program(self, comments: bool = False) -> tuple[str, list[int]]:
+    def program(self, comments: bool = False, comment_style: str = "full") -> tuple[str, list[int]]:
         lines = ["def solve(xs):", f'{INDENT}"""{self.docstring}"""']
         boundaries = []
         for step in self.steps:
             boundaries.append(len(lines))
             if comments:
-                lines.append(f"{INDENT}# {step.description()}")
+                lines.append(f"{INDENT}# {step.comment(comment_style)}")
             lines += [INDENT + line for line in step.lines()]
         lines.append(f"{INDENT}return xs")
         return "\n".join(lines), boundaries
@@ -182,6 +192,8 @@ class WorldConfig:
         seed: the world's random seed.
         style: docstring style: ``steps`` (one clause per skill), ``macro`` (named routines) or ``mixed``.
         comment_fraction: fraction of pre-training programs with ``# <skill>`` before each block.
+        comment_style: ``full`` comments restate the skill with its numbers ("add 3 to each value");
+            ``abstract`` ones name the intent only ("shift each value").
         n_pretrain / n_midtrain / n_rl / n_eval: number of programs in each split.
         min_chain / max_chain: skills per training task.
         eval_min_chain / eval_max_chain: skills per evaluation task (default ``min_chain`` / ``max_chain + 1``);
@@ -194,6 +206,7 @@ class WorldConfig:
     seed: int = 0
     style: Style = "mixed"
     comment_fraction: float = 0.2
+    comment_style: Literal["full", "abstract"] = "full"
     n_pretrain: int = 8000
     n_midtrain: int = 2000
     n_rl: int = 400
@@ -274,9 +287,9 @@ class SkillWorld:
         return out
 
 
-def task_row(task: Task, tests: list[dict] | None = None, comments: bool = False) -> dict:
+def task_row(task: Task, tests: list[dict] | None = None, comments: bool = False, comment_style: str = "full") -> dict:
     """The JSONL row of a task (``text``, ``prompt``/``completion``, tests as asserts, boundaries)."""
-    text, boundaries = task.program(comments=comments)
+    text, boundaries = task.program(comments=comments, comment_style=comment_style)
     prompt = task.prompt()
     row = {
         "task_id": task.task_id,
@@ -304,16 +317,16 @@ def generate_split(world: SkillWorld, split: str, n: int, comment_fraction: floa
         task.task_id = f"skillworld/{split}/{i}"
         comments = rng.random() < comment_fraction
         tests = world.tests(task, rng) if with_tests else None
-        rows.append(task_row(task, tests, comments=comments))
+        rows.append(task_row(task, tests, comments=comments, comment_style=world.config.comment_style))
     return rows
 
 
-def with_comments(row: dict) -> dict:
+def with_comments(row: dict, comment_style: str = "full") -> dict:
     """The same task row with ``# <skill description>`` before every block (the oracle annotation)."""
     docstring = row["prompt"].split('"""')[1]
     task = Task(row["task_id"], row["style"], [Step(s["name"], tuple(s["params"])) for s in row["skills"]], docstring,
                 row.get("macros", []))
-    return task_row(task, None, comments=True) | {k: row[k] for k in ("tests", "test_cases") if k in row}
+    return task_row(task, None, comments=True, comment_style=comment_style) | {k: row[k] for k in ("tests", "test_cases") if k in row}
 
 
 def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
@@ -339,7 +352,7 @@ def build_world(out_dir: str | os.PathLike, config: WorldConfig | None = None) -
         "rl": generate_split(world, "rl", config.n_rl, with_tests=True),
         "eval": generate_split(world, "eval", config.n_eval, with_tests=True),
     }
-    splits["midtrain_oracle"] = [with_comments(r) for r in splits["midtrain"]]
+    splits["midtrain_oracle"] = [with_comments(r, config.comment_style) for r in splits["midtrain"]]
     paths = {}
     for name, rows in splits.items():
         paths[name] = out / f"{name}.jsonl"

@@ -19,7 +19,6 @@ One training step, top to bottom:
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -70,6 +69,7 @@ class EStepModule(PolicyModule):
         max_grad_norm: gradient clipping norm (0 = off).
         thought_format: how thoughts look and what makes them malformed.
         table_every_n_steps: log a W&B table of annotated programs this often (0 = never).
+        reference_quantization: load the frozen reference (``beta > 0``) in bitsandbytes ``8bit`` or ``4bit``.
     """
 
     data_view = "programs"
@@ -79,7 +79,7 @@ class EStepModule(PolicyModule):
                  alpha: float = 0.0, temperature: float = 1.0, max_thought_tokens: int = 16, max_thoughts: int = 8,
                  max_rollout_length: int = 1024, clip_epsilon: float = 0.2, ppo_epochs: int = 1, beta: float = 0.0,
                  max_grad_norm: float = 1.0, thought_format: ThoughtFormat | None = None,
-                 table_every_n_steps: int = 50, **kwargs):
+                 table_every_n_steps: int = 50, reference_quantization: str | None = None, **kwargs):
         self.check_hparams(group_size, thought_cost, alpha, advantage, ppo_epochs)
         super().__init__(*args, **kwargs)
         self.save_hyperparameters(ignore=["thought_format"])
@@ -89,7 +89,7 @@ class EStepModule(PolicyModule):
         self.engine = LatentRolloutEngine(self.model, self.tokenizer, self.thought_format)
         self.reference = None
         if beta > 0:
-            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self.reference = self.make_reference(reference_quantization)
         self._generator = torch.Generator().manual_seed(self.hparams.init_seed)
         self.last_rollout: LatentRollout | None = None
 

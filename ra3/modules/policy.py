@@ -188,6 +188,30 @@ class PolicyModule(L.LightningModule):
             offline = " (offline: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
             raise Ra3Error(f"cannot load model '{model}'{offline}: {_first_line(e)}") from None
 
+    def make_reference(self, quantization: str | None = None):
+        """A frozen copy of the initial policy (for a KL penalty): a deep copy, or the same weights reloaded in
+        bitsandbytes ``8bit``/``4bit`` (memory: about 1/4 or 1/8 of fp32; kept whole on every rank, unsharded)."""
+        if quantization is None:
+            import copy
+
+            return copy.deepcopy(self.model).eval().requires_grad_(False)
+        if quantization not in ("8bit", "4bit"):
+            raise Ra3Error(f"reference_quantization must be 8bit, 4bit or null; got {quantization!r}")
+        if self.hparams.model is None:
+            raise Ra3Error("reference_quantization loads the reference from the model path: it needs model, not model_config")
+        try:
+            from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+            config = (BitsAndBytesConfig(load_in_8bit=True) if quantization == "8bit" else
+                      BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                         bnb_4bit_compute_dtype=next(self.model.parameters()).dtype))
+            ref = AutoModelForCausalLM.from_pretrained(self.hparams.model, quantization_config=config,
+                                                       attn_implementation=self.hparams.attn_implementation)
+        except Exception as e:  # ImportError, or a bnb build without a backend for this device
+            raise Ra3Error(f"reference_quantization {quantization!r} needs a working bitsandbytes "
+                           f"({type(e).__name__}: {_first_line(e)})") from None
+        return ref.eval().requires_grad_(False)
+
     # ---- sharding --------------------------------------------------------------------------------
     def configure_model(self) -> None:
         """FSDP2 under ``ModelParallelStrategy``: one unit per decoder block + the root (policy and reference)."""
@@ -200,7 +224,7 @@ class PolicyModule(L.LightningModule):
         dp = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
         hp = self.hparams
         for model in (self.model, getattr(self, "reference", None)):
-            if model is not None:
+            if model is not None and not getattr(model, "is_quantized", False):  # bnb weights cannot be sharded
                 shard_causal_lm(model, dp, hp.fsdp_param_dtype, hp.fsdp_reduce_dtype, hp.fsdp_reshard_after_forward)
 
     def generation(self):

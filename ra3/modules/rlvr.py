@@ -19,7 +19,6 @@ One training step, top to bottom:
 
 from __future__ import annotations
 
-import copy
 from collections import Counter
 from typing import Any
 
@@ -101,6 +100,7 @@ class RLVRModule(PolicyModule):
         max_grad_norm: gradient clipping norm (0 = off).
         sandbox_workers: parallel sandbox processes (default: CPU count).
         table_every_n_steps: W&B table of prompts/completions/rewards this often (0 = never).
+        reference_quantization: load the frozen reference (``beta > 0``) in bitsandbytes ``8bit`` or ``4bit``.
     """
 
     data_view = "prompts"
@@ -110,7 +110,8 @@ class RLVRModule(PolicyModule):
                  epsilon: float = 0.2, epsilon_high: float | None = None, scale_rewards: str | None = None,
                  beta: float = 0.0, ppo_epochs: int = 1, mask_truncated: bool = False, partial_credit: bool = False,
                  format_weight: float = 0.0, generation_batch_size: int = 64, max_grad_norm: float = 1.0,
-                 sandbox_workers: int | None = None, table_every_n_steps: int = 50, **kwargs):
+                 sandbox_workers: int | None = None, table_every_n_steps: int = 50,
+                 reference_quantization: str | None = None, **kwargs):
         if num_generations < 2:
             raise Ra3Error(f"num_generations must be >= 2 for group-relative advantages, got {num_generations}")
         if loss_type not in LOSS_TYPES:
@@ -127,7 +128,7 @@ class RLVRModule(PolicyModule):
         self.sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                        stop=list(stop if stop is not None else ["\ndef ", "\nclass ", "\nprint(", "\nassert", "\nif __name__"]),
                                        batch_size=generation_batch_size)
-        self.reference = copy.deepcopy(self.model).eval().requires_grad_(False) if beta > 0 else None
+        self.reference = self.make_reference(reference_quantization) if beta > 0 else None
         self.unit_tests = UnitTestReward(partial=partial_credit)
         self.statuses: list[str] = []
         self._pool = None
