@@ -101,6 +101,9 @@ class RLVRModule(PolicyModule):
         sandbox_workers: parallel sandbox processes (default: CPU count).
         table_every_n_steps: W&B table of prompts/completions/rewards this often (0 = never).
         reference_quantization: load the frozen reference (``beta > 0``) in bitsandbytes ``8bit`` or ``4bit``.
+        rollout_engine: ``hf`` (``model.generate``) or ``vllm`` (GPU, ``pip install 'ra3[vllm]'``; weights synced
+            into vLLM after every update; experimental, see ``ra3.rollout.vllm_engine``).
+        vllm_kwargs: arguments of ``vllm.LLM`` (e.g. ``gpu_memory_utilization``).
     """
 
     data_view = "prompts"
@@ -111,7 +114,10 @@ class RLVRModule(PolicyModule):
                  beta: float = 0.0, ppo_epochs: int = 1, mask_truncated: bool = False, partial_credit: bool = False,
                  format_weight: float = 0.0, generation_batch_size: int = 64, max_grad_norm: float = 1.0,
                  sandbox_workers: int | None = None, table_every_n_steps: int = 50,
-                 reference_quantization: str | None = None, **kwargs):
+                 reference_quantization: str | None = None, rollout_engine: str = "hf",
+                 vllm_kwargs: dict[str, Any] | None = None, **kwargs):
+        if rollout_engine not in ("hf", "vllm"):
+            raise Ra3Error(f"rollout_engine must be 'hf' or 'vllm', got {rollout_engine!r}")
         if num_generations < 2:
             raise Ra3Error(f"num_generations must be >= 2 for group-relative advantages, got {num_generations}")
         if loss_type not in LOSS_TYPES:
@@ -132,6 +138,7 @@ class RLVRModule(PolicyModule):
         self.unit_tests = UnitTestReward(partial=partial_credit)
         self.statuses: list[str] = []
         self._pool = None
+        self._vllm, self._vllm_step = None, 0  # vLLM starts from the initial weights: no sync before step 0
 
     def reward_function(self):
         """The reward (protocol of ``ra3.rewards``); override to use your own."""
@@ -144,6 +151,21 @@ class RLVRModule(PolicyModule):
 
         self._pool = SandboxPool(workers=self.hparams.sandbox_workers)
         self.unit_tests.pool = self._pool
+        if self.hparams.rollout_engine == "vllm" and self._vllm is None:
+            from ra3.rollout.vllm_engine import VLLMEngine
+
+            self._vllm = VLLMEngine(self.hparams.model, self.tokenizer, self.hparams.vllm_kwargs)
+
+    def rollout_engine(self):
+        """The sampler for this step: ``HFEngine`` on the live policy, or vLLM with the latest weights synced."""
+        if self._vllm is None:
+            return HFEngine(self.model, self.tokenizer)
+        if self._vllm_step != self.global_step:
+            from ra3.modules.sharding import full_state_dict
+
+            self._vllm.sync_weights(full_state_dict(self.model))
+            self._vllm_step = self.global_step
+        return self._vllm
 
     def on_fit_end(self) -> None:
         if self._pool is not None:
@@ -154,7 +176,7 @@ class RLVRModule(PolicyModule):
     def generate_and_score(self, rows: list[dict]) -> tuple[list, list[float | None]]:
         """G completions per row and their rewards; reward jobs for a chunk run while the next is generated."""
         G = self.hparams.num_generations
-        engine = HFEngine(self.model, self.tokenizer)
+        engine = self.rollout_engine()
         per_chunk = max(1, self.sampling.batch_size // G)
         completions, futures = [], []
         reward_fn = self.reward_function()

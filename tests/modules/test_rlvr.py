@@ -139,3 +139,12 @@ def test_samples_without_reward_are_left_out(tiny_model_dir, world_dir):
     trainer = _fit(module, world_dir, 1)
     assert trainer.callback_metrics["rlvr/no_reward_frac"] == pytest.approx(0.5)
     assert trainer.callback_metrics["rlvr/zero_std_frac"] >= 0
+
+
+def test_vllm_engine_without_vllm_or_gpu_is_a_clear_error(tiny_model_dir):
+    module = RLVRModule(init_from=str(tiny_model_dir), rollout_engine="vllm")
+    with pytest.raises(Ra3Error, match="rollout_engine 'vllm' needs"):
+        module.on_fit_start()
+    module._pool.close()
+    with pytest.raises(Ra3Error, match="rollout_engine must be"):
+        RLVRModule(init_from=str(tiny_model_dir), rollout_engine="sglang")
