@@ -16,7 +16,9 @@ eligible when the line cannot start differently from a comment (blank lines, lin
 
 Efficiency. All B×G sequences advance together through one KV cache. Expert lines are teacher-forced in
 chunks (one forward per line segment for the whole batch, rows right-padded inside the cache and masked);
-only thought tokens are decoded one by one, and only while some row is thinking.
+only thought tokens are decoded one by one, and only while some row is thinking — on a sub-cache of the
+thinking rows, whose new K/V slots are then appended to the main cache (masked for the other rows), so no
+thought token is computed twice.
 """
 
 from __future__ import annotations
@@ -169,16 +171,41 @@ class _Cache:
         self.last_logp: torch.Tensor | None = None  # (N, V) fp32 log-probs after each row's last real token
 
     def select(self, rows: list[int]) -> "_Cache":
-        """A copy holding only ``rows`` (for decoding thoughts without dragging every row along)."""
+        """A cache holding only ``rows`` (copies of their K/V; the main cache is untouched)."""
         import copy
 
         sub = _Cache.__new__(_Cache)
         sub.model, sub.pad_id, sub.device, sub.cache_kwarg = self.model, self.pad_id, self.device, self.cache_kwarg
         index = torch.tensor(rows, device=self.device)
-        sub.past = copy.deepcopy(self.past)
-        sub.past.batch_select_indices(index)
+        sub.past = copy.copy(self.past)
+        sub.past.layers = [copy.copy(layer) for layer in self.past.layers]
+        for layer in sub.past.layers:
+            layer.batch_select_indices(index)  # rebinds keys/values to indexed copies
         sub.mask, sub.lengths, sub.last_logp = self.mask[index], self.lengths[index], self.last_logp[index]
         return sub
+
+    def can_absorb(self) -> bool:
+        return self.past is not None and all(type(layer).__name__ == "DynamicLayer" for layer in self.past.layers)
+
+    def absorb(self, sub: "_Cache", rows: list[int]) -> None:
+        """Append the slots ``sub`` (a ``select(rows)``) added since the split: ``rows`` get its K/V, mask,
+        lengths and last log-probs; every other row gets masked padding slots."""
+        start = self.mask.shape[1]
+        added = sub.mask.shape[1] - start
+        if added <= 0:
+            return
+        index = torch.tensor(rows, device=self.device)
+        for layer, sub_layer in zip(self.past.layers, sub.past.layers):
+            for name in ("keys", "values"):
+                full = getattr(layer, name)
+                new = full.new_zeros(full.shape[0], full.shape[1], added, full.shape[3])
+                new[index] = getattr(sub_layer, name)[:, :, start:]
+                setattr(layer, name, torch.cat([full, new], 2))
+        mask = self.mask.new_zeros(self.mask.shape[0], added)
+        mask[index] = sub.mask[:, start:]
+        self.mask = torch.cat([self.mask, mask], 1)
+        self.lengths[index] = sub.lengths
+        self.last_logp[index] = sub.last_logp
 
     @torch.no_grad()
     def feed(self, chunks: list[list[int]]) -> list[list[float]]:
@@ -318,7 +345,11 @@ class LatentRolloutEngine:
             sampled = self._think(cache, think, [lines[rows[r].program][t].marker for r in think], config, generator) if think else {}
             for r in think:
                 row, line = rows[r], lines[rows[r].program][t]
-                tokens, hit_max = sampled[r]
+                tokens, hit_max, lps = sampled[r]
+                if lps is not None:  # marker + thought already in the main cache
+                    row.tokens += line.marker + tokens
+                    row.kinds += [MARKER] + [FORCED] * (len(line.marker) - 1) + [THOUGHT] * len(tokens)
+                    row.logprobs += lps
                 text = tok.decode(tokens, skip_special_tokens=True).strip()
                 row.thoughts.append((t, text, self.format.malformed(text, hit_max)))
                 row.text.append(self.format.render(text, line.indent))
@@ -328,7 +359,10 @@ class LatentRolloutEngine:
                 row, ls = rows[r], lines[rows[r].program]
                 line = ls[t]
                 tail = ls[t + 1].ids[: ls[t + 1].prefix] if t + 1 < len(ls) else [tok.eos_token_id]
-                if r in sampled:
+                if r in sampled and sampled[r][2] is not None:
+                    chunks[r] = line.ids + tail
+                    kinds[r] = [EXPERT] * len(chunks[r])
+                elif r in sampled:
                     thought = sampled[r][0]
                     chunks[r] = line.marker + thought + line.ids + tail
                     kinds[r] = [MARKER] + [FORCED] * (len(line.marker) - 1) + [THOUGHT] * len(thought) \
@@ -345,14 +379,17 @@ class LatentRolloutEngine:
         return self._pack(rows, config)
 
     def _think(self, cache: _Cache, think: list[int], markers: list[list[int]], config: LatentConfig,
-               generator) -> dict[int, tuple[list[int], bool]]:
-        """Sample a thought for each row in ``think`` on a copy of the cache holding only those rows.
+               generator) -> dict[int, tuple[list[int], bool, list[float] | None]]:
+        """Sample a thought for each row in ``think`` on a sub-cache holding only those rows.
 
-        Returns ``{row: (thought tokens, hit max_thought_tokens)}``; the tokens are later teacher-forced in
-        the main cache, whose log-probs are the ones reported."""
+        Returns ``{row: (thought tokens, hit max_thought_tokens, log-probs of marker + thought tokens)}``.
+        When the cache can take them back (``_Cache.absorb``), the marker and thought K/V go into the main
+        cache and the log-probs are those of the sampling pass; otherwise the log-probs are ``None`` and the
+        caller teacher-forces marker + thought in the main cache."""
         sub = cache.select(think)
-        sub.feed(markers)
+        marker_lps = sub.feed(markers)
         sampled = {i: [] for i in range(len(think))}
+        lps = {i: list(marker_lps[i]) for i in range(len(think))}
         open_rows, hit_max = set(sampled), set()
         while open_rows:
             for i in [i for i in open_rows if len(sampled[i]) >= config.max_thought_tokens]:
@@ -371,8 +408,12 @@ class LatentRolloutEngine:
                     chunks[i] = [nxt]
                     sampled[i].append(nxt)
             if any(chunks):
-                sub.feed(chunks)
-        return {r: (sampled[i], i in hit_max) for i, r in enumerate(think)}
+                for i, lp in enumerate(sub.feed(chunks)):
+                    lps[i] += lp
+        absorbed = cache.can_absorb()
+        if absorbed:
+            cache.absorb(sub, think)
+        return {r: (sampled[i], i in hit_max, lps[i] if absorbed else None) for i, r in enumerate(think)}
 
     def _pack(self, rows: list[_Row], config: LatentConfig) -> LatentRollout:
         N, S = len(rows), max(len(r.tokens) for r in rows)
