@@ -358,8 +358,11 @@ class CodeDataModule(L.LightningDataModule):
         from torch.utils.data import DistributedSampler
 
         kwargs = {"num_replicas": 1, "rank": 0}
-        if self.trainer is not None and self.trainer.world_size > 1:
-            kwargs = self.trainer.strategy.distributed_sampler_kwargs
+        if self.trainer is not None:
+            if self.trainer.overfit_batches:  # Lightning's overfit_batches means: the same first batches, unshuffled
+                shuffle = False
+            if self.trainer.world_size > 1:
+                kwargs = self.trainer.strategy.distributed_sampler_kwargs
         return DistributedSampler(items, shuffle=shuffle, seed=self.hparams.seed, **kwargs)
 
     def _loader(self, examples: list[Example], train: bool) -> DataLoader:

@@ -156,13 +156,32 @@ class Task:
     def program(self, comments: bool = False, comment_style: str = "full") -> tuple[str, list[int]]:
         lines = ["def solve(xs):", f'{INDENT}"""{self.docstring}"""']
         boundaries = []
-        for step in self.steps:
+        routine_comments = self.routine_comments() if comment_style == "routine" else {}
+        for i, step in enumerate(self.steps):
             boundaries.append(len(lines))
-            if comments:
+            if comments and comment_style == "routine":
+                if i in routine_comments:
+                    lines.append(f"{INDENT}# {routine_comments[i]}")
+            elif comments:
                 lines.append(f"{INDENT}# {step.comment(comment_style)}")
             lines += [INDENT + line for line in step.lines()]
         lines.append(f"{INDENT}return xs")
         return "\n".join(lines), boundaries
+
+    def routine_comments(self) -> dict[int, str]:
+        """Step index -> comment for ``comment_style: routine``: one per routine ("tidy the list") at its first
+        step, and the description of each plain step; ``steps``-style tasks get one per step."""
+        if not self.macros:
+            return {i: s.description() for i, s in enumerate(self.steps)}
+        out, i = {}, 0
+        for name in self.macros:
+            if name:
+                out[i] = f"{MACROS[name][0]} the list"
+                i += len(MACROS[name][1])
+            else:
+                out[i] = self.steps[i].description()
+                i += 1
+        return out
 
     def prompt(self) -> str:
         """The function header and docstring, ending *before* the newline (see ``segments``)."""
@@ -193,7 +212,8 @@ class WorldConfig:
         style: docstring style: ``steps`` (one clause per skill), ``macro`` (named routines) or ``mixed``.
         comment_fraction: fraction of pre-training programs with ``# <skill>`` before each block.
         comment_style: ``full`` comments restate the skill with its numbers ("add 3 to each value");
-            ``abstract`` ones name the intent only ("shift each value").
+            ``abstract`` ones name the intent only ("shift each value"); ``routine``: one comment per routine of
+            a ``macro`` docstring ("tidy the list"), i.e. the plan's own words, before its first block.
         n_pretrain / n_midtrain / n_rl / n_eval: number of programs in each split.
         min_chain / max_chain: skills per training task.
         eval_min_chain / eval_max_chain: skills per evaluation task (default ``min_chain`` / ``max_chain + 1``);
@@ -206,7 +226,7 @@ class WorldConfig:
     seed: int = 0
     style: Style = "mixed"
     comment_fraction: float = 0.2
-    comment_style: Literal["full", "abstract"] = "full"
+    comment_style: Literal["full", "abstract", "routine"] = "full"
     n_pretrain: int = 8000
     n_midtrain: int = 2000
     n_rl: int = 400

@@ -30,6 +30,7 @@ from ra3.datamodules.segments import encode_segments
 from ra3.errors import Ra3Error
 from ra3.metrics import boundary_scores, names_skill
 from ra3.modules.policy import PolicyModule
+from ra3.rollout.generate import sample_seed
 from ra3.rollout.latent import (LatentConfig, LatentRollout, LatentRolloutEngine, ThoughtFormat, decision_logprobs,
                                 program_from_row)
 
@@ -90,7 +91,6 @@ class EStepModule(PolicyModule):
         self.reference = None
         if beta > 0:
             self.reference = self.make_reference(reference_quantization)
-        self._generator = torch.Generator().manual_seed(self.hparams.init_seed)
         self.last_rollout: LatentRollout | None = None
 
     @staticmethod
@@ -107,13 +107,6 @@ class EStepModule(PolicyModule):
             raise Ra3Error(f"advantage must be 'rloo' or 'mean', got {advantage!r}")
         if ppo_epochs < 1:
             raise Ra3Error(f"ppo_epochs must be >= 1, got {ppo_epochs}")
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["estep_generator"] = self._generator.get_state()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "estep_generator" in checkpoint:
-            self._generator.set_state(checkpoint["estep_generator"])
 
     # ---- reward ----------------------------------------------------------------------------------
     def rewards(self, rollout: LatentRollout, plain_logprob: torch.Tensor) -> torch.Tensor:
@@ -189,7 +182,9 @@ class EStepModule(PolicyModule):
         hp, G = self.hparams, self.hparams.group_size
         programs = [program_from_row(row) for row in batch]
         with self.generation():
-            rollout = self.engine.rollout(programs, self.latent_config, self._generator)
+            seeds = [sample_seed("".join(seg.text for seg in (*p.context, *p.lines)), self.global_step, hp.init_seed)
+                     for p in programs]  # a program's annotations do not depend on its batch, rank or world size
+            rollout = self.engine.rollout(programs, self.latent_config, seeds=seeds)
         rollout = rollout.to(self.device)
         self.last_rollout = rollout
         plain, n_expert = self.plain_logprob(programs)

@@ -29,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from ra3.errors import Ra3Error
 from ra3.modules.policy import PolicyModule
 from ra3.rewards import FormatReward, UnitTestReward, WeightedSum
-from ra3.rollout.generate import HFEngine, SamplingConfig, encode_prompt
+from ra3.rollout.generate import HFEngine, SamplingConfig, encode_prompt, sample_seed
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
 
@@ -189,8 +189,9 @@ class RLVRModule(PolicyModule):
         with ThreadPoolExecutor(1) as scorer:
             for i in range(0, len(rows), per_chunk):
                 chunk = rows[i : i + per_chunk]
+                seeds = [sample_seed(r["prompt"], self.global_step, self.hparams.init_seed) for r in chunk]
                 with self.generation():
-                    done = engine.generate([r["prompt"] for r in chunk], G, self.sampling)
+                    done = engine.generate([r["prompt"] for r in chunk], G, self.sampling, seeds=seeds)
                 flat = [c for cs in done for c in cs]
                 completions += flat
                 prompts = [r["prompt"] for r in chunk for _ in range(G)]

@@ -46,7 +46,8 @@ class Completion:
 
 
 class RolloutEngine(Protocol):
-    def generate(self, prompts: list[str], n: int, config: SamplingConfig) -> list[list[Completion]]: ...
+    def generate(self, prompts: list[str], n: int, config: SamplingConfig,
+                 seeds: list[int] | None = None) -> list[list[Completion]]: ...
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
@@ -59,6 +60,37 @@ def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+def sample_seed(text: str, step: int, seed: int = 0) -> int:
+    """A sampling seed that depends only on the item (its text), the training step and the run seed — not on
+    which batch, rank or world size the item lands in."""
+    import zlib
+
+    return (zlib.crc32(text.encode()) + 1_000_003 * step + 7_919 * seed) % (2**62)
+
+
+def row_generators(seeds: list[int], n: int) -> list[torch.Generator]:
+    """One CPU generator per (item, sample): item i's j-th sample draws from ``seeds[i] * 1_000_003 + j``."""
+    return [torch.Generator().manual_seed((s * 1_000_003 + j) % (2**63)) for s in seeds for j in range(n)]
+
+
+class SeededSampling:
+    """A logits processor that turns greedy decoding into sampling with one generator per row (Gumbel-max:
+    argmax(logits / T + Gumbel noise) is a draw from softmax(logits / T), after the top-p cut)."""
+
+    def __init__(self, generators: list[torch.Generator], temperature: float, top_p: float):
+        from transformers import TopPLogitsWarper
+
+        self.generators, self.temperature = generators, temperature
+        self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float() / self.temperature
+        if self.top_p is not None:
+            scores = self.top_p(input_ids, scores)
+        u = torch.stack([torch.rand(scores.shape[-1], generator=g) for g in self.generators]).to(scores.device)
+        return scores - torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
+
+
 class HFEngine:
     """Sampling with ``model.generate`` (KV cache, left padding), ``n`` samples per prompt."""
 
@@ -66,8 +98,12 @@ class HFEngine:
         self.model, self.tokenizer = model, tokenizer
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], n: int = 1, config: SamplingConfig | None = None) -> list[list[Completion]]:
+    def generate(self, prompts: list[str], n: int = 1, config: SamplingConfig | None = None,
+                 seeds: list[int] | None = None) -> list[list[Completion]]:
+        """``n`` completions per prompt. With ``seeds`` (one per prompt) every completion is drawn from its own
+        generator, so it does not depend on batching (nor on the rank it runs on)."""
         config = config or SamplingConfig()
+        gens = row_generators(seeds, n) if seeds is not None and config.temperature > 0 else None
         tok, model = self.tokenizer, self.model
         flat = [(i, encode_prompt(tok, p)) for i, p in enumerate(prompts) for _ in range(n)]
         order = sorted(range(len(flat)), key=lambda j: -len(flat[j][1]))  # similar lengths share a batch
@@ -88,7 +124,12 @@ class HFEngine:
                     attention[b, width - len(s):] = 1
                 kwargs = dict(max_new_tokens=config.max_new_tokens, pad_token_id=tok.pad_token_id,
                               eos_token_id=tok.eos_token_id, use_cache=True)
-                if config.temperature > 0:
+                if gens is not None:
+                    from transformers import LogitsProcessorList
+
+                    kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None, logits_processor=LogitsProcessorList(
+                        [SeededSampling([gens[j] for j in chunk], config.temperature, config.top_p)]))
+                elif config.temperature > 0:
                     kwargs.update(do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=0)
                 else:
                     kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)

@@ -287,16 +287,24 @@ class LatentRolloutEngine:
         return _Line(ids, p, head[p:] if eligible else [], indent)
 
     @torch.no_grad()
-    def rollout(self, programs: list[ExpertProgram], config: LatentConfig, generator: torch.Generator | None = None) -> LatentRollout:
+    def rollout(self, programs: list[ExpertProgram], config: LatentConfig, generator: torch.Generator | None = None,
+                seeds: list[int] | None = None) -> LatentRollout:
+        """G annotations per program. Randomness: one generator per (program, sample), seeded from ``seeds``
+        (one per program; then a program's annotations do not depend on the batch it is in) or from
+        ``generator``."""
+        from ra3.rollout.generate import row_generators
+
+        if seeds is None:
+            seeds = torch.randint(0, 2**62, (len(programs),), generator=generator).tolist()
         model = self.model
         was_training = model.training
         model.eval()
         try:
-            return self._rollout(programs, config, generator)
+            return self._rollout(programs, config, row_generators(seeds, config.group_size))
         finally:
             model.train(was_training)
 
-    def _rollout(self, programs, config, generator) -> LatentRollout:
+    def _rollout(self, programs, config, gens: list[torch.Generator]) -> LatentRollout:
         tok, G = self.tokenizer, config.group_size
         bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
         contexts = [bos + [i for s in p.context for i in self._encode(s.text)] for p in programs]
@@ -334,7 +342,7 @@ class LatentRolloutEngine:
                 la = cache.last_logp[r, line.marker[0]]
                 le = cache.last_logp[r, line.ids[line.prefix]]
                 p_think = (1.0 - config.alpha) * torch.sigmoid(la - le)
-                choose = bool(torch.rand((), generator=generator) < p_think.cpu()) if p_think > 0 else False
+                choose = bool(torch.rand((), generator=gens[r]) < p_think.cpu()) if p_think > 0 else False
                 lp = torch.log(p_think) if choose else torch.log1p(-p_think)
                 row.decisions.append((len(row.tokens) - 1, line.marker[0], line.ids[line.prefix], choose, float(lp)))
                 if choose:
@@ -342,7 +350,7 @@ class LatentRolloutEngine:
                     # the prefix already fed belongs to the thought line, not the expert line
                     for i in range(len(row.kinds) - line.prefix, len(row.kinds)):
                         row.kinds[i] = FORCED
-            sampled = self._think(cache, think, [lines[rows[r].program][t].marker for r in think], config, generator) if think else {}
+            sampled = self._think(cache, think, [lines[rows[r].program][t].marker for r in think], config, gens) if think else {}
             for r in think:
                 row, line = rows[r], lines[rows[r].program][t]
                 tokens, hit_max, lps = sampled[r]
@@ -379,7 +387,7 @@ class LatentRolloutEngine:
         return self._pack(rows, config)
 
     def _think(self, cache: _Cache, think: list[int], markers: list[list[int]], config: LatentConfig,
-               generator) -> dict[int, tuple[list[int], bool, list[float] | None]]:
+               gens: list[torch.Generator]) -> dict[int, tuple[list[int], bool, list[float] | None]]:
         """Sample a thought for each row in ``think`` on a sub-cache holding only those rows.
 
         Returns ``{row: (thought tokens, hit max_thought_tokens, log-probs of marker + thought tokens)}``.
@@ -399,7 +407,7 @@ class LatentRolloutEngine:
             if not order:
                 break
             probs = torch.softmax(sub.last_logp[order] / max(config.temperature, 1e-6), -1).cpu()
-            draws = torch.multinomial(probs, 1, generator=generator).squeeze(1).tolist()
+            draws = [int(torch.multinomial(probs[k], 1, generator=gens[think[i]])) for k, i in enumerate(order)]
             chunks = [[] for _ in think]
             for i, nxt in zip(order, draws):
                 if self.thought_end[nxt]:

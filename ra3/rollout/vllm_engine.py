@@ -35,11 +35,15 @@ class VLLMEngine:
         kwargs = {"gpu_memory_utilization": 0.3, "enable_prefix_caching": True, **(engine_kwargs or {})}
         self.llm = vllm.LLM(model=str(model_path), **kwargs)
 
-    def generate(self, prompts: list[str], n: int, config: SamplingConfig) -> list[list[Completion]]:
-        params = self.vllm.SamplingParams(n=n, temperature=config.temperature, top_p=config.top_p,
-                                          max_tokens=config.max_new_tokens)
+    def generate(self, prompts: list[str], n: int, config: SamplingConfig,
+                 seeds: list[int] | None = None) -> list[list[Completion]]:
+        def params(seed):
+            return self.vllm.SamplingParams(n=n, temperature=config.temperature, top_p=config.top_p,
+                                            max_tokens=config.max_new_tokens, seed=seed)
+
         inputs = [{"prompt_token_ids": encode_prompt(self.tokenizer, p)} for p in prompts]
-        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        sampling = [params(s) for s in seeds] if seeds is not None else params(None)
+        outputs = self.llm.generate(inputs, sampling, use_tqdm=False)
         eos = self.tokenizer.eos_token_id
         result = []
         for out in outputs:

@@ -86,19 +86,19 @@ def test_reward_functions_on_the_sandbox(world_dir):
     assert combined == [1.5, 0.5, 0.0]
 
 
-def reference_overlap(prompts, completions, completion=None, **columns):
-    """A dense reward a random tiny model can climb: the share of a completion's words that occur in the
-    row's expert solution (the RL rows carry it as ``completion``)."""
+def letter_share(prompts, completions, **columns):
+    """A dense reward a random tiny model can climb: the share of a completion's non-blank characters that
+    are letters (random token soup is about half punctuation and digits)."""
     out = []
-    for text, reference in zip(completions, completion):
-        words, known = text.split(), set(reference.split())
-        out.append(sum(w in known for w in words) / len(words) if words else 0.0)
+    for text in completions:
+        chars = [c for c in text if not c.isspace()]
+        out.append(sum(c.isalpha() for c in chars) / len(chars) if chars else 0.0)
     return out
 
 
-class OverlapRLVR(RLVRModule):
+class LetterShareRLVR(RLVRModule):
     def reward_function(self):
-        return reference_overlap
+        return letter_share
 
 
 class NoneForOddSamples(RLVRModule):
@@ -126,12 +126,12 @@ class _Rewards(L.Callback):
 
 def test_short_rlvr_run_raises_the_training_reward(tiny_model_dir, world_dir):
     torch.manual_seed(0)
-    module = OverlapRLVR(init_from=str(tiny_model_dir), num_generations=4, max_new_tokens=12, learning_rate=1e-2,
+    module = LetterShareRLVR(init_from=str(tiny_model_dir), num_generations=4, max_new_tokens=12, learning_rate=1e-2,
                          loss_type="dapo", min_lr_ratio=1.0)
     history = _Rewards()
-    _fit(module, world_dir, 12, history)
-    first, last = sum(history.values[:3]) / 3, sum(history.values[-3:]) / 3
-    assert last > 2 * first and last - first > 0.02, history.values
+    _fit(module, world_dir, 16, history)
+    first, last = sum(history.values[:4]) / 4, sum(history.values[-4:]) / 4
+    assert last - first > 0.03, history.values  # measured over 5 seeds: +0.065 to +0.087
 
 
 def test_samples_without_reward_are_left_out(tiny_model_dir, world_dir):

@@ -83,3 +83,21 @@ def test_caps_limit_thoughts_and_thought_length(policy, programs):
     assert ro.n_thoughts.max() <= 1
     for r in range(ro.input_ids.shape[0]):
         assert int(ro.latent_mask[r].sum()) <= 2 * int(ro.n_thoughts[r])
+
+
+def test_annotations_do_not_depend_on_the_batch(world_dir, tiny_model_dir):
+    """Per-(program, sample) generators: a program's G annotations are the same alone or in a batch."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from ra3.modules.policy import load_tokenizer
+    from ra3.rollout.latent import LatentConfig, LatentRolloutEngine, program_from_row
+
+    rows = [json.loads(line) for line in open(world_dir / "midtrain.jsonl")][:3]
+    engine = LatentRolloutEngine(AutoModelForCausalLM.from_pretrained(tiny_model_dir), load_tokenizer(str(tiny_model_dir)))
+    config = LatentConfig(group_size=3, max_thought_tokens=4)
+    together = engine.rollout([program_from_row(r) for r in rows], config, seeds=[11, 12, 13])
+    alone = engine.rollout([program_from_row(rows[2])], config, seeds=[13])
+    assert together.texts[6:9] == alone.texts
+    assert sum(len(t) for t in together.thoughts) > 0
