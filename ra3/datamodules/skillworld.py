@@ -16,6 +16,9 @@ Docstring styles (``style``):
 - ``macro``: the docstring names *routines* ("Tidy the list, then spread it."), each of which expands
   into a fixed chain of 2–3 skills. The per-block intent is latent: it is what a thought recovers.
 - ``mixed``: each task draws one of the two.
+- ``shuffled``: a ``steps`` docstring with the clauses out of order, each with its ordinal ("Second, square
+  each value. First, ..."): writing the code means re-ordering the plan, which ``# first, ...`` comments
+  make explicit (state tracking by lookup instead of counting code blocks).
 
 Held-out *combinations* are adjacent skill pairs (bigrams) reserved for evaluation: no training
 corpus (pre-training, mid-training, RL) ever contains one, and every evaluation task contains at
@@ -38,7 +41,8 @@ from pathlib import Path
 from typing import Callable, Literal
 
 INDENT = "    "
-Style = Literal["steps", "macro", "mixed"]
+Style = Literal["steps", "macro", "mixed", "shuffled"]
+ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth"]
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,11 @@ class Step:
         return SKILLS[self.skill].block(*self.params)
 
 
+def _ordinal_comment(task: "Task", i: int, text: str) -> str:
+    """``shuffled`` tasks name each step by its ordinal ("second, square each value")."""
+    return f"{ORDINALS[i]}, {text}" if task.style == "shuffled" else text
+
+
 @dataclass
 class Task:
     """One program of the world. ``boundaries``: 0-based line index (in ``text``) of each block's first line."""
@@ -163,7 +172,7 @@ class Task:
                 if i in routine_comments:
                     lines.append(f"{INDENT}# {routine_comments[i]}")
             elif comments:
-                lines.append(f"{INDENT}# {step.comment(comment_style)}")
+                lines.append(f"{INDENT}# {_ordinal_comment(self, i, step.comment(comment_style))}")
             lines += [INDENT + line for line in step.lines()]
         lines.append(f"{INDENT}return xs")
         return "\n".join(lines), boundaries
@@ -265,6 +274,14 @@ class SkillWorld:
         steps = [Step(n, SKILLS[n].sample(rng)) for n in names]
         return Task("", "steps", steps, _join_clauses([s.description() for s in steps]))
 
+    def _shuffled_task(self, rng: random.Random, length: int) -> Task:
+        """A ``steps`` chain whose docstring lists the steps out of order, each with its ordinal."""
+        task = self._steps_task(rng, length)
+        order = list(range(len(task.steps)))
+        rng.shuffle(order)
+        clauses = [f"{ORDINALS[i].capitalize()}, {task.steps[i].description()}." for i in order]
+        return Task("", "shuffled", task.steps, " ".join(clauses))
+
     def _macro_task(self, rng: random.Random, length: int) -> Task:
         # routines (and at most one plain step) until the chain has at least `length` skills
         macros: list[str] = []
@@ -291,7 +308,8 @@ class SkillWorld:
         while True:
             style = cfg.style if cfg.style != "mixed" else rng.choice(["steps", "macro"])
             length = rng.randint(lo, hi)
-            task = self._steps_task(rng, length) if style == "steps" else self._macro_task(rng, length)
+            make = {"steps": self._steps_task, "macro": self._macro_task, "shuffled": self._shuffled_task}[style]
+            task = make(rng, length)
             if not lo <= len(task.steps) <= hi:
                 continue
             has_heldout = bool(bigrams(task.steps) & self.heldout)

@@ -100,3 +100,27 @@ def test_oracle_midtrain_split_is_the_same_programs_with_true_comments(world_dir
         stripped = "\n".join(l for l in o["text"].split("\n") if not l.strip().startswith("#"))
         assert stripped == p["text"]
         assert o["text"].count("    # ") == len(p["skills"])
+
+
+def test_world_variants_for_probing_abstractions(tmp_path):
+    """Length-only held-out split, parameter-free and routine comments, shuffled (ordinal) docstrings."""
+    from ra3.datamodules.skillworld import WorldConfig, build_world
+
+    cfg = WorldConfig(seed=1, style="shuffled", heldout_fraction=0.0, max_chain=3, eval_min_chain=4, eval_max_chain=5,
+                      n_pretrain=50, n_midtrain=30, n_rl=5, n_eval=20, comment_style="abstract")
+    paths = build_world(tmp_path, cfg)
+    rows = {k: [json.loads(line) for line in open(p)] for k, p in paths.items()}
+    assert {len(r["skills"]) for r in rows["eval"]} <= {4, 5} and max(len(r["skills"]) for r in rows["midtrain"]) <= 3
+    oracle = rows["midtrain_oracle"][0]
+    comments = [line.strip() for line in oracle["text"].splitlines() if line.strip().startswith("#")]
+    assert comments[0].startswith("# first, ") and len(comments) == len(oracle["skills"])
+    assert all(not any(ch.isdigit() for ch in c) for c in comments)  # abstract: no numbers in the intent
+    doc = oracle["prompt"].split('"""')[1]
+    assert all(f"{o.capitalize()}, " in doc for o in ("first", "second")[: len(oracle["skills"])])
+
+    macro = build_world(tmp_path / "m", WorldConfig(seed=2, style="macro", comment_style="routine", n_pretrain=20,
+                                                    n_midtrain=20, n_rl=2, n_eval=4))
+    row = next(r for r in map(json.loads, open(macro["midtrain_oracle"])) if r["macros"][0])
+    first_comment = next(l.strip() for l in row["text"].splitlines() if l.strip().startswith("#"))
+    assert first_comment.endswith(" the list")  # the routine's own words, once per routine
+    assert sum(l.strip().startswith("#") for l in row["text"].splitlines()) == len(row["macros"])
