@@ -41,7 +41,8 @@ class Preset:
 
 PRESETS = {
     "test": Preset({"n_pretrain": 300, "n_midtrain": 60, "n_rl": 24, "n_eval": 12}, 8, 4, 1, 2, 12, 3, 6, 2, [1, 2], 2, False),
-    "tiny": Preset({"n_pretrain": 8000, "n_midtrain": 1200, "n_rl": 400, "n_eval": 200}, 500, 150, 2, 30, 400, 24, 200, 4, [1, 4]),
+    "tiny": Preset({"n_pretrain": 8000, "n_midtrain": 1200, "n_rl": 400, "n_eval": 200}, 500, 150, 2, 30, 400, 24, 200, 4, [1, 4],
+                   greedy=False),
     "small": Preset({"n_pretrain": 16000, "n_midtrain": 4000, "n_rl": 800, "n_eval": 400}, 1200, 400, 3, 80, None, 80, None, 8, [1, 8]),
 }
 
@@ -135,7 +136,7 @@ class Quickstart:
         p = self.p
         args = ["evaluate", "--model", str(policy), "--benchmark", "skillworld", "--source", f"skillworld={self.world / 'eval.jsonl'}",
                 "--output_dir", str(self.out / "eval" / name), "--n_samples", str(p.n_samples), "--temperature", "0.8",
-                "--k", *map(str, p.k), "--max_new_tokens", "200"]
+                "--k", *map(str, p.k), "--max_new_tokens", "200", "--batch_size", "128"]
         if p.eval_limit:
             args += ["--limit", str(p.eval_limit)]
         self.stage(name, args)
