@@ -349,11 +349,13 @@ class CodeDataModule(L.LightningDataModule):
         rows = pack_best_fit([len(ex.ids) for ex in examples], self.hparams.max_length)
         return [[examples[i] for i in row] for row in rows]
 
-    def _sampler(self, items, shuffle: bool):
-        """Training order: a permutation of seed + epoch (or file order), rank r of W taking items r, r+W, ...
+    def _sampler(self, items, shuffle: bool, batch_size: int):
+        """Training order: a permutation of seed + epoch (or file order), rank r of W taking items r, r+W, ...;
+        the last incomplete global batch is dropped when there is at least one full one.
 
-        Built here rather than left to Lightning (which always shuffles distributed training), so one process
-        with batch size W × b reads exactly the union of what W processes with b each read.
+        Built here rather than left to Lightning (which always shuffles distributed training and pads the
+        last batch with repeated rows), so one process with batch size W × b reads exactly the union of what
+        W processes with b each read. Returns (sampler, drop_last).
         """
         from torch.utils.data import DistributedSampler
 
@@ -363,22 +365,25 @@ class CodeDataModule(L.LightningDataModule):
                 shuffle = False
             if self.trainer.world_size > 1:
                 kwargs = self.trainer.strategy.distributed_sampler_kwargs
-        return DistributedSampler(items, shuffle=shuffle, seed=self.hparams.seed, **kwargs)
+        drop_last = len(items) >= batch_size * kwargs["num_replicas"]
+        return DistributedSampler(items, shuffle=shuffle, seed=self.hparams.seed, drop_last=drop_last, **kwargs), drop_last
 
     def _loader(self, examples: list[Example], train: bool) -> DataLoader:
         hp = self.hparams
         collate = TokenCollator(self.tokenizer.pad_token_id, hp.loss_mode, hp.max_length, hp.packing)
         items = self._items(examples)
-        return DataLoader(items, batch_size=hp.batch_size, sampler=self._sampler(items, hp.shuffle) if train else None,
-                          collate_fn=collate, num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
+        sampler, drop_last = self._sampler(items, hp.shuffle, hp.batch_size) if train else (None, False)
+        return DataLoader(items, batch_size=hp.batch_size, sampler=sampler, drop_last=drop_last, collate_fn=collate,
+                          num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
 
     def _view(self) -> str:
         module = self.trainer.lightning_module if self.trainer is not None else None
         return getattr(module, "data_view", "tokens")
 
     def _program_loader(self, programs: list[dict], train: bool) -> DataLoader:
-        sampler = self._sampler(programs, self.hparams.shuffle) if train else None
-        return DataLoader(programs, batch_size=self.hparams.program_batch_size, sampler=sampler, collate_fn=list)
+        size = self.hparams.program_batch_size
+        sampler, drop_last = self._sampler(programs, self.hparams.shuffle, size) if train else (None, False)
+        return DataLoader(programs, batch_size=size, sampler=sampler, drop_last=drop_last, collate_fn=list)
 
     def train_dataloader(self) -> DataLoader:
         if self._view() == "prompts":

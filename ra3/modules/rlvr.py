@@ -51,11 +51,18 @@ def rl_advantages(rewards: torch.Tensor, valid: torch.Tensor, group_size: int, s
     return adv.reshape(-1)
 
 
+def _divide(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    return total / count.clamp(min=1)
+
+
 def policy_gradient_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                         loss_type: str, eps_low: float, eps_high: float, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+                         loss_type: str, eps_low: float, eps_high: float, max_new_tokens: int,
+                         mean=_divide) -> tuple[torch.Tensor, torch.Tensor]:
     """The clipped surrogate aggregated as ``loss_type`` (see the module docstring).
 
-    ``logp``/``old_logp``/``mask``: (N, T) per completion token; ``advantages``: (N,). Returns (loss, clip fraction)."""
+    ``logp``/``old_logp``/``mask``: (N, T) per completion token; ``advantages``: (N,). ``mean(total, count)``
+    divides a sum by a count (``RLVRModule`` passes one that counts over all data-parallel ranks).
+    Returns (loss, clip fraction)."""
     mask = mask.float()
     ratio = torch.exp(logp - old_logp)
     adv = advantages[:, None]
@@ -64,11 +71,11 @@ def policy_gradient_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages:
     if loss_type == "grpo":
         lengths = mask.sum(1)
         has = lengths > 0
-        loss = (per_token.sum(1)[has] / lengths[has]).mean() if has.any() else per_token.sum() * 0
+        loss = mean((per_token.sum(1)[has] / lengths[has]).sum(), has.sum().float())
     elif loss_type == "dr_grpo":
-        loss = per_token.sum() / (logp.shape[0] * max_new_tokens)
+        loss = mean(per_token.sum(), torch.tensor(float(logp.shape[0] * max_new_tokens), device=logp.device))
     elif loss_type == "dapo":
-        loss = per_token.sum() / mask.sum().clamp(min=1)
+        loss = mean(per_token.sum(), mask.sum())
     else:
         raise Ra3Error(f"loss_type must be one of {', '.join(LOSS_TYPES)}; got {loss_type!r}")
     clip_frac = (((ratio - clipped).abs() > 1e-6).float() * mask).sum() / mask.sum().clamp(min=1)
@@ -251,11 +258,11 @@ class RLVRModule(PolicyModule):
         for _ in range(hp.ppo_epochs):
             logp, _ = self.token_logprobs(self.model, input_ids, attention, completion)
             loss, clip_frac = policy_gradient_loss(logp, old_logp, advantages, mask, hp.loss_type, hp.epsilon,
-                                                   self.eps_high, hp.max_new_tokens)
+                                                   self.eps_high, hp.max_new_tokens, mean=self.global_token_mean)
             kl = None
             if ref_logp is not None:
                 d = ref_logp - logp
-                kl = ((torch.exp(d) - d - 1) * mask).sum() / mask.sum().clamp(min=1)
+                kl = self.global_token_mean(((torch.exp(d) - d - 1) * mask).sum(), mask.sum().float())
                 loss = loss + hp.beta * kl
             self.manual_update(loss, hp.max_grad_norm)
         if self.lr_schedulers() is not None:
