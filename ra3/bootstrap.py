@@ -108,7 +108,7 @@ def shard_stats(rows: list[dict]) -> dict[str, Any]:
             truth.append(set(starts))
             predicted.append({t["line"] for t in r["thoughts"]})
             thoughts.append([(t["line"], t["text"]) for t in r["thoughts"]])
-            labels.append([s["description"] for s in r.get("skills", [])] if r.get("skills") else [])
+            labels.append(r.get("intents") or [s["description"] for s in r.get("skills") or []])
         precision, recall, f1 = boundary_scores(predicted, truth)
         stats.update(boundary_precision=precision, boundary_recall=recall, boundary_f1=f1,
                      thought_names_skill=names_skill(thoughts, [sorted(t) for t in truth], labels))

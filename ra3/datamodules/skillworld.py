@@ -162,17 +162,23 @@ class Task:
     docstring: str
     macros: list[str] = field(default_factory=list)
 
+    def intents(self, comment_style: str = "full") -> dict[int, str]:
+        """Step index -> the ground-truth thought before it: one per step, or per routine (``routine``)."""
+        if comment_style == "routine":
+            return self.routine_comments()
+        return {i: _ordinal_comment(self, i, s.comment(comment_style)) for i, s in enumerate(self.steps)}
+
     def program(self, comments: bool = False, comment_style: str = "full") -> tuple[str, list[int]]:
+        """(text, boundaries): the 0-based line of every block that starts an intent (every step, or every
+        routine for ``routine`` comments), in the text with or without the comments."""
         lines = ["def solve(xs):", f'{INDENT}"""{self.docstring}"""']
         boundaries = []
-        routine_comments = self.routine_comments() if comment_style == "routine" else {}
+        intents = self.intents(comment_style)
         for i, step in enumerate(self.steps):
-            boundaries.append(len(lines))
-            if comments and comment_style == "routine":
-                if i in routine_comments:
-                    lines.append(f"{INDENT}# {routine_comments[i]}")
-            elif comments:
-                lines.append(f"{INDENT}# {_ordinal_comment(self, i, step.comment(comment_style))}")
+            if i in intents:
+                boundaries.append(len(lines))
+                if comments:
+                    lines.append(f"{INDENT}# {intents[i]}")
             lines += [INDENT + line for line in step.lines()]
         lines.append(f"{INDENT}return xs")
         return "\n".join(lines), boundaries
@@ -218,7 +224,9 @@ class WorldConfig:
 
     Args:
         seed: the world's random seed.
-        style: docstring style: ``steps`` (one clause per skill), ``macro`` (named routines) or ``mixed``.
+        style: docstring style: ``steps`` (one clause per skill), ``macro`` (named routines; the default: the
+            world in which the oracle's comments beat plain NTP, see ``benchmarks/world_probe.py``), ``mixed``
+            or ``shuffled``.
         comment_fraction: fraction of pre-training programs with ``# <skill>`` before each block.
         comment_style: ``full`` comments restate the skill with its numbers ("add 3 to each value");
             ``abstract`` ones name the intent only ("shift each value"); ``routine``: one comment per routine of
@@ -233,9 +241,9 @@ class WorldConfig:
     """
 
     seed: int = 0
-    style: Style = "mixed"
+    style: Style = "macro"
     comment_fraction: float = 0.2
-    comment_style: Literal["full", "abstract", "routine"] = "full"
+    comment_style: Literal["full", "abstract", "routine"] = "routine"
     n_pretrain: int = 8000
     n_midtrain: int = 2000
     n_rl: int = 400
@@ -338,6 +346,7 @@ def task_row(task: Task, tests: list[dict] | None = None, comments: bool = False
         "skills": [{"name": s.skill, "params": list(s.params), "description": s.description()} for s in task.steps],
         "macros": task.macros,
         "boundaries": boundaries,
+        "intents": [text for _, text in sorted(task.intents(comment_style).items())],
         "entry_point": "solve",
     }
     if tests is not None:

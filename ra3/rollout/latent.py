@@ -251,8 +251,9 @@ def program_from_row(row: dict) -> ExpertProgram:
     boundaries = labels = None
     if row.get("boundaries") is not None:
         boundaries = [b - n_context for b in row["boundaries"] if b >= n_context]
-    if row.get("skills") and boundaries is not None and len(row["skills"]) == len(boundaries):
-        labels = [s["description"] for s in row["skills"]]
+    truth = row.get("intents") or [s["description"] for s in row.get("skills") or []]
+    if truth and boundaries is not None and len(truth) == len(boundaries):
+        labels = truth
     return ExpertProgram(segs[:n_context], segs[n_context:], row.get("task_id", ""), boundaries, labels)
 
 

@@ -1,7 +1,7 @@
 import json
 import random
 
-from ra3.datamodules.skillworld import SKILLS, SkillWorld, WorldConfig, bigrams, generate_split, Step
+from ra3.datamodules.skillworld import MACROS, SKILLS, SkillWorld, WorldConfig, bigrams, generate_split, Step
 
 
 def _skill_names(row):
@@ -66,9 +66,10 @@ def test_heldout_combinations_never_occur_in_training_corpora(world_dir):
 
 
 def test_both_docstring_styles_and_macro_docstrings_hide_the_steps(world_dir):
+    mixed = generate_split(SkillWorld(WorldConfig(seed=0, style="mixed")), "midtrain", 100)
+    assert {r["style"] for r in mixed} == {"steps", "macro"}
     rows = [json.loads(line) for line in open(world_dir / "midtrain.jsonl")]
-    styles = {r["style"] for r in rows}
-    assert styles == {"steps", "macro"}
+    assert {r["style"] for r in rows} == {"macro"}  # the default world
     macro_only = [r for r in rows if r["style"] == "macro" and all(r["macros"])]
     assert macro_only
     for r in macro_only:
@@ -81,15 +82,19 @@ def test_boundaries_point_at_block_starts_and_comments(world_dir):
     commented = [r for r in rows if "    # " in r["text"]]
     plain = [r for r in rows if "    # " not in r["text"]]
     assert 0.1 < len(commented) / len(rows) < 0.3  # default comment_fraction 0.2
-    for r in commented[:50]:
+    for r in commented[:50]:  # routine comments: one per routine (or plain step), at each boundary
         lines = r["text"].split("\n")
-        for b, skill in zip(r["boundaries"], r["skills"]):
-            assert lines[b] == f"    # {skill['description']}"
+        assert len(r["boundaries"]) == len(r["intents"]) == len(r["macros"] or r["skills"])
+        for b, intent in zip(r["boundaries"], r["intents"]):
+            assert lines[b] == f"    # {intent}"
     for r in plain[:50]:
         lines = r["text"].split("\n")
-        for b, skill in zip(r["boundaries"], r["skills"]):
-            step = Step(skill["name"], tuple(skill["params"]))
-            assert lines[b] == "    " + step.lines()[0]
+        starts = []  # the first step of each routine
+        for name in r["macros"] or [""] * len(r["skills"]):
+            starts.append(sum(len(MACROS[m][1]) if m else 1 for m in (r["macros"] or [])[: len(starts)]) if r["macros"] else len(starts))
+        for b, i in zip(r["boundaries"], starts):
+            skill = r["skills"][i]
+            assert lines[b] == "    " + Step(skill["name"], tuple(skill["params"])).lines()[0]
 
 
 def test_oracle_midtrain_split_is_the_same_programs_with_true_comments(world_dir):
@@ -99,7 +104,7 @@ def test_oracle_midtrain_split_is_the_same_programs_with_true_comments(world_dir
     for p, o in zip(plain, oracle):
         stripped = "\n".join(l for l in o["text"].split("\n") if not l.strip().startswith("#"))
         assert stripped == p["text"]
-        assert o["text"].count("    # ") == len(p["skills"])
+        assert o["text"].count("    # ") == len(p["intents"]) == len(p["boundaries"])
 
 
 def test_world_variants_for_probing_abstractions(tmp_path):
