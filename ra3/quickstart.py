@@ -41,7 +41,7 @@ class Preset:
 
 PRESETS = {
     "test": Preset({"n_pretrain": 300, "n_midtrain": 60, "n_rl": 24, "n_eval": 12}, 8, 4, 1, 2, 12, 3, 6, 2, [1, 2], 2, False),
-    "tiny": Preset({"n_pretrain": 8000, "n_midtrain": 1200, "n_rl": 400, "n_eval": 200}, 500, 150, 2, 30, 400, 24, 200, 4, [1, 4],
+    "tiny": Preset({"n_pretrain": 8000, "n_midtrain": 1200, "n_rl": 400, "n_eval": 200}, 350, 150, 2, 30, 400, 16, 200, 2, [1, 2],
                    greedy=False),
     "small": Preset({"n_pretrain": 16000, "n_midtrain": 4000, "n_rl": 800, "n_eval": 400}, 1200, 400, 3, 80, None, 80, None, 8, [1, 8]),
 }
@@ -98,7 +98,7 @@ class Quickstart:
     def fit(self, name: str, config: str, model: dict, data: dict, steps: int, csv: bool = False, val: bool = True) -> None:
         trainer = self._trainer(name, steps, csv)
         if val:
-            trainer["val_check_interval"] = max(1, steps // 2)
+            trainer["val_check_interval"] = steps  # one validation, at the end
         over = {"seed_everything": self.seed, "trainer": trainer, "model": {"init_args": model}, "data": {"init_args": data}}
         self.stage(name, ["fit", "-c", str(CONFIGS / config), "-c", self.overrides(name, over)])
 
@@ -119,7 +119,8 @@ class Quickstart:
               "wandb": {"project": "ra3-quickstart", "name": "ra3-em", "save_dir": str(out / "wandb"), "offline": True},
               "data": {"init_args": {"train_files": [str(w / "midtrain.jsonl")], "batch_size": p.batch_size}},
               "em": {"rounds": p.rounds, "estep_steps": p.estep_steps, "mstep_steps": p.mstep_budget // p.rounds,
-                     "bootstrap_limit": p.bootstrap_limit, "eval_source": str(w / "eval.jsonl"), "eval_limit": p.eval_limit}}
+                     "bootstrap_limit": p.bootstrap_limit, "eval_source": str(w / "eval.jsonl"),
+                     "eval_limit": p.eval_limit and p.eval_limit // 2}}
         self.stage("ra3", ["em", "-c", str(CONFIGS / "ra3.yaml"), "-c", self.overrides("ra3", em), "--resume", "true"])
         state = json.loads((out / "ra3" / "em_state.json").read_text())
         policies = {"base": out / "base", "ntp": out / "ntp", "ra3": Path(state["policy"]), "oracle": out / "oracle"}

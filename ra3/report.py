@@ -142,9 +142,12 @@ def write_report(out: Path, preset: str, peak_rss_mb: float) -> dict[str, Any]:
     (out / "results.json").write_text(json.dumps(results, indent=1))
     lines = [f"# ra3 quickstart report ({preset} preset, {results['date']}, {results['machine']})", ""]
     keys = sorted({k for r in results["eval"].values() for k in r if k.startswith("pass@")}, key=lambda k: int(k[5:]))
+    if any(r.get("greedy_pass@1") is not None for r in results["eval"].values()):
+        keys = ["greedy_pass@1"] + keys
+    names = [k.replace("_", " ") for k in keys]
     lines += ["## Held-out skill world (unseen skill combinations, longer chains)", "",
-              "| init | greedy pass@1 | " + " | ".join(keys) + " | after RLVR: greedy pass@1 | " + " | ".join(keys) + " |",
-              "|---|---|" + "---|" * len(keys) + "---|" + "---|" * len(keys)]
+              "| init | " + " | ".join(names) + " | after RLVR: " + " | ".join(names) + " |",
+              "|---|" + "---|" * (2 * len(keys))]
 
     def fmt(v):
         return "-" if v is None else f"{100 * v:.1f}"
@@ -152,8 +155,8 @@ def write_report(out: Path, preset: str, peak_rss_mb: float) -> dict[str, Any]:
     for name in INITS:
         if name in results["eval"]:
             before, after = results["eval"][name], results["eval_after_rlvr"].get(name, {})
-            lines.append(f"| {name} | {fmt(before.get('greedy_pass@1'))} | " + " | ".join(fmt(before.get(k)) for k in keys)
-                         + f" | {fmt(after.get('greedy_pass@1'))} | " + " | ".join(fmt(after.get(k)) for k in keys) + " |")
+            lines.append(f"| {name} | " + " | ".join(fmt(before.get(k)) for k in keys)
+                         + " | " + " | ".join(fmt(after.get(k)) for k in keys) + " |")
     lines += ["", "(oracle: the M-step on the ground-truth commented programs, same token budget; it is not RLVR-trained.)", ""]
     reach = results.get("rlvr_ra3_steps_to_ntp_final")
     if reach:

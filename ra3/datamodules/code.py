@@ -89,7 +89,7 @@ class MalformedRows:
             rank_zero_warn(f"skipped {self.count} malformed row(s) in '{self.source}' (first: row {self.first[0]}: {self.first[1]})")
 
 
-PASSTHROUGH = ("task_id", "boundaries", "skills")  # kept for the E-step's ground-truth scoring
+PASSTHROUGH = ("task_id", "boundaries", "skills", "intents")  # kept for the E-step's ground-truth scoring
 
 
 def program_from_row(row: Any, text_field: str, prompt_field: str, completion_field: str) -> dict[str, Any]:

@@ -102,3 +102,11 @@ def test_datamodule_packs_rows_to_max_length(world_dir, tokenizer):
     assert batch["input_ids"].shape == (4, 256)
     assert (batch["doc_ids"].max(dim=1).values >= 1).all()  # several programs per row
     assert batch["tokens"] > 0.8 * 4 * 256
+
+
+def test_program_rows_keep_the_ground_truth_for_scoring(world_dir, tokenizer):
+    dm = _dm(tokenizer, [world_dir / "midtrain.jsonl"])
+    dm.setup("fit")
+    row = dm.train_programs[0]
+    assert {"task_id", "boundaries", "skills", "intents"} <= set(row)
+    assert len(row["intents"]) == len(row["boundaries"])
