@@ -28,6 +28,8 @@ def main() -> None:
     p.add_argument("--preset", default="tiny")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--costs", type=float, nargs="*", default=[0.01, 0.2], help="extra thought costs c (seed 0)")
+    p.add_argument("--reuse_quickstart", action="store_true",
+                   help="take seed 0's NTP and RA3 scores from the quickstart itself (run with --seed 0: the same runs)")
     a = p.parse_args()
     src = Path(a.quickstart).resolve()
     out = Path(a.out or src / "seeds").resolve()
@@ -53,6 +55,13 @@ def main() -> None:
                 "thoughts_per_program": summary[-1].get("bootstrap/thoughts_per_program")}
 
     for seed in a.seeds:
+        if seed == 0 and a.reuse_quickstart:
+            em = json.loads((src / "ra3" / "em_summary.json").read_text())[-1]
+            runs["ntp/seed0"] = json.loads((src / "eval" / "eval_ntp" / "results.json").read_text())["skillworld"]
+            runs["ra3/seed0/c0.05"] = {**json.loads((src / "eval" / "eval_ra3" / "results.json").read_text())["skillworld"],
+                                       "bootstrap_f1": em.get("bootstrap/boundary_f1"),
+                                       "thoughts_per_program": em.get("bootstrap/thoughts_per_program")}
+            continue
         q = Quickstart(str(out / f"seed{seed}"), a.preset, seed)
         q.world = world
         q.fit("ntp", "ntp.yaml", {"model": str(base), "export_dir": str(q.out / "ntp")},
