@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
@@ -69,7 +71,9 @@ class PassAtKCallback(L.Callback):
     @torch.no_grad()
     def run(self, trainer, pl_module) -> dict[str, float]:
         engine = HFEngine(pl_module.model, pl_module.tokenizer)
-        samples = generate_samples(engine, self._problems, self.n_samples, self.sampling)
+        gather = pl_module.generation() if hasattr(pl_module, "generation") else contextlib.nullcontext()
+        with gather:  # sharded: full weights once, so ranks generating different amounts never wait on each other
+            samples = generate_samples(engine, self._problems, self.n_samples, self.sampling)
         _, rows = score_samples(self._problems, samples, self._pool, self.ks)
         metric = PassAtK(self.ks).to(pl_module.device)
         counts = task_counts(rows)

@@ -42,8 +42,13 @@ def test_fsdp2_on_two_processes_matches_one_process_and_consolidates(world_dir, 
               "--trainer.accelerator", "cpu", "--trainer.logger", "false"]
     ra3(*common, "--model.export_dir", "one", "--data.batch_size", "4", "--trainer.devices", "1",
         "--trainer.default_root_dir", "run1", cwd=tmp_path)
+    callback = tmp_path / "passk.yaml"  # pass@k during fit: ranks generate different amounts under sharding
+    callback.write_text(json.dumps({"trainer": {"callbacks": [{"class_path": "ra3.callbacks.evaluation.PassAtKCallback", "init_args": {
+        "source": str(world_dir / "eval.jsonl"), "limit": 5, "max_new_tokens": 24, "table_rows": 0, "workers": 1}}]}}))
     ra3(*common, "--model.export_dir", "two", "--data.batch_size", "2", "--trainer.devices", "2",
-        "--trainer.strategy", "fsdp2", "--trainer.default_root_dir", "run2", cwd=tmp_path)
+        "--trainer.strategy", "fsdp2", "--trainer.default_root_dir", "run2", "-c", str(callback),
+        "--data.val_files", f"[{world_dir / 'eval.jsonl'}]", "--trainer.val_check_interval", "5",
+        "--trainer.limit_val_batches", "1", cwd=tmp_path)
     assert max_diff(tmp_path / "one", tiny_model_dir) > 1e-3  # it trained
     assert max_diff(tmp_path / "one", tmp_path / "two") < 1e-5
     sharded = next((tmp_path / "run2" / "checkpoints").glob("*.ckpt"))
