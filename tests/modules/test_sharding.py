@@ -78,8 +78,8 @@ def test_rlvr_on_two_processes_matches_one_process(world_dir, tiny_model_dir, tm
 
 
 def test_em_on_two_processes_matches_one_process(world_dir, tiny_model_dir, tmp_path):
-    """``ra3 em`` (E-step -> bootstrap split across ranks -> M-step): the same bootstrapped shard byte for byte
-    and the same policies (1e-5; measured ~1.4e-6) as one process with twice the per-process batch."""
+    """``ra3 em`` (E-step -> bootstrap split across ranks -> M-step): the same bootstrapped annotations (rewards to
+    1e-4 relative) and the same policies (1e-4, see below) as one process with twice the per-process batch."""
     common = ["em", "-c", os.path.join(os.path.dirname(__file__), "../../configs/skillworld/ra3.yaml"),
               "--base_model", str(tiny_model_dir), "--wandb", "null",
               "--data.init_args.train_files", f"[{world_dir / 'midtrain.jsonl'}]", "--data.init_args.max_length", "256",
@@ -93,16 +93,20 @@ def test_em_on_two_processes_matches_one_process(world_dir, tiny_model_dir, tmp_
         "--trainer", json.dumps({**trainer, "devices": 1}), cwd=tmp_path)
     ra3(*common, "--out_dir", "two", "--data.init_args.program_batch_size", "2", "--data.init_args.batch_size", "2",
         "--trainer", json.dumps({**trainer, "devices": 2, "strategy": "fsdp2"}), cwd=tmp_path)
-    shard = (tmp_path / "two/round_0/bootstrapped.jsonl").read_text()
-    assert shard == (tmp_path / "one/round_0/bootstrapped.jsonl").read_text()
+    rows = {run: [json.loads(line) for line in open(tmp_path / run / "round_0/bootstrapped.jsonl")] for run in ("one", "two")}
+    for a, b in zip(rows["one"], rows["two"]):  # the same annotations; rewards up to float summation order
+        assert (a["text"], a["thoughts"]) == (b["text"], b["thoughts"])
+        assert a["estep_reward"] == pytest.approx(b["estep_reward"], rel=1e-4)
     midtrain = [json.loads(line) for line in open(world_dir / "midtrain.jsonl")]
-    assert [json.loads(line)["task_id"] for line in shard.splitlines()] == [r["task_id"] for r in midtrain[:10]]
+    assert [r["task_id"] for r in rows["two"]] == [r["task_id"] for r in midtrain[:10]]
     assert len(list((tmp_path / "two/round_0/parts").glob("part_*.jsonl"))) == 4
     state = json.loads((tmp_path / "two/em_state.json").read_text())
     assert state["done"] and state["round"] == 1
     for policy in ("round_0/estep_policy", "round_0/mstep_policy"):
-        assert max_diff(tmp_path / "one" / policy, tiny_model_dir) > 1e-4
-        assert max_diff(tmp_path / "one" / policy, tmp_path / "two" / policy) < 1e-5
+        # 1e-4 against a weight movement of ~2e-3: AdamW's first steps (g / sqrt(g^2 + eps)) amplify the 1e-6
+        # differences of near-zero gradients; measured 1.4e-6 (E-step) and 1.4e-6 to 1.9e-5 (M-step)
+        assert max_diff(tmp_path / "one" / policy, tiny_model_dir) > 1e-3
+        assert max_diff(tmp_path / "one" / policy, tmp_path / "two" / policy) < 1e-4
 
 
 def _generate_worker(rank: int, port: int, model_dir: str, out: str) -> None:
