@@ -87,7 +87,7 @@ def main() -> None:
     print("thought cost ablation (seed 0):")
     for name, r in runs.items():
         if name.startswith("ra3/") and f"seed{a.seeds[0]}/" in name:
-            print(f"  {name:20} " + "  ".join(f"{k} {100 * r[k]:.1f}" for k in ks)
+            print(f"  {name:20} " + "  ".join(f"{k} {100 * r[k]:.1f}" for k in ks if k in r)
                   + f"  bootstrap F1 {r['bootstrap_f1'] or 0:.2f}  thoughts/program {r['thoughts_per_program'] or 0:.2f}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "ra3_vs_ntp.json").write_text(json.dumps(runs, indent=1))
