@@ -221,7 +221,7 @@ class PolicyModule(L.LightningModule):
         if "tensor_parallel" in (mesh.mesh_dim_names or ()) and mesh["tensor_parallel"].size() > 1:
             raise Ra3Error("ra3 shards with FSDP2 only: use strategy ra3.strategies.FSDP2Strategy, or set "
                            "ModelParallelStrategy(data_parallel_size=<nodes x devices>, tensor_parallel_size=1)")
-        dp = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+        dp = self._dp_mesh()
         hp = self.hparams
         for model in (self.model, getattr(self, "reference", None)):
             if model is not None and not getattr(model, "is_quantized", False):  # bnb weights cannot be sharded
@@ -231,11 +231,17 @@ class PolicyModule(L.LightningModule):
         """Context for sampling from the policy: full weights gathered once if sharded (see ``sharding.gathered``)."""
         return gathered(self.model)
 
+    def _dp_mesh(self):
+        """The data-parallel part of the strategy's device mesh (``None`` outside ModelParallelStrategy)."""
+        mesh = self._device_mesh
+        if mesh is None or "data_parallel" not in (mesh.mesh_dim_names or ()):
+            return mesh
+        return mesh["data_parallel"]
+
     def _dp_world(self):
         """(process group, size) of data parallelism: the mesh's ``data_parallel`` dim, or all ranks."""
-        mesh = self._device_mesh
-        if mesh is not None:
-            dp = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+        dp = self._dp_mesh()
+        if dp is not None:
             return dp.get_group(), dp.size()
         world = self.trainer.world_size if self._trainer is not None else 1
         return None, world
