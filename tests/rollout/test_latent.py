@@ -101,3 +101,74 @@ def test_annotations_do_not_depend_on_the_batch(world_dir, tiny_model_dir):
     alone = engine.rollout([program_from_row(rows[2])], config, seeds=[13])
     assert together.texts[6:9] == alone.texts
     assert sum(len(t) for t in together.thoughts) > 0
+
+
+@pytest.mark.parametrize("arch", [dict(model_type="llama", attn_implementation="eager"),
+                                  dict(model_type="qwen2", attn_implementation="sdpa"),
+                                  dict(model_type="llama", attn_implementation="flash_attention_2")])
+def test_rollout_logprobs_on_other_architectures_and_attention(world_dir, programs, arch):
+    """The ragged cache's 4-D mask as an additive float mask (eager), another architecture (Qwen2), and an
+    implementation that cannot take it (switched to sdpa for the rollout, then restored)."""
+    cfg = {k: v for k, v in TINY_LLAMA.items() if k != "model_type"}
+    torch.manual_seed(0)
+    policy = PolicyModule(tokenizer=str(world_dir / "tokenizer"), model_config=dict(cfg, model_type=arch["model_type"]))
+    model = policy.model
+    model.config._attn_implementation = arch["attn_implementation"]
+    ro = LatentRolloutEngine(model, policy.tokenizer).rollout(
+        programs, LatentConfig(group_size=2, max_thought_tokens=6), torch.Generator().manual_seed(1))
+    assert model.config._attn_implementation == arch["attn_implementation"]
+    if arch["attn_implementation"] == "flash_attention_2":
+        model.config._attn_implementation = "sdpa"
+    _, fresh = _fresh_logprobs(model, ro)
+    real = ro.attention_mask[:, 1:].bool()
+    assert ro.n_thoughts.sum() > 0
+    torch.testing.assert_close(ro.token_logprobs[:, 1:][real], fresh[real], atol=1e-4, rtol=0)
+
+
+def test_ragged_cache_matches_a_full_forward_for_any_feed_pattern(policy):
+    """Rows fed different chunk lengths, some rows skipped, forwards over a subset (gathered K/V) and over all
+    rows (padding rows), and buffers grown past their first capacity: every returned log-prob equals a
+    teacher-forced pass over the finished sequences."""
+    from ra3.rollout.latent import _RaggedCache
+
+    model = policy.model.eval()
+    gen = torch.Generator().manual_seed(0)
+    V, n_rows = model.config.vocab_size, 6
+    cache = _RaggedCache(model, n_rows, pad_id=0, capacity=4)
+    prepare, paths = cache.kv.prepare, []
+    cache.kv.prepare = lambda *a, all_rows: paths.append(all_rows) or prepare(*a, all_rows=all_rows)
+    seqs, lps = [[] for _ in range(n_rows)], [[] for _ in range(n_rows)]
+    for step in range(16):
+        chunks = {}
+        for r in range(n_rows):
+            width = int(torch.randint(1, 6, (), generator=gen)) if step else 3
+            if step % 2 == 0 and (step == 0 or r % 3 != step % 3) or r == step % n_rows:
+                chunks[r] = torch.randint(3, V, (width,), generator=gen).tolist()
+        for r, lp in cache.feed(chunks).items():
+            seqs[r] += chunks[r]
+            lps[r] += lp
+    assert cache.kv.capacity > 4 and cache.lengths.tolist() == [len(s) for s in seqs]
+    assert True in paths and False in paths  # both the all-rows and the gathered-subset forwards ran
+    for r in range(n_rows):
+        ids = torch.tensor([seqs[r]])
+        with torch.no_grad():
+            fresh = model(input_ids=ids).logits.float().log_softmax(-1)[0, :-1].gather(-1, ids[0, 1:, None])[:, 0]
+        torch.testing.assert_close(torch.tensor(lps[r][1:]), fresh, atol=1e-4, rtol=0)
+
+
+def test_buckets_minimise_padding_plus_overhead():
+    from itertools import combinations
+
+    from ra3.rollout.latent import _buckets
+
+    def cost(lengths, groups, overhead):
+        return sum(overhead + len(g) * lengths[g[-1]] for g in groups)
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        lengths = sorted(torch.randint(1, 30, (7,), generator=gen).tolist())
+        groups = _buckets(lengths, overhead=16)
+        assert [i for g in groups for i in g] == list(range(7))
+        brute = min(cost(lengths, [range(a, b) for a, b in zip((0,) + cuts, cuts + (7,))], 16)
+                    for k in range(7) for cuts in combinations(range(1, 7), k))
+        assert cost(lengths, groups, 16) == brute
