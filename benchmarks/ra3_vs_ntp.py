@@ -28,6 +28,9 @@ def main() -> None:
     p.add_argument("--preset", default="tiny")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--costs", type=float, nargs="*", default=[0.01, 0.2], help="extra thought costs c (seed 0)")
+    p.add_argument("--bootstrap_limit", default=None,
+                   help="programs bootstrapped per EM round: a number or 'all' (default: the preset's); a run with a "
+                        "non-default limit is named ra3_bootstrap<limit> (NTP always trains on the whole corpus)")
     p.add_argument("--reuse_quickstart", action="store_true",
                    help="take seed 0's NTP and RA3 scores from the quickstart itself (run with --seed 0: the same runs)")
     a = p.parse_args()
@@ -36,6 +39,10 @@ def main() -> None:
     preset = PRESETS[a.preset]
     world, base = src / "world", src / "base"
     runs: dict[str, dict] = {}
+    limit, suffix = preset.bootstrap_limit, ""
+    if a.bootstrap_limit is not None:
+        limit = None if a.bootstrap_limit == "all" else int(a.bootstrap_limit)
+        suffix = f"_bootstrap{a.bootstrap_limit}"
 
     def evaluate(q: Quickstart, name: str, policy: Path) -> dict:
         q.evaluate(f"eval_{name}", policy)
@@ -47,7 +54,7 @@ def main() -> None:
               "data": {"init_args": {"train_files": [str(world / "midtrain.jsonl")], "batch_size": preset.batch_size,
                                      "seed": seed}},
               "em": {"rounds": preset.rounds, "estep_steps": preset.estep_steps, "mstep_steps": preset.mstep_budget // preset.rounds,
-                     "bootstrap_limit": preset.bootstrap_limit, "eval_source": None}}
+                     "bootstrap_limit": limit, "eval_source": None}}
         q.stage(name, ["em", "-c", str(CONFIGS / "ra3.yaml"), "-c", q.overrides(name, em), "--resume", "true"])
         state = json.loads((q.out / name / "em_state.json").read_text())
         summary = json.loads((q.out / name / "em_summary.json").read_text())
@@ -55,7 +62,7 @@ def main() -> None:
                 "thoughts_per_program": summary[-1].get("bootstrap/thoughts_per_program")}
 
     for seed in a.seeds:
-        if seed == 0 and a.reuse_quickstart:
+        if seed == 0 and a.reuse_quickstart and not suffix:
             em = json.loads((src / "ra3" / "em_summary.json").read_text())[-1]
             runs["ntp/seed0"] = json.loads((src / "eval" / "eval_ntp" / "results.json").read_text())["skillworld"]
             runs["ra3/seed0/c0.05"] = {**json.loads((src / "eval" / "eval_ra3" / "results.json").read_text())["skillworld"],
@@ -68,11 +75,11 @@ def main() -> None:
               {"batch_size": preset.batch_size, "train_files": [str(world / "midtrain.jsonl")], "seed": seed},
               preset.mstep_budget)
         runs[f"ntp/seed{seed}"] = evaluate(q, "ntp", q.out / "ntp")
-        runs[f"ra3/seed{seed}/c0.05"] = ra3_run(q, "ra3", seed, 0.05)
+        runs[f"ra3/seed{seed}/c0.05"] = ra3_run(q, "ra3" + suffix, seed, 0.05)
     q = Quickstart(str(out / f"seed{a.seeds[0]}"), a.preset, a.seeds[0])
     q.world = world
     for cost in a.costs:
-        runs[f"ra3/seed{a.seeds[0]}/c{cost:g}"] = ra3_run(q, f"ra3_c{cost:g}", a.seeds[0], cost)
+        runs[f"ra3/seed{a.seeds[0]}/c{cost:g}"] = ra3_run(q, f"ra3_c{cost:g}{suffix}", a.seeds[0], cost)
 
     def summary(prefix: str, key: str) -> str:
         values = [r[key] for name, r in runs.items() if name.startswith(prefix) and (prefix != "ra3" or name.endswith("c0.05"))]

@@ -59,6 +59,9 @@ def score_samples(problems: list[Problem], samples: list[dict], pool: SandboxPoo
         scored = [pass_at_k(n, c, k) for n, c in counts.values() if n >= k]
         if scored and len(scored) == len(counts):
             summary[f"pass@{k}"] = sum(scored) / len(scored)
+        elif counts:
+            log.warning("pass@%d left out: %d of %d task(s) have fewer than %d scored samples (sandbox errors)",
+                        k, len(counts) - len(scored), len(counts), k)
     summary.update(n_tasks=len(counts), n_samples=len(samples), status_counts=dict(status_counts))
     return summary, rows
 

@@ -286,12 +286,15 @@ def _parse_records(data: bytes, nonce: str) -> list[dict]:
 class SandboxPool:
     """Runs jobs on ``workers`` threads, each driving one sandboxed process at a time (one uid per slot).
 
-    ``run_many(jobs)`` returns results in input order; a crashing or hostile job never stops the pool.
+    ``run_many(jobs)`` returns results in input order; a crashing or hostile job never stops the pool. A
+    ``sandbox_error`` (the harness never reported: e.g. it could not start on a machine under heavy load) is
+    the sandbox's fault, not the program's: the job is run again up to ``retries`` times before it is returned.
     """
 
-    def __init__(self, sandbox: Sandbox | None = None, workers: int | None = None):
+    def __init__(self, sandbox: Sandbox | None = None, workers: int | None = None, retries: int = 1):
         self.sandbox = sandbox or LocalSandbox()
         self.workers = workers or os.cpu_count() or 1
+        self.retries = retries
         self._slots: queue.Queue[int] = queue.Queue()
         for i in range(self.workers):
             self._slots.put(i)
@@ -300,7 +303,13 @@ class SandboxPool:
     def _run(self, job: Job) -> ExecutionResult:
         slot = self._slots.get()
         try:
-            return self.sandbox.run(job, slot)
+            for attempt in range(self.retries + 1):
+                result = self.sandbox.run(job, slot)
+                if result.status != Status.SANDBOX_ERROR:
+                    break
+                log.warning("sandbox error on job %s (attempt %d of %d): %s", job.job_id, attempt + 1, self.retries + 1,
+                            result.detail[:200])
+            return result
         finally:
             self._slots.put(slot)
 

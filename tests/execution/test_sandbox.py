@@ -217,3 +217,27 @@ def test_no_temp_dirs_are_left_behind(pool):
     before = set(Path(tempfile.gettempdir()).glob("ra3-job-*"))
     pool.run_many([job("x = 1") for _ in range(4)])
     assert set(Path(tempfile.gettempdir()).glob("ra3-job-*")) <= before
+
+
+class _FailsFirst(LocalSandbox):
+    """A real sandbox whose first run of each job fails before the harness starts (as under heavy load)."""
+
+    def __init__(self, failures: int, **kw):
+        super().__init__(**kw)
+        self.failures, self.calls = failures, {}
+
+    def _run(self, job, slot, start):
+        self.calls[job.job_id] = self.calls.get(job.job_id, 0) + 1
+        if self.calls[job.job_id] <= self.failures:
+            raise OSError("harness could not start")
+        return super()._run(job, slot, start)
+
+
+@pytest.mark.parametrize("failures,retries,expected", [(1, 1, Status.PASSED), (2, 1, Status.SANDBOX_ERROR),
+                                                       (1, 0, Status.SANDBOX_ERROR)])
+def test_sandbox_errors_are_retried(failures, retries, expected):
+    sandbox = _FailsFirst(failures, isolation="none")
+    with SandboxPool(sandbox, workers=2, retries=retries) as pool:
+        results = pool.run_many([job("def f(): return 1", ["assert f() == 1"], job_id=f"j{i}") for i in range(3)])
+    assert [r.status for r in results] == [expected] * 3
+    assert all(n == min(failures, retries) + 1 for n in sandbox.calls.values())
