@@ -12,20 +12,20 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+import dataclasses
 from typing import Any
 
 import torch
 
 from ra3.datamodules.skillworld import write_jsonl
 from ra3.metrics import boundary_scores, names_skill
-from ra3.rollout.latent import LatentConfig, program_from_row
+from ra3.rollout.latent import program_from_row
 
 
 def annotate(module, rows: list[dict], mode: str, group_size: int, generator: torch.Generator) -> list[dict]:
     """Annotated copies of ``rows`` (``prompt``/``completion`` or ``text`` rewritten with thoughts)."""
     programs = [program_from_row(r) for r in rows]
-    hp = module.latent_config
-    config = LatentConfig(group_size, hp.alpha, hp.temperature, hp.max_thought_tokens, hp.max_thoughts, hp.max_length)
+    config = dataclasses.replace(module.latent_config, group_size=group_size)
     rollout = module.engine.rollout(programs, config, generator)
     plain, _ = module.plain_logprob(programs)
     rewards = module.rewards(rollout.to("cpu"), plain.cpu().repeat_interleave(group_size)).view(-1, group_size)

@@ -64,6 +64,8 @@ class EStepModule(PolicyModule):
         max_thought_tokens: tokens per thought at most.
         max_thoughts: thoughts per program at most.
         max_rollout_length: tokens per annotated program at most.
+        rollout_lookahead: expert lines fed per forward ahead of the think/act decisions (rolled back at a
+            "think"; the annotations are the same): fewer forwards for a policy that rarely thinks. 1 = off.
         clip_epsilon: PPO clip range.
         ppo_epochs: policy updates per rollout batch.
         beta: weight of the KL to a frozen copy of the initial policy (0: no copy is made).
@@ -78,15 +80,16 @@ class EStepModule(PolicyModule):
     def __init__(self, *args, group_size: int = 4, thought_cost: float = 0.05, reward_gain: bool = False,
                  format_penalty: float = 0.1, advantage: str = "rloo", scale_advantages: bool = False,
                  alpha: float = 0.0, temperature: float = 1.0, max_thought_tokens: int = 16, max_thoughts: int = 8,
-                 max_rollout_length: int = 1024, clip_epsilon: float = 0.2, ppo_epochs: int = 1, beta: float = 0.0,
-                 max_grad_norm: float = 1.0, thought_format: ThoughtFormat | None = None,
+                 max_rollout_length: int = 1024, rollout_lookahead: int = 8, clip_epsilon: float = 0.2,
+                 ppo_epochs: int = 1, beta: float = 0.0, max_grad_norm: float = 1.0, thought_format: ThoughtFormat | None = None,
                  table_every_n_steps: int = 50, reference_quantization: str | None = None, **kwargs):
-        self.check_hparams(group_size, thought_cost, alpha, advantage, ppo_epochs)
+        self.check_hparams(group_size, thought_cost, alpha, advantage, ppo_epochs, rollout_lookahead)
         super().__init__(*args, **kwargs)
         self.save_hyperparameters(ignore=["thought_format"])
         self.automatic_optimization = False
         self.thought_format = thought_format or ThoughtFormat()
-        self.latent_config = LatentConfig(group_size, alpha, temperature, max_thought_tokens, max_thoughts, max_rollout_length)
+        self.latent_config = LatentConfig(group_size, alpha, temperature, max_thought_tokens, max_thoughts, max_rollout_length,
+                                          rollout_lookahead)
         self.engine = LatentRolloutEngine(self.model, self.tokenizer, self.thought_format)
         self.reference = None
         if beta > 0:
@@ -95,7 +98,7 @@ class EStepModule(PolicyModule):
 
     @staticmethod
     def check_hparams(group_size: int = 4, thought_cost: float = 0.05, alpha: float = 0.0, advantage: str = "rloo",
-                      ppo_epochs: int = 1, **_) -> None:
+                      ppo_epochs: int = 1, rollout_lookahead: int = 8, **_) -> None:
         """One-line errors for impossible settings (called before any model is loaded)."""
         if group_size < 2:
             raise Ra3Error(f"group_size must be >= 2 for group-relative advantages, got {group_size}")
@@ -107,6 +110,8 @@ class EStepModule(PolicyModule):
             raise Ra3Error(f"advantage must be 'rloo' or 'mean', got {advantage!r}")
         if ppo_epochs < 1:
             raise Ra3Error(f"ppo_epochs must be >= 1, got {ppo_epochs}")
+        if rollout_lookahead < 1:
+            raise Ra3Error(f"rollout_lookahead must be >= 1, got {rollout_lookahead}")
 
     # ---- reward ----------------------------------------------------------------------------------
     def rewards(self, rollout: LatentRollout, plain_logprob: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ plain ``generate`` of the same number of tokens.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -89,6 +90,9 @@ class LatentConfig:
         max_thought_tokens: a thought longer than this is cut (and malformed).
         max_thoughts: thoughts per program at most.
         max_length: total tokens per sequence at most (thinking stops when it would not fit).
+        lookahead: expert lines a row may be fed at once, ahead of its think/act decisions (speculatively:
+            the lines after the first "think" are dropped, so annotations do not change); the number used
+            follows the thought rate seen so far. 1 = one line per forward.
     """
 
     group_size: int = 4
@@ -97,6 +101,17 @@ class LatentConfig:
     max_thought_tokens: int = 16
     max_thoughts: int = 8
     max_length: int = 1024
+    lookahead: int = 8
+
+
+def _lookahead(p_think: float, cap: int) -> int:
+    """Lines to feed at once when a boundary thinks with probability ``p_think``: as many as are all acted on
+    with probability >= 1/2 (1 while p_think >= 1/2), at most ``cap``."""
+    if p_think >= 0.5:
+        return 1
+    if p_think <= 0:
+        return cap
+    return max(1, min(cap, int(math.log(0.5) / math.log1p(-p_think))))
 
 
 @dataclass
@@ -157,6 +172,16 @@ class _Row:
 
 
 @dataclass
+class _Chunk:
+    """What one row is fed in a step: ``tokens`` with their ``kinds``; ``probes``: (offset, u) for each line u
+    fed ahead — the policy decides at boundary u from the log-probs after ``tokens[offset]``."""
+
+    tokens: list[int]
+    kinds: list[int]
+    probes: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass
 class _Line:
     ids: list[int]
     prefix: int  # shared prefix length with the thought head
@@ -182,29 +207,39 @@ class _RaggedCache:
         self.kv = _RaggedKV(n_rows, capacity)
         self.eager = model.config._attn_implementation == "eager"
 
-    def feed(self, chunks: dict[int, list[int]]) -> dict[int, list[float]]:
-        """Append ``chunks[r]`` to row r; returns the log-prob of every appended token given its prefix.
+    def feed(self, chunks: dict[int, list[int]], probes: dict[int, list[int]] | None = None
+             ) -> dict[int, tuple[list[float], torch.Tensor | None]]:
+        """Append ``chunks[r]`` to row r. Returns, per row, the log-prob of every appended token given its
+        prefix, and the (P, V) next-token log-probs after the chunk offsets ``probes[r]`` (None without).
         Rows are grouped into forwards by chunk length (``_buckets``), so one long line does not pad every
         decoding row."""
+        probes = probes or {}
         order = sorted(chunks, key=lambda r: len(chunks[r]))
-        out: dict[int, list[float]] = {}
+        out: dict[int, tuple[list[float], torch.Tensor | None]] = {}
         for group in _buckets([len(chunks[r]) for r in order]):
             rows = [order[i] for i in group]
-            out.update(zip(rows, self._forward(rows, [chunks[r] for r in rows])))
+            out.update(zip(rows, self._forward(rows, [chunks[r] for r in rows], [probes.get(r) for r in rows])))
         return out
 
+    def rewind(self, row: int, length: int, last_logp: torch.Tensor) -> None:
+        """Forget row ``row``'s tokens from ``length`` on (their K/V slots are never visible again);
+        ``last_logp``: the (V,) log-probs after its token ``length - 1``."""
+        self.lengths[row] = length
+        self.last_logp[row] = last_logp
+
     @torch.no_grad()
-    def _forward(self, rows: list[int], chunks: list[list[int]]) -> list[list[float]]:
+    def _forward(self, rows: list[int], chunks: list[list[int]], probes: list[list[int] | None]):
         n_rows = self.lengths.shape[0]
         if 2 * len(rows) >= n_rows:
             # a forward over every row beats gathering most of the cache; the other rows feed padding
             # (their garbage K/V lands past their length, never visible, overwritten by their next chunk)
-            given = dict(zip(rows, chunks))
-            out = self._forward_rows(list(range(n_rows)), [given.get(r, []) for r in range(n_rows)])
+            given = {r: (c, p) for r, c, p in zip(rows, chunks, probes)}
+            everyone = [given.get(r, ([], None)) for r in range(n_rows)]
+            out = self._forward_rows(list(range(n_rows)), [c for c, _ in everyone], [p for _, p in everyone])
             return [out[r] for r in rows]
-        return self._forward_rows(rows, chunks)
+        return self._forward_rows(rows, chunks, probes)
 
-    def _forward_rows(self, rows: list[int], chunks: list[list[int]]) -> list[list[float]]:
+    def _forward_rows(self, rows: list[int], chunks: list[list[int]], probes: list[list[int] | None]):
         m, width = len(rows), max(map(len, chunks))
         ids = torch.full((m, width), self.pad_id, dtype=torch.long)
         for i, c in enumerate(chunks):
@@ -234,7 +269,7 @@ class _RaggedCache:
         fed = n > 0
         self.last_logp[index[fed]] = logp[fed, n[fed] - 1]
         self.lengths[index] += n
-        return [lp[: len(c)] for lp, c in zip(token_lp, chunks)]
+        return [(lp[: len(c)], logp[i, p] if p else None) for i, (lp, c, p) in enumerate(zip(token_lp, chunks, probes))]
 
 
 def _buckets(lengths: list[int], overhead: int = 64) -> list[range]:
@@ -380,24 +415,49 @@ class LatentRolloutEngine:
             row.text = [s.text for s in programs[row.program].context]
         remaining = [sum(len(l.ids) for l in ls) + 1 for ls in lines]  # expert tokens + eos per program
         per_thought = max((len(l.marker) + l.prefix for ls in lines for l in ls), default=0) + config.max_thought_tokens
-        longest = max((len(l.ids) + l.prefix for ls in lines for l in ls), default=0) + 1  # widest chunk
+        longest = (max((len(l.ids) + l.prefix for ls in lines for l in ls), default=0) + 1) * config.lookahead  # widest chunk
         capacity = max(len(c) + n for c, n in zip(contexts, remaining)) + config.max_thoughts * per_thought
         cache = _RaggedCache(self.model, len(rows), tok.pad_token_id, min(capacity, config.max_length) + longest)
 
-        def tail(row: _Row) -> list[int]:  # what follows expert line t: the next line's shared prefix, or eos
-            ls = lines[row.program]
-            return ls[row.t + 1].ids[: ls[row.t + 1].prefix] if row.t + 1 < len(ls) else [eos]
+        def expert_chunk(row: _Row, first: list[int], ahead: int) -> _Chunk:
+            """``first`` (expert line t, whole or after its shared prefix) + the next line's prefix (or eos),
+            then up to ``ahead - 1`` more lines fed speculatively: each with a probe at its boundary."""
+            ls, t = lines[row.program], row.t
+            chunk = _Chunk(first + tail(ls, t), [])
+            for u in range(t + 1, min(t + ahead, len(ls))):
+                chunk.probes.append((len(chunk.tokens) - 1, u))
+                chunk.tokens += ls[u].ids[ls[u].prefix:] + tail(ls, u)
+            chunk.kinds = [EXPERT] * len(chunk.tokens)
+            return chunk
 
-        plan: dict[int, tuple[list[int], list[int]]] = {}  # row -> (chunk, kinds) fed this step
+        def tail(ls: list[_Line], t: int) -> list[int]:  # what follows expert line t: line t+1's prefix, or eos
+            return ls[t + 1].ids[: ls[t + 1].prefix] if t + 1 < len(ls) else [eos]
+
+        def act(row: _Row) -> None:  # expert line t is in: on to boundary t + 1
+            row.text.append(programs[row.program].lines[row.t].text)
+            row.t += 1
+            row.done = row.t == len(lines[row.program])
+
+        def think(r: int, row: _Row, line: _Line) -> None:
+            row.thought = []
+            for i in range(len(row.kinds) - line.prefix, len(row.kinds)):
+                row.kinds[i] = FORCED  # the prefix already fed belongs to the thought line
+            plan[r] = _Chunk(line.marker, [MARKER] + [FORCED] * (len(line.marker) - 1))
+
+        def decide(r: int, row: _Row, line: _Line, logp: torch.Tensor) -> bool:
+            return self._decide(row, line, logp, remaining[row.program], config, gens[r], p_seen)
+
+        plan: dict[int, _Chunk] = {}  # row -> what it is fed this step
         for r, row in enumerate(rows):  # context + the shared prefix of line 0
             ls = lines[row.program]
             head = ls[0].ids[: ls[0].prefix] if ls else [eos]
-            plan[r] = (contexts[row.program] + head, [CONTEXT] * len(contexts[row.program]) + [EXPERT] * len(head))
+            plan[r] = _Chunk(contexts[row.program] + head, [CONTEXT] * len(contexts[row.program]) + [EXPERT] * len(head))
             row.done = not ls
-        waiting: dict[int, tuple[list[int], list[int]]] = {}
+        waiting: dict[int, _Chunk] = {}
         age: dict[int, int] = {}
+        p_seen: list[float] = []  # p_think of every decision so far: sets how many lines to feed ahead
         while plan or waiting:
-            for r in [r for r, (chunk, _) in plan.items() if len(chunk) > 1]:
+            for r in [r for r, chunk in plan.items() if len(chunk.tokens) > 1]:
                 waiting[r] = plan.pop(r)
                 age[r] = 0
             if not plan or 4 * len(waiting) >= len(rows) or max(age.values(), default=0) >= _DEFER_STEPS:
@@ -406,57 +466,68 @@ class LatentRolloutEngine:
                 age.clear()
             else:
                 age = {r: a + 1 for r, a in age.items()}
-            for r, lps in cache.feed({r: chunk for r, (chunk, _) in plan.items()}).items():
-                rows[r].tokens += plan[r][0]
-                rows[r].kinds += plan[r][1]
-                rows[r].logprobs += lps
-            plan = {}
+            fed = cache.feed({r: c.tokens for r, c in plan.items()}, {r: [o for o, _ in c.probes] for r, c in plan.items()})
             thinking = [r for r, row in enumerate(rows)
                         if row.thought is not None and len(row.thought) < config.max_thought_tokens]
+            done, plan = plan, {}
+            for r, (lps, probe_logp) in fed.items():  # append what was fed; check the lines fed ahead
+                row, chunk = rows[r], done[r]
+                ends = [o + 1 for o, _ in chunk.probes] + [len(chunk.tokens)]
+                row.tokens += chunk.tokens[: ends[0]]
+                row.kinds += chunk.kinds[: ends[0]]
+                row.logprobs += lps[: ends[0]]
+                for j, (_, u) in enumerate(chunk.probes):
+                    line = lines[row.program][u]
+                    if decide(r, row, line, probe_logp[j]):
+                        cache.rewind(r, len(row.tokens), probe_logp[j])  # drop the lines after this boundary
+                        think(r, row, line)
+                        break
+                    act(row)
+                    row.tokens += chunk.tokens[ends[j]: ends[j + 1]]
+                    row.kinds += chunk.kinds[ends[j]: ends[j + 1]]
+                    row.logprobs += lps[ends[j]: ends[j + 1]]
             draws = self._draw(cache, thinking, config, gens)
+            p_mean = sum(p_seen) / len(p_seen) if p_seen else 1.0
+            ahead = _lookahead(p_mean, config.lookahead)
             for r, row in enumerate(rows):
-                if row.done or r in waiting:
+                if row.done or r in waiting or r in plan:
                     continue
                 line = lines[row.program][row.t]
-                if row.thought is None and self._decide(row, line, cache.last_logp[r], remaining[row.program], config, gens[r]):
-                    row.thought = []
-                    for i in range(len(row.kinds) - line.prefix, len(row.kinds)):
-                        row.kinds[i] = FORCED  # the prefix already fed belongs to the thought line
-                    plan[r] = (line.marker, [MARKER] + [FORCED] * (len(line.marker) - 1))
+                if row.thought is None and decide(r, row, line, cache.last_logp[r]):
+                    think(r, row, line)
                     continue
                 if row.thought is not None:
                     nxt = draws.get(r)
                     if nxt is not None and not self.thought_end[nxt]:
                         row.thought.append(nxt)
-                        plan[r] = ([nxt], [THOUGHT])
+                        plan[r] = _Chunk([nxt], [THOUGHT])
                         continue
                     text = tok.decode(row.thought, skip_special_tokens=True).strip()
                     row.thoughts.append((row.t, text, self.format.malformed(text, hit_max_tokens=nxt is None)))
                     row.text.append(self.format.render(text, line.indent))
-                    chunk = line.ids + tail(row)
+                    plan[r] = expert_chunk(row, line.ids, ahead)
                     row.thought = None
                 else:
-                    chunk = line.ids[line.prefix:] + tail(row)
-                plan[r] = (chunk, [EXPERT] * len(chunk))
-                row.text.append(programs[row.program].lines[row.t].text)
-                row.t += 1
-                row.done = row.t == len(lines[row.program])
+                    plan[r] = expert_chunk(row, line.ids[line.prefix:], ahead)
+                act(row)
         return self._pack(rows, config)
 
     @staticmethod
     def _decide(row: _Row, line: _Line, logp: torch.Tensor, remaining: int, config: LatentConfig,
-                gen: torch.Generator) -> bool:
-        """Sample think/act at the boundary before ``line`` (rule in the module docstring); records the decision."""
+                gen: torch.Generator, p_seen: list[float]) -> bool:
+        """Sample think/act at the boundary before ``line`` (rule in the module docstring); records the decision
+        in ``row.decisions`` and its p_think in ``p_seen``. Not eligible (no decision): False."""
         if not line.marker:
             return False
         room = len(row.tokens) + remaining + len(line.marker) + config.max_thought_tokens + line.prefix
         if len(row.thoughts) >= config.max_thoughts or room > config.max_length:
             return False
         row.n_boundaries += 1
-        p_think = (1.0 - config.alpha) * torch.sigmoid(logp[line.marker[0]] - logp[line.ids[line.prefix]])
-        choose = bool(torch.rand((), generator=gen) < p_think.cpu()) if p_think > 0 else False
+        p_think = ((1.0 - config.alpha) * torch.sigmoid(logp[line.marker[0]] - logp[line.ids[line.prefix]])).cpu()
+        choose = bool(torch.rand((), generator=gen) < p_think) if p_think > 0 else False
         lp = torch.log(p_think) if choose else torch.log1p(-p_think)
         row.decisions.append((len(row.tokens) - 1, line.marker[0], line.ids[line.prefix], choose, float(lp)))
+        p_seen.append(float(p_think))
         return choose
 
     @staticmethod

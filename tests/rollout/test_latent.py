@@ -127,8 +127,9 @@ def test_rollout_logprobs_on_other_architectures_and_attention(world_dir, progra
 
 def test_ragged_cache_matches_a_full_forward_for_any_feed_pattern(policy):
     """Rows fed different chunk lengths, some rows skipped, forwards over a subset (gathered K/V) and over all
-    rows (padding rows), and buffers grown past their first capacity: every returned log-prob equals a
-    teacher-forced pass over the finished sequences."""
+    rows (padding rows), rows rewound to a probe inside their last chunk (speculation rolled back), and buffers
+    grown past their first capacity: every returned log-prob equals a teacher-forced pass over the sequences
+    kept."""
     from ra3.rollout.latent import _RaggedCache
 
     model = policy.model.eval()
@@ -138,16 +139,23 @@ def test_ragged_cache_matches_a_full_forward_for_any_feed_pattern(policy):
     prepare, paths = cache.kv.prepare, []
     cache.kv.prepare = lambda *a, all_rows: paths.append(all_rows) or prepare(*a, all_rows=all_rows)
     seqs, lps = [[] for _ in range(n_rows)], [[] for _ in range(n_rows)]
+    rewound = 0
     for step in range(16):
-        chunks = {}
+        chunks, probes = {}, {}
         for r in range(n_rows):
             width = int(torch.randint(1, 6, (), generator=gen)) if step else 3
             if step % 2 == 0 and (step == 0 or r % 3 != step % 3) or r == step % n_rows:
                 chunks[r] = torch.randint(3, V, (width,), generator=gen).tolist()
-        for r, lp in cache.feed(chunks).items():
-            seqs[r] += chunks[r]
-            lps[r] += lp
-    assert cache.kv.capacity > 4 and cache.lengths.tolist() == [len(s) for s in seqs]
+                probes[r] = [int(torch.randint(0, width, (), generator=gen))]
+        for r, (lp, probe) in cache.feed(chunks, probes).items():
+            assert probe.shape == (1, V)
+            keep = probes[r][0] + 1 if step and r % 2 else len(chunks[r])
+            seqs[r] += chunks[r][:keep]
+            lps[r] += lp[:keep]
+            if keep < len(chunks[r]):
+                cache.rewind(r, len(seqs[r]), probe[0])
+                rewound += 1
+    assert cache.kv.capacity > 4 and cache.lengths.tolist() == [len(s) for s in seqs] and rewound > 5
     assert True in paths and False in paths  # both the all-rows and the gathered-subset forwards ran
     for r in range(n_rows):
         ids = torch.tensor([seqs[r]])
@@ -172,3 +180,37 @@ def test_buckets_minimise_padding_plus_overhead():
         brute = min(cost(lengths, [range(a, b) for a, b in zip((0,) + cuts, cuts + (7,))], 16)
                     for k in range(7) for cuts in combinations(range(1, 7), k))
         assert cost(lengths, groups, 16) == brute
+
+
+def test_lines_fed_ahead_change_nothing_but_the_number_of_forwards(policy, programs, monkeypatch):
+    """Speculative acting (``lookahead``): the same annotations, decisions and log-probs as one line per
+    forward, with fewer forwards; lines after a "think" are rolled back (counted)."""
+    from ra3.rollout.latent import _RaggedCache
+
+    calls = {"forward": 0, "rewind": 0}
+    forward, rewind = _RaggedCache._forward_rows, _RaggedCache.rewind
+
+    def count(name, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(_RaggedCache, "_forward_rows", count("forward", forward))
+    monkeypatch.setattr(_RaggedCache, "rewind", count("rewind", rewind))
+    engine = LatentRolloutEngine(policy.model, policy.tokenizer)
+    runs = {}
+    for lookahead in (1, 8):
+        calls.update(forward=0, rewind=0)
+        config = LatentConfig(group_size=4, alpha=0.8, max_thought_tokens=4, lookahead=lookahead)
+        runs[lookahead] = (engine.rollout(programs, config, seeds=[1, 2, 3]), dict(calls))
+    (one, calls_one), (ahead, calls_ahead) = runs[1], runs[8]
+    assert one.texts == ahead.texts and one.n_thoughts.sum() > 0
+    assert torch.equal(one.decision_think, ahead.decision_think) and torch.equal(one.decision_pos, ahead.decision_pos)
+    torch.testing.assert_close(ahead.token_logprobs, one.token_logprobs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ahead.decision_logprob, one.decision_logprob, atol=1e-5, rtol=0)
+    assert calls_one["rewind"] == 0 and calls_ahead["rewind"] > 0
+    assert calls_ahead["forward"] < calls_one["forward"]
+    _, fresh = _fresh_logprobs(policy.model, ahead)
+    real = ahead.attention_mask[:, 1:].bool()
+    torch.testing.assert_close(ahead.token_logprobs[:, 1:][real], fresh[real], atol=1e-4, rtol=0)
