@@ -31,6 +31,8 @@ def main() -> None:
     p.add_argument("--bootstrap_limit", default=None,
                    help="programs bootstrapped per EM round: a number or 'all' (default: the preset's); a run with a "
                         "non-default limit is named ra3_bootstrap<limit> (NTP always trains on the whole corpus)")
+    p.add_argument("--mstep_init", choices=["estep", "previous"], default=None,
+                   help="em.mstep_init for the RA3 runs (default: the config's); a non-default one adds _mstep<init> to the name")
     p.add_argument("--reuse_quickstart", action="store_true",
                    help="take seed 0's NTP and RA3 scores from the quickstart itself (run with --seed 0: the same runs)")
     a = p.parse_args()
@@ -43,6 +45,10 @@ def main() -> None:
     if a.bootstrap_limit is not None:
         limit = None if a.bootstrap_limit == "all" else int(a.bootstrap_limit)
         suffix = f"_bootstrap{a.bootstrap_limit}"
+    em_extra = {}
+    if a.mstep_init is not None:
+        em_extra["mstep_init"] = a.mstep_init
+        suffix += f"_mstep{a.mstep_init}"
 
     def evaluate(q: Quickstart, name: str, policy: Path) -> dict:
         q.evaluate(f"eval_{name}", policy)
@@ -54,7 +60,7 @@ def main() -> None:
               "data": {"init_args": {"train_files": [str(world / "midtrain.jsonl")], "batch_size": preset.batch_size,
                                      "seed": seed}},
               "em": {"rounds": preset.rounds, "estep_steps": preset.estep_steps, "mstep_steps": preset.mstep_budget // preset.rounds,
-                     "bootstrap_limit": limit, "eval_source": None}}
+                     "bootstrap_limit": limit, "eval_source": None, **em_extra}}
         q.stage(name, ["em", "-c", str(CONFIGS / "ra3.yaml"), "-c", q.overrides(name, em), "--resume", "true"])
         state = json.loads((q.out / name / "em_state.json").read_text())
         summary = json.loads((q.out / name / "em_summary.json").read_text())

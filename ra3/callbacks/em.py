@@ -75,7 +75,8 @@ class EMCallback(L.Callback):
         bootstrap_limit: annotate only the first N programs of the corpus (default: all).
         bootstrap_batch_size: programs per rollout batch while bootstrapping.
         bootstrap_part_size: programs per atomically written part (the unit of bootstrap resume).
-        mstep_init: start each M-step from the ``estep`` policy or the ``previous`` M-step's.
+        mstep_init: start each M-step from the round's ``estep`` policy, or from the ``previous`` round's M-step
+            policy (the base model in round 0): then the E-step's updates shape only the annotations.
         checkpoint_every_n_steps: Lightning checkpoint interval inside a phase (for resume).
         eval_source: a skill-world split (e.g. ``eval.jsonl``) scored with greedy pass@1 after each round.
         eval_limit: score the first N problems only.
@@ -205,7 +206,8 @@ class EMCallback(L.Callback):
             if self.state.phase == "mstep":
                 t0 = time.time()
                 datamodule.use_train_files([self.state.shards[-1]])
-                init = self.state.policy if self.mstep_init == "estep" or k == 0 else str(self.out / f"round_{k - 1}" / "mstep_policy")
+                previous = base_model if k == 0 else str(self.out / f"round_{k - 1}" / "mstep_policy")
+                init = self.state.policy if self.mstep_init == "estep" else previous
                 module = make_mstep(init)
                 trainer = self._fit(module, datamodule, rdir / "mstep", self.mstep_steps, trainer_kwargs, logger, manual=False)
                 policy = self._export(module, rdir / "mstep_policy")

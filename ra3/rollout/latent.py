@@ -18,8 +18,10 @@ Efficiency. All B×G sequences share one KV cache in which every row has its own
 and each row runs its own think/act state machine: rows do not wait for each other's thoughts. A step feeds
 every unfinished row its next chunk — an expert line teacher-forced whole (one chunk per line), the thought
 head, or one sampled thought token — in forwards grouped by chunk length, so decoding rows are not padded to
-a line's width and nothing is padded inside the cache. Only thought tokens are decoded one by one, and no
-token is computed twice. ``benchmarks/estep_rollout.py`` compares this with ``generate`` per boundary and with
+a line's width and nothing is padded inside the cache. A row that acts is fed several expert lines at once
+(``lookahead``, adapted to the thought rate so far): its decisions at the boundaries inside the chunk are
+taken from the chunk's logits, and the lines after the first "think" are rolled back. Only thought tokens are
+decoded one by one. ``benchmarks/estep_rollout.py`` compares this with ``generate`` per boundary and with
 plain ``generate`` of the same number of tokens.
 """
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -160,3 +161,25 @@ def test_alpha_one_reduces_em_to_ntp(world_dir, tiny_model_dir, tmp_path):
     originals = {json.loads(l)["task_id"]: json.loads(l) for l in open(world_dir / "midtrain.jsonl")}
     for r in rows(out, 0):
         assert r["thoughts"] == [] and r["text"] == originals[r["task_id"]]["text"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mstep_init", ["estep", "previous"])
+def test_mstep_init_picks_the_weights_the_mstep_starts_from(world_dir, tiny_model_dir, tmp_path, mstep_init):
+    """With a negligible M-step learning rate (1e-30: every update is below float32 resolution) the M-step policy
+    is its starting point: the round's E-step policy (``estep``) or, in round 0, the base model (``previous``)."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "em"
+    rc, _, err = run(em_args(world_dir, tiny_model_dir, out, "--em.rounds", "1", "--em.mstep_init", mstep_init,
+                             "--em.eval_source", "null", "--estep.init_args.learning_rate", "1e-2",
+                             "--mstep.init_args.learning_rate", "1e-30", "--mstep.init_args.warmup_steps", "0"), tmp_path)
+    assert rc == 0, err[-3000:]
+    weights = {name: load_file(path / "model.safetensors") for name, path in
+               [("base", tiny_model_dir), ("estep", out / "round_0/estep_policy"), ("mstep", out / "round_0/mstep_policy")]}
+
+    def same(a, b):
+        return all(torch.equal(weights[a][k], weights[b][k]) for k in weights[a])
+
+    assert not same("estep", "base")
+    assert same("mstep", "base" if mstep_init == "previous" else "estep")
