@@ -469,8 +469,8 @@ class LatentRolloutEngine:
             else:
                 age = {r: a + 1 for r, a in age.items()}
             fed = cache.feed({r: c.tokens for r, c in plan.items()}, {r: [o for o, _ in c.probes] for r, c in plan.items()})
-            thinking = [r for r, row in enumerate(rows)
-                        if row.thought is not None and len(row.thought) < config.max_thought_tokens]
+            thinking = [r for r, row in enumerate(rows)  # (a row still waiting to be fed its head must not draw)
+                        if row.thought is not None and len(row.thought) < config.max_thought_tokens and r not in waiting]
             done, plan = plan, {}
             for r, (lps, probe_logp) in fed.items():  # append what was fed; check the lines fed ahead
                 row, chunk = rows[r], done[r]

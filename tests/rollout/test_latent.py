@@ -85,17 +85,22 @@ def test_caps_limit_thoughts_and_thought_length(policy, programs):
         assert int(ro.latent_mask[r].sum()) <= 2 * int(ro.n_thoughts[r])
 
 
-def test_annotations_do_not_depend_on_the_batch(world_dir, tiny_model_dir):
-    """Per-(program, sample) generators: a program's G annotations are the same alone or in a batch."""
+@pytest.mark.parametrize("marker", ["#", "# ->"])
+def test_annotations_do_not_depend_on_the_batch(world_dir, tiny_model_dir, marker):
+    """Per-(program, sample) generators: a program's G annotations are the same alone or in a batch — also with a
+    multi-token thought head, which can wait a step to be fed with other rows' lines."""
     import json
 
     from transformers import AutoModelForCausalLM
 
     from ra3.modules.policy import load_tokenizer
-    from ra3.rollout.latent import LatentConfig, LatentRolloutEngine, program_from_row
+    from ra3.rollout.latent import LatentConfig, LatentRolloutEngine, ThoughtFormat, program_from_row
 
     rows = [json.loads(line) for line in open(world_dir / "midtrain.jsonl")][:3]
-    engine = LatentRolloutEngine(AutoModelForCausalLM.from_pretrained(tiny_model_dir), load_tokenizer(str(tiny_model_dir)))
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    engine = LatentRolloutEngine(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, ThoughtFormat(marker))
+    line = engine._line(program_from_row(rows[0]).lines[0])
+    assert len(line.marker) == 1 if marker == "#" else len(line.marker) > 1
     config = LatentConfig(group_size=3, max_thought_tokens=4)
     together = engine.rollout([program_from_row(r) for r in rows], config, seeds=[11, 12, 13])
     alone = engine.rollout([program_from_row(rows[2])], config, seeds=[13])
