@@ -405,8 +405,9 @@ class LatentRolloutEngine:
 
     def _rollout(self, programs, config, gens: list[torch.Generator]) -> LatentRollout:
         """Every row runs its own think/act state machine; one step feeds each unfinished row its next chunk:
-        the rest of an expert line (act), the thought head (think), one sampled thought token, or — once a
-        thought ends — the whole expert line. Rows do not wait for each other's thoughts."""
+        the rest of an expert line (act; with the next lines fed ahead, checked on return), the thought head
+        (think), one sampled thought token, or — once a thought ends — the whole expert line. Rows do not wait
+        for each other's thoughts."""
         tok, G = self.tokenizer, config.group_size
         eos = tok.eos_token_id
         bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
