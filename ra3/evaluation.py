@@ -92,9 +92,13 @@ def read_samples(path: str | os.PathLike, problems: list[Problem]) -> list[dict]
     return samples
 
 
-def generate_samples(engine, problems: list[Problem], n_samples: int, sampling) -> list[dict]:
-    """``n_samples`` completions per problem, as sample rows (``completion`` and the full ``solution``)."""
+def generate_samples(engine, problems: list[Problem], n_samples: int, sampling, seed: int | None = 0) -> list[dict]:
+    """``n_samples`` completions per problem, as sample rows (``completion`` and the full ``solution``).
+    Sampling is seeded per problem (its task id and ``seed``): the same samples on every run, whatever the
+    batching; ``seed=None`` draws from the global RNG instead."""
     from dataclasses import replace
+
+    from ra3.rollout.generate import sample_seed
 
     samples = []
     by_stop: dict[tuple, list[Problem]] = defaultdict(list)
@@ -103,7 +107,8 @@ def generate_samples(engine, problems: list[Problem], n_samples: int, sampling) 
     generated: dict[str, list] = {}
     for stop, group in by_stop.items():
         config = replace(sampling, stop=list(stop) + list(sampling.stop))
-        for p, completions in zip(group, engine.generate([p.prompt for p in group], n_samples, config)):
+        seeds = None if seed is None else [sample_seed(p.task_id, 0, seed) for p in group]
+        for p, completions in zip(group, engine.generate([p.prompt for p in group], n_samples, config, seeds=seeds)):
             generated[p.task_id] = completions
     for p in problems:
         for c in generated[p.task_id]:
@@ -145,8 +150,10 @@ def evaluate(
     workers: int | None = None,
     cache_dir: str | None = None,
     progress: bool = True,
+    seed: int = 0,
 ) -> dict[str, dict]:
-    """Evaluate a model (``model``: HF name or directory) or score existing ``samples`` on ``benchmarks``."""
+    """Evaluate a model (``model``: HF name or directory) or score existing ``samples`` on ``benchmarks``.
+    ``seed``: sampling seed (per problem, so a run is reproducible)."""
     from ra3.rollout.generate import HFEngine, SamplingConfig
 
     if (model is None) == (samples is None):
@@ -170,7 +177,7 @@ def evaluate(
             if engine is not None:
                 sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                           batch_size=batch_size)
-                bench_samples = generate_samples(engine, problems, n_samples, sampling)
+                bench_samples = generate_samples(engine, problems, n_samples, sampling, seed)
             else:
                 bench_samples = read_samples(samples, problems)
             bar = _progress(len(bench_samples), f"running {name}") if progress else None
