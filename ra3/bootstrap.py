@@ -9,10 +9,10 @@ exists is ``bootstrapped.jsonl`` assembled (atomically) with ``stats.json`` besi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
-import dataclasses
 from typing import Any
 
 import torch

@@ -207,7 +207,9 @@ class _RaggedCache:
         self.lengths = torch.zeros(n_rows, dtype=torch.long, device=self.device)
         self.last_logp: torch.Tensor | None = None  # (N, V) fp32 log-probs after each row's last real token
         self.kv = _RaggedKV(n_rows, capacity)
-        self.eager = model.config._attn_implementation == "eager"
+        self.cache_kwarg = _cache_kwarg(model)
+        # eager attention adds the mask to its scores (float), sdpa takes a boolean one
+        self.mask_dtype = next(model.parameters()).dtype if model.config._attn_implementation == "eager" else None
 
     def feed(self, chunks: dict[int, list[int]], probes: dict[int, list[int]] | None = None
              ) -> dict[int, tuple[list[float], torch.Tensor | None]]:
@@ -254,11 +256,11 @@ class _RaggedCache:
         self.kv.prepare(index, slots, kv_len, all_rows=m == self.lengths.shape[0])
         visible = torch.arange(kv_len, device=self.device) <= slots[:, :, None]  # (m, W, L)
         mask = visible[:, None]
-        if self.eager:
-            dtype = next(self.model.parameters()).dtype
-            mask = torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill_(~mask, torch.finfo(dtype).min)
+        if self.mask_dtype is not None:
+            mask = torch.zeros(mask.shape, dtype=self.mask_dtype, device=self.device).masked_fill_(
+                ~mask, torch.finfo(self.mask_dtype).min)
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=slots, use_cache=True,
-                            **{_cache_kwarg(self.model): self.kv}).logits
+                            **{self.cache_kwarg: self.kv}).logits
         if not self.kv.buffers:
             raise RuntimeError(f"{type(self.model).__name__} does not store its keys/values through the transformers "
                                "Cache API; latent rollouts need a model that does (Llama, Qwen2, Mistral, GPT-2, ...)")
