@@ -7,11 +7,21 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def _shared_data_dir() -> Path | None:
     """HumanEval / MBPP+ files: $RA3_SHARED_DATA, else ../shared/data beside the checkout (or above it)."""
     repo = Path(__file__).resolve().parents[1]
-    candidates = [os.environ.get("RA3_SHARED_DATA"), repo / "shared" / "data", *(p / "shared" / "data" for p in repo.parents),
-                  Path("/work/shared/data")]  # where this project's machines keep it
+    candidates = [os.environ.get("RA3_SHARED_DATA"), repo / "shared" / "data", *(p / "shared" / "data" for p in repo.parents)]
     for c in filter(None, candidates):
         if (Path(c) / "HumanEval.jsonl.gz").exists():
             return Path(c)
@@ -37,6 +47,11 @@ TINY_LLAMA = {
     "num_key_value_heads": 2,
     "max_position_embeddings": 512,
 }
+
+
+# Dimensions a real model has (multiples of 64): bitsandbytes' CPU 4-bit kernel needs in_features % 64 == 0 and
+# out_features % 32 == 0 (k/v projections: 2 heads x 16 = 32).
+QUANTIZABLE_LLAMA = {**TINY_LLAMA, "hidden_size": 64, "intermediate_size": 128}
 
 
 @pytest.fixture(scope="session")
@@ -65,4 +80,14 @@ def tiny_model_dir(world_dir, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("tiny_model")
     PolicyModule(tokenizer=str(world_dir / "tokenizer"), model_config=TINY_LLAMA).export(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def quantizable_model_dir(world_dir, tmp_path_factory):
+    """Like ``tiny_model_dir`` with ``QUANTIZABLE_LLAMA``'s shapes (for bitsandbytes 4/8-bit)."""
+    from ra3.modules.policy import PolicyModule
+
+    out = tmp_path_factory.mktemp("quantizable_model")
+    PolicyModule(tokenizer=str(world_dir / "tokenizer"), model_config=QUANTIZABLE_LLAMA).export(out)
     return out

@@ -51,6 +51,21 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def _check_4bit_shapes(model) -> None:
+    """One-line error for a layer bitsandbytes cannot run in 4-bit: its CPU kernel (bnb >= 0.50) packs weights in
+    blocks of ``blocksize`` (64) input features x 32 output features and fails with a reshape error otherwise.
+    Real models' layers are multiples of 64; tiny test models often are not."""
+    for name, module in model.named_modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if state is None:
+            continue
+        block = state.blocksize
+        if module.in_features % block or module.out_features % 32:
+            raise Ra3Error(f"reference_quantization '4bit': layer {name} ({module.in_features} -> {module.out_features} "
+                           f"features) cannot be 4-bit quantised by bitsandbytes: in_features must be a multiple of "
+                           f"{block} and out_features of 32; use reference_quantization '8bit' or null")
+
+
 def _check_exists(name_or_path: str, what: str) -> None:
     expanded = os.path.expanduser(name_or_path)
     if os.path.isdir(expanded):
@@ -103,6 +118,19 @@ def packed_attention_mask(doc_ids: torch.Tensor, dtype: torch.dtype) -> torch.Te
     return torch.zeros(allowed.shape, dtype=dtype, device=doc_ids.device).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
+def packed_block_mask(doc_ids: torch.Tensor):
+    """(B, T) document ids -> a ``flex_attention`` ``BlockMask``: causal and never across documents, with no dense
+    (T, T) mask; blocks that hold no allowed pair are skipped. (transformers' own packing detection from position
+    ids gave wrong logits after the first document with transformers 5.24, so ra3 builds the mask itself.)"""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def same_document_causal(b, h, q, kv):
+        return (kv <= q) & (doc_ids[b, q] == doc_ids[b, kv])
+
+    B, T = doc_ids.shape
+    return create_block_mask(same_document_causal, B, None, T, T, device=doc_ids.device)
+
+
 class PolicyModule(L.LightningModule):
     """A causal LM policy.
 
@@ -112,7 +140,9 @@ class PolicyModule(L.LightningModule):
         tokenizer: hub name or directory of the tokenizer; defaults to ``model``.
         model_config: fields of a transformers config, with ``model_type`` (e.g. ``llama``), for a model
             built from scratch; unknown fields are an error.
-        attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2``.
+        attn_implementation: ``sdpa``, ``eager``, ``flex_attention`` or ``flash_attention_2``. Packed rows: sdpa and
+            eager get a dense (B, 1, T, T) block-diagonal mask; flex_attention a block-sparse ``BlockMask``
+            (faster for long packed rows on GPU: masked blocks are skipped).
         learning_rate: peak learning rate of AdamW.
         weight_decay: AdamW weight decay (not applied to biases and norms).
         betas: AdamW betas.
@@ -210,6 +240,8 @@ class PolicyModule(L.LightningModule):
         except Exception as e:  # ImportError, or a bnb build without a backend for this device
             raise Ra3Error(f"reference_quantization {quantization!r} needs a working bitsandbytes "
                            f"({type(e).__name__}: {_first_line(e)})") from None
+        if quantization == "4bit":
+            _check_4bit_shapes(ref)
         return ref.eval().requires_grad_(False)
 
     # ---- sharding --------------------------------------------------------------------------------
@@ -264,7 +296,10 @@ class PolicyModule(L.LightningModule):
         One call of the root module (required under FSDP2); the LM head runs on the kept positions only.
         ``doc_ids`` (B, T) marks packed documents (see ``packed_attention_mask``).
         """
-        if doc_ids is not None and model.config._attn_implementation != "flash_attention_2":
+        impl = model.config._attn_implementation
+        if doc_ids is not None and impl == "flex_attention":
+            attention_mask = packed_block_mask(doc_ids)
+        elif doc_ids is not None and impl != "flash_attention_2":  # flash: varlen from the restarting position ids
             dtype = next(model.parameters()).dtype
             if torch.is_autocast_enabled(input_ids.device.type):
                 dtype = torch.get_autocast_dtype(input_ids.device.type)

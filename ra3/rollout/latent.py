@@ -491,7 +491,7 @@ class LatentRolloutEngine:
                     row.tokens += chunk.tokens[ends[j]: ends[j + 1]]
                     row.kinds += chunk.kinds[ends[j]: ends[j + 1]]
                     row.logprobs += lps[ends[j]: ends[j + 1]]
-            draws = self._draw(cache, thinking, config, gens)
+            draws = self._draw(cache, thinking, config, gens, len(self.thought_end))
             p_mean = sum(p_seen) / len(p_seen) if p_seen else 1.0
             ahead = _lookahead(p_mean, config.lookahead)
             for r, row in enumerate(rows):
@@ -537,11 +537,12 @@ class LatentRolloutEngine:
 
     @staticmethod
     def _draw(cache: _RaggedCache, thinking: list[int], config: LatentConfig,
-              gens: list[torch.Generator]) -> dict[int, int]:
-        """Next thought token of each row in ``thinking``, sampled at ``config.temperature``."""
+              gens: list[torch.Generator], vocab: int) -> dict[int, int]:
+        """Next thought token of each row in ``thinking``, sampled at ``config.temperature`` among the tokenizer's
+        ``vocab`` ids (models often pad their embedding past the tokenizer, e.g. Qwen2.5: 151,936 vs 151,665)."""
         if not thinking:
             return {}
-        cdf = torch.softmax(cache.last_logp[thinking] / max(config.temperature, 1e-6), -1).cumsum(-1)
+        cdf = torch.softmax(cache.last_logp[thinking, :vocab] / max(config.temperature, 1e-6), -1).cumsum(-1)
         u = torch.stack([torch.rand((), generator=gens[r]) for r in thinking]).to(cdf.device)  # inverse-CDF sampling
         picks = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp(max=cdf.shape[1] - 1)[:, 0]
         return dict(zip(thinking, picks.tolist()))

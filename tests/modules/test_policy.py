@@ -8,8 +8,11 @@ from ra3.modules.policy import load_tokenizer
 from conftest import TINY_LLAMA
 
 
-def test_packed_forward_never_attends_across_documents(world_dir):
-    module = MStepModule(tokenizer=str(world_dir / "tokenizer"), model_config=TINY_LLAMA).eval()
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "flex_attention"])
+def test_packed_forward_never_attends_across_documents(world_dir, attn):
+    """sdpa/eager: dense block-diagonal mask; flex_attention: BlockMask (transformers' own packing detection from
+    position ids failed this test with transformers 5.24: documents after the first saw earlier ones)."""
+    module = MStepModule(tokenizer=str(world_dir / "tokenizer"), model_config=TINY_LLAMA, attn_implementation=attn).eval()
     torch.manual_seed(0)
     a, b = torch.randint(3, 300, (1, 11)), torch.randint(3, 300, (1, 6))
     packed = torch.cat([a, b, torch.zeros(1, 3, dtype=torch.long)], 1)

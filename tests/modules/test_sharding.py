@@ -66,6 +66,38 @@ def test_fsdp2_on_two_processes_matches_one_process_and_consolidates(world_dir, 
     assert max_diff(tmp_path / "two", tmp_path / "consolidated") == 0.0
 
 
+@pytest.mark.gpu
+def test_fsdp2_on_cuda_every_phase_bf16_then_consolidate(world_dir, tiny_model_dir, tmp_path):
+    """nccl, one GPU, bf16-mixed: M-step fit with pass@k (gathered generation) and a sharded checkpoint that
+    ``ra3 consolidate`` turns into the fit's export; RLVR fit and one round of ``ra3 em`` (E-step + M-step)."""
+    cuda = ["--trainer.accelerator", "cuda", "--trainer.devices", "1", "--trainer.strategy", "fsdp2",
+            "--trainer.precision", "bf16-mixed", "--trainer.logger", "false"]
+    callback = tmp_path / "passk.yaml"
+    callback.write_text(json.dumps({"trainer": {"callbacks": [{"class_path": "ra3.callbacks.evaluation.PassAtKCallback", "init_args": {
+        "source": str(world_dir / "eval.jsonl"), "limit": 5, "max_new_tokens": 24, "table_rows": 0, "workers": 1}}]}}))
+    ra3("fit", "--model", "ra3.modules.MStepModule", "--model.model", str(tiny_model_dir), "--model.learning_rate", "1e-3",
+        "--model.export_dir", "mstep", "--data", "ra3.datamodules.CodeDataModule",
+        "--data.train_files", f"[{world_dir / 'midtrain.jsonl'}]", "--data.val_files", f"[{world_dir / 'eval.jsonl'}]",
+        "--data.max_length", "256", "--data.batch_size", "4", "--trainer.max_steps", "4", "--trainer.val_check_interval", "4",
+        "--trainer.limit_val_batches", "1", "--trainer.default_root_dir", "run", "-c", str(callback), *cuda, cwd=tmp_path)
+    sharded = next((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+    assert sharded.is_dir() and list(sharded.glob("*.distcp"))
+    ra3("consolidate", str(sharded), "consolidated", cwd=tmp_path)
+    assert max_diff(tmp_path / "mstep", tiny_model_dir) > 1e-3
+    assert max_diff(tmp_path / "mstep", tmp_path / "consolidated") == 0.0
+    ra3("fit", "-c", os.path.join(os.path.dirname(__file__), "../../configs/skillworld/rlvr.yaml"),
+        "--model.init_from", str(tiny_model_dir), "--model.max_new_tokens", "16", "--model.beta", "0.1",
+        "--model.export_dir", "rlvr", "--data.rl_files", f"[{world_dir / 'rl.jsonl'}]", "--data.program_batch_size", "4",
+        "--trainer.max_steps", "2", "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false", *cuda, cwd=tmp_path)
+    assert (tmp_path / "rlvr" / "model.safetensors").exists()
+    trainer = {"accelerator": "cuda", "devices": 1, "strategy": "fsdp2", "precision": "bf16-mixed", "enable_progress_bar": False}
+    ra3("em", "-c", os.path.join(os.path.dirname(__file__), "../../configs/skillworld/ra3.yaml"), "--base_model", str(tiny_model_dir),
+        "--wandb", "null", "--out_dir", "em", "--data.init_args.train_files", f"[{world_dir / 'midtrain.jsonl'}]",
+        "--data.init_args.max_length", "256", "--em.rounds", "1", "--em.estep_steps", "2", "--em.mstep_steps", "2",
+        "--em.bootstrap_limit", "8", "--em.eval_source", "null", "--trainer", json.dumps(trainer), cwd=tmp_path)
+    assert json.loads((tmp_path / "em" / "em_state.json").read_text())["done"]
+
+
 def test_rlvr_on_two_processes_matches_one_process(world_dir, tiny_model_dir, tmp_path):
     """Completions are drawn per (prompt, sample) seed, so 2 x 2 prompts sample what 1 x 4 prompts sample: weights
     after 3 GRPO steps (with a sharded KL reference) agree to 1e-5 (measured ~2e-6)."""

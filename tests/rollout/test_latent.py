@@ -55,10 +55,19 @@ def test_rollout_shapes_masks_and_texts(policy, programs):
         assert len(ro.thoughts[r]) == ro.n_thoughts[r]
 
 
-def test_rollout_logprobs_equal_a_fresh_teacher_forced_pass(policy, programs):
-    ro = LatentRolloutEngine(policy.model, policy.tokenizer).rollout(
-        programs, LatentConfig(group_size=2, max_thought_tokens=6), torch.Generator().manual_seed(1))
-    logp, fresh = _fresh_logprobs(policy.model, ro)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_rollout_logprobs_equal_a_fresh_teacher_forced_pass(policy, programs, device):
+    """The ragged cache (4-D mask under sdpa) gives the log-probs of one fresh teacher-forced forward."""
+    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
+    model = policy.model.to(device)
+    try:
+        ro = LatentRolloutEngine(model, policy.tokenizer).rollout(
+            programs, LatentConfig(group_size=2, max_thought_tokens=6), torch.Generator().manual_seed(1))
+        logp, fresh = _fresh_logprobs(model, ro.to(device))
+    finally:
+        policy.model.to("cpu")
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    ro, logp, fresh = ro.to("cpu"), logp.cpu(), fresh.cpu()
     real = ro.attention_mask[:, 1:].bool()
     torch.testing.assert_close(ro.token_logprobs[:, 1:][real], fresh[real], atol=1e-4, rtol=0)
     has = ro.decision_pos >= 0
@@ -106,6 +115,16 @@ def test_annotations_do_not_depend_on_the_batch(world_dir, tiny_model_dir, marke
     alone = engine.rollout([program_from_row(rows[2])], config, seeds=[13])
     assert together.texts[6:9] == alone.texts
     assert sum(len(t) for t in together.thoughts) > 0
+
+
+def test_thoughts_use_only_the_tokenizers_ids_when_the_model_vocab_is_padded(world_dir, programs):
+    """Qwen2.5-style padded embeddings (model vocab > tokenizer): a random policy puts most mass on the extra ids;
+    thoughts are still drawn from ids the tokenizer has (failed before with an IndexError)."""
+    tok_size = len(PolicyModule(tokenizer=str(world_dir / "tokenizer"), model_config=TINY_LLAMA).tokenizer)
+    padded = PolicyModule(tokenizer=str(world_dir / "tokenizer"), model_config={**TINY_LLAMA, "vocab_size": 4 * tok_size})
+    ro = LatentRolloutEngine(padded.model, padded.tokenizer).rollout(
+        programs, LatentConfig(group_size=2, max_thought_tokens=4), torch.Generator().manual_seed(0))
+    assert ro.n_thoughts.sum() > 0 and int(ro.input_ids.max()) < tok_size
 
 
 @pytest.mark.parametrize("arch", [dict(model_type="llama", attn_implementation="eager"),
