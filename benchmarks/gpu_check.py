@@ -128,7 +128,7 @@ def run_tests(timeout: int) -> dict:
                     node = case.find(tag)
                     if node is not None:
                         outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
-                        message = (node.get("message") or "")[:600]
+                        message = ((node.get("message") or "")[:300] + " ... " + (node.text or "")[-2500:]).strip()
                 tests[f"{case.get('classname')}::{case.get('name')}"] = {"outcome": outcome, "seconds": float(case.get("time", 0)),
                                                                           **({"message": message} if message else {})}
     counts = {k: sum(t["outcome"] == k for t in tests.values()) for k in ("passed", "failed", "error", "skipped")}
@@ -152,7 +152,12 @@ def make_policy(assets: dict, config: dict, device: str):
     return module
 
 
-def mstep_throughput(module, assets: dict, device: str, seq: int, batch: int, warmup: int, steps: int) -> dict:
+MSTEP_VARIANTS = {"sdpa_dense_mask": ("sdpa", False), "flex_blockmask": ("flex_attention", False),
+                  "sdpa_dense_mask_ckpt": ("sdpa", True), "flex_blockmask_ckpt": ("flex_attention", True)}
+
+
+def mstep_throughput(module, assets: dict, device: str, seq: int, batch: int, warmup: int, steps: int,
+                     variants: list[str]) -> dict:
     import lightning as L
 
     from ra3.datamodules import CodeDataModule
@@ -177,8 +182,8 @@ def mstep_throughput(module, assets: dict, device: str, seq: int, batch: int, wa
             self.elapsed = time.perf_counter() - self.t0
 
     rows = {}
-    for name, attn, checkpointing in (("sdpa_dense_mask", "sdpa", False), ("flex_blockmask", "flex_attention", False),
-                                      ("sdpa_dense_mask_ckpt", "sdpa", True), ("flex_blockmask_ckpt", "flex_attention", True)):
+    for name in variants:
+        attn, checkpointing = MSTEP_VARIANTS[name]
         try:
             module.model.set_attn_implementation(attn)
             if checkpointing:
@@ -259,6 +264,8 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=None, help="tokens per packed row (default 4096; dry 256)")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--tests_timeout", type=int, default=240)
+    ap.add_argument("--variants", nargs="*", default=list(MSTEP_VARIANTS), choices=list(MSTEP_VARIANTS),
+                    help="M-step variants (attention path x gradient checkpointing)")
     args = ap.parse_args()
     out = Path(args.out)
     dry, device = args.dry, args.device
@@ -280,14 +287,14 @@ def main() -> None:
         if module is None:
             return
         if "mstep" not in args.skip:
-            section("mstep", out)(lambda: mstep_throughput(module, assets, device, seq, args.batch, warmup=1 if dry else 3,
-                                                           steps=2 if dry else 8))
+            section("mstep", out)(lambda: mstep_throughput(module, assets, device, seq, args.batch, warmup=1 if dry else 2,
+                                                           steps=2 if dry else 6, variants=args.variants))
         model = module.model.to(device=device, dtype=torch.bfloat16).eval()
         if "rlvr_sampling" not in args.skip:
             section("rlvr_sampling", out)(lambda: rlvr_sampling(model, module.tokenizer, assets, prompts=8, group=8,
-                                                                max_new_tokens=16 if dry else 256))
+                                                                max_new_tokens=16 if dry else 128))
         if "estep_rollout" not in args.skip:
-            section("estep_rollout", out)(lambda: estep_rollout(model, module.tokenizer, assets, programs=4 if dry else 16,
+            section("estep_rollout", out)(lambda: estep_rollout(model, module.tokenizer, assets, programs=4 if dry else 8,
                                                                 group=4, repeats=1 if dry else 2))
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk not in ("traceback", "tests", "tail")} if isinstance(v, dict) else v
                       for k, v in RESULTS.items()}, indent=1))

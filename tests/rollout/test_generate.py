@@ -1,5 +1,6 @@
 """Seeded sampling: exact in distribution, independent of batching."""
 
+import pytest
 import torch
 
 from ra3.rollout.generate import HFEngine, SamplingConfig, SeededSampling, row_generators
@@ -18,12 +19,14 @@ def test_top_p_cut_is_applied_before_sampling():
     assert {int(sampler(None, logits).argmax()) for _ in range(500)} == {0, 1}
 
 
-def test_seeded_completions_do_not_depend_on_batching(tiny_model_dir):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_seeded_completions_do_not_depend_on_batching(tiny_model_dir, device):
+    """Also on CUDA, where the per-row generators (and so the noise) live on the GPU."""
     from transformers import AutoModelForCausalLM
 
     from ra3.modules.policy import load_tokenizer
 
-    engine = HFEngine(AutoModelForCausalLM.from_pretrained(tiny_model_dir), load_tokenizer(str(tiny_model_dir)))
+    engine = HFEngine(AutoModelForCausalLM.from_pretrained(tiny_model_dir).to(device), load_tokenizer(str(tiny_model_dir)))
     prompts = ["def solve(xs):", 'def solve(xs):\n    """Sort the values."""']
     batched = engine.generate(prompts, 2, SamplingConfig(max_new_tokens=10, temperature=1.0, stop=[]), seeds=[5, 9])
     alone = engine.generate(prompts[1:], 2, SamplingConfig(max_new_tokens=10, temperature=1.0, stop=[], batch_size=1), seeds=[9])
