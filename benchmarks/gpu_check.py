@@ -12,6 +12,7 @@ off keeps what it measured):
 - ``mstep``: ``MStepModule`` tokens/s and MFU (6 N tokens/s / peak; N = all parameters, tied embedding once) on
   packed rows of ``--seq`` tokens, for sdpa with the dense block-diagonal mask vs flex_attention with a BlockMask,
   each with and without gradient checkpointing; peak memory.
+- ``mstep_profile``: torch.profiler's top kernels over 2 M-step steps (flex_attention), where the time goes.
 - ``rlvr_sampling``: ``HFEngine`` samples/s with G = 8 (seeded per-row sampling, as RLVR runs, and unseeded).
 - ``estep_rollout``: the latent rollout vs plain ``generate`` of the same tokens (ratio (b)).
 
@@ -222,6 +223,45 @@ def mstep_throughput(module, assets: dict, device: str, seq: int, batch: int, wa
             "peak_bf16_tflops": peak / 1e12 if peak else None, "variants": rows}
 
 
+def mstep_profile(module, assets: dict, device: str, seq: int, batch: int) -> dict:
+    """torch.profiler over 2 M-step steps (flex_attention, no checkpointing): where the step's time goes."""
+    import lightning as L
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    from ra3.datamodules import CodeDataModule
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    keys = ("self_device_time_total", "self_cuda_time_total") if device == "cuda" else ("self_cpu_time_total",)
+    tables = []
+
+    def summarise(p):
+        averages = p.key_averages()
+        for key in keys:  # the name of the device column changed across torch versions
+            try:
+                tables.append((key, averages.table(sort_by=key, row_limit=30, max_name_column_width=70)))
+                return
+            except Exception:
+                continue
+
+    prof = profile(activities=activities, schedule=schedule(wait=1, warmup=1, active=2, repeat=1), on_trace_ready=summarise)
+
+    class Step(L.Callback):
+        def on_train_batch_end(self, *args):
+            sync(device)
+            prof.step()
+
+    module.model.set_attn_implementation("flex_attention" if device == "cuda" else "sdpa")
+    data = CodeDataModule(train_files=[str(assets["midtrain"])], max_length=seq, batch_size=batch, packing=True)
+    trainer = L.Trainer(accelerator=device, devices=1, precision="bf16-mixed", max_steps=5, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[Step()])
+    with prof:
+        trainer.fit(module, data)
+    module._trainer = None
+    module.model.set_attn_implementation("sdpa")
+    return {"steps": 2, "sort_by": tables[0][0] if tables else None, "table": tables[0][1] if tables else None}
+
+
 def rlvr_sampling(model, tokenizer, assets: dict, prompts: int, group: int, max_new_tokens: int) -> dict:
     from ra3.rollout.generate import HFEngine, SamplingConfig
 
@@ -289,6 +329,8 @@ def main() -> None:
         if "mstep" not in args.skip:
             section("mstep", out)(lambda: mstep_throughput(module, assets, device, seq, args.batch, warmup=1 if dry else 2,
                                                            steps=2 if dry else 6, variants=args.variants))
+        if "mstep_profile" not in args.skip:
+            section("mstep_profile", out)(lambda: mstep_profile(module, assets, device, seq, args.batch))
         model = module.model.to(device=device, dtype=torch.bfloat16).eval()
         if "rlvr_sampling" not in args.skip:
             section("rlvr_sampling", out)(lambda: rlvr_sampling(model, module.tokenizer, assets, prompts=8, group=8,

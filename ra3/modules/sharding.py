@@ -56,6 +56,15 @@ def shard_causal_lm(model: nn.Module, mesh, param_dtype: str | None = "bfloat16"
     return model
 
 
+def _param_groups(state) -> list:
+    """An FSDP state's parameter groups: a list in newer torch (``_fsdp_param_groups``, 2.13), one group or ``None``
+    in older (``_fsdp_param_group``, 2.11: ``gathered`` failed there on a GPU before this)."""
+    if hasattr(state, "_fsdp_param_groups"):
+        return list(state._fsdp_param_groups)
+    group = getattr(state, "_fsdp_param_group", None)
+    return [group] if group is not None else []
+
+
 @contextmanager
 def gathered(model: nn.Module) -> Iterator[nn.Module]:
     """Full (unsharded) weights for the duration of the block: one all-gather per FSDP unit, not per forward.
@@ -69,7 +78,7 @@ def gathered(model: nn.Module) -> Iterator[nn.Module]:
         return
     if units[0] is model:
         model._get_fsdp_state()._lazy_init()  # settle which unit is root before saving reshard settings
-    saved = [[g.post_forward_mesh_info for g in u._get_fsdp_state()._fsdp_param_groups] for u in units]
+    saved = [[g.post_forward_mesh_info for g in _param_groups(u._get_fsdp_state())] for u in units]
     auto = [u._get_fsdp_state()._auto_reshard_after_forward for u in units]
     for u in units:
         u.unshard()
@@ -79,7 +88,7 @@ def gathered(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for u, infos, a in zip(units, saved, auto):
             state = u._get_fsdp_state()
-            for g, info in zip(state._fsdp_param_groups, infos):
+            for g, info in zip(_param_groups(state), infos):
                 g.post_forward_mesh_info = info
             state._auto_reshard_after_forward = a
             u.reshard()

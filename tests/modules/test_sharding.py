@@ -206,3 +206,15 @@ def test_generation_under_sharding_gathers_each_unit_once(tiny_model_dir, tmp_pa
     engine = HFEngine(AutoModelForCausalLM.from_pretrained(tiny_model_dir), load_tokenizer(str(tiny_model_dir)))
     plain = engine.generate(["def solve(xs):"], 1, SamplingConfig(max_new_tokens=12, temperature=0.0, stop=[]))[0][0].text
     assert counts["text"] == plain
+
+
+def test_param_groups_of_old_and_new_fsdp_states():
+    """torch 2.11 keeps one ``_fsdp_param_group`` (or None) per state, 2.13 a list ``_fsdp_param_groups``."""
+    from types import SimpleNamespace
+
+    from ra3.modules.sharding import _param_groups
+
+    g = object()
+    assert _param_groups(SimpleNamespace(_fsdp_param_groups=[g, g])) == [g, g]
+    assert _param_groups(SimpleNamespace(_fsdp_param_group=g)) == [g]
+    assert _param_groups(SimpleNamespace(_fsdp_param_group=None)) == []
