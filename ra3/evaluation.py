@@ -62,8 +62,21 @@ def score_samples(problems: list[Problem], samples: list[dict], pool: SandboxPoo
         elif counts:
             log.warning("pass@%d left out: %d of %d task(s) have fewer than %d scored samples (sandbox errors)",
                         k, len(counts) - len(scored), len(counts), k)
-    summary.update(n_tasks=len(counts), n_samples=len(samples), status_counts=dict(status_counts))
+    scored_problems = [by_id[t] for t in counts]
+    summary.update(n_tasks=len(counts), n_samples=len(samples), status_counts=dict(status_counts),
+                   host_judged=host_judged_fraction(scored_problems))
     return summary, rows
+
+
+def host_judged_fraction(problems: list[Problem]) -> float:
+    """Share of the tests whose verdict the host makes (call/stdio tests, asserts converted to calls) rather than
+    the program's own process (asserts left in-process, each counted by its assert statements)."""
+    host = in_process = 0
+    for p in problems:
+        host += sum(t.kind != "assert" for t in p.tests)
+        if any(t.kind == "assert" for t in p.tests):
+            in_process += p.meta.get("asserts_in_process", sum(t.code.count("assert") for t in p.tests if t.kind == "assert"))
+    return host / max(1, host + in_process)
 
 
 def read_samples(path: str | os.PathLike, problems: list[Problem]) -> list[dict]:
@@ -126,11 +139,12 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def format_table(results: dict[str, dict]) -> str:
     ks = sorted({key for r in results.values() for key in r if key.startswith("pass@")}, key=lambda s: int(s[5:]))
-    lines = [f"{'benchmark':<16}" + "".join(f"{k:>10}" for k in ks) + f"{'tasks':>8}  statuses"]
+    lines = [f"{'benchmark':<16}" + "".join(f"{k:>10}" for k in ks) + f"{'tasks':>8}{'host-judged':>13}  statuses"]
     for name, r in results.items():
         cells = "".join(f"{r[k]:>10.3f}" if k in r else f"{'-':>10}" for k in ks)
         statuses = ", ".join(f"{s}={c}" for s, c in sorted(r["status_counts"].items()))
-        lines.append(f"{name:<16}{cells}{r['n_tasks']:>8}  {statuses}")
+        host = f"{100 * r['host_judged']:>12.1f}%" if "host_judged" in r else f"{'-':>13}"
+        lines.append(f"{name:<16}{cells}{r['n_tasks']:>8}{host}  {statuses}")
     return "\n".join(lines)
 
 

@@ -7,7 +7,8 @@ dataset's other fields, repeated per completion (``tests``, ``entry_point``, ``t
 
 RL rows (JSONL or a ``datasets`` source) need ``prompt`` and tests in one of these shapes:
 
-- ``tests``: MBPP-style assert strings, run after ``prompt + completion``;
+- ``tests``: MBPP-style assert strings, run after ``prompt + completion``; each assert of a recognised form
+  (``ra3.execution.asserts``) is judged on the host from the returned value, the rest run in-process;
 - ``test_cases`` + ``entry_point``: ``[{"input": arg | "args": [args...], "expected": value}]`` call tests
   (the skill world), compared outside the sandbox;
 - ``input_output``: ``{"inputs": [stdin...], "outputs": [stdout...]}`` (DeepCoder / AReaL-boba / APPS style,
@@ -20,6 +21,7 @@ import json
 from typing import Any, Callable, Protocol, Sequence
 
 from ra3.execution import Job, SandboxPool, Status, TestCase
+from ra3.execution.asserts import called_function, split_asserts
 
 
 class RewardFunction(Protocol):
@@ -32,8 +34,9 @@ def tests_from_row(row: dict) -> tuple[list[TestCase], str | None, bool]:
         cases = [TestCase("call", args=list(c["args"]) if "args" in c else [c["input"]], expected=c["expected"])
                  for c in row["test_cases"]]
         return cases, row["entry_point"], False
-    if row.get("tests"):
-        return [TestCase("assert", code=t) for t in row["tests"]], row.get("entry_point"), False
+    if row.get("tests"):  # asserts judged on the host where their form allows (a policy cannot forge them)
+        entry = row.get("entry_point") or next(filter(None, map(called_function, row["tests"])), None)
+        return split_asserts("\n".join(row["tests"]), entry).tests, entry, False
     io = row.get("input_output")
     if io:
         io = json.loads(io) if isinstance(io, str) else io

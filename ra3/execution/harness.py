@@ -8,6 +8,7 @@ the host ignores records without it. ``call``/``stdio`` tests report the *output
 not this process, compares it with the expected value. Standalone: imports nothing from ra3.
 """
 
+import collections
 import io
 import json
 import math
@@ -22,34 +23,43 @@ class _TestTimeout(BaseException):
     pass
 
 
+# The builtins the encoder relies on, bound before the program runs (it may patch ``builtins``).
+_type, _repr, _sorted, _isfinite, _hex, _str, _bool = type, repr, sorted, math.isfinite, bytes.hex, str, bool
+_dict_items = dict.items
+_STDLIB_DICTS = (collections.OrderedDict, collections.defaultdict, collections.Counter)  # sent as plain dicts
+
+
 def encode(value, depth=0):
-    """Tagged JSON for Python values (tuples, sets, complex, non-finite floats survive the trip)."""
+    """Tagged JSON for plain Python data (tuples, sets, complex, non-finite floats survive the trip). Only exact
+    builtin types are data (and the stdlib's dict subclasses, sent by their stored items): any other object, a
+    subclass of a builtin included, becomes an opaque repr, which the host never counts as equal to anything."""
     if depth > 100:
         return {"t": "repr", "v": "<too deep>"}
-    if value is None or isinstance(value, (bool, str)):
+    t = _type(value)
+    if value is None or t is bool or t is str:
         return value
-    if isinstance(value, int):
-        return value if abs(value) < 2**53 else {"t": "int", "v": str(value)}
-    if isinstance(value, float):
-        return value if math.isfinite(value) else {"t": "float", "v": repr(value)}
-    if isinstance(value, complex):
+    if t is int:
+        return value if -2**53 < value < 2**53 else {"t": "int", "v": int.__repr__(value)}
+    if t is float:
+        return value if _isfinite(value) else {"t": "float", "v": float.__repr__(value)}
+    if t is complex:
         return {"t": "complex", "v": [encode(value.real), encode(value.imag)]}
-    if isinstance(value, list):
+    if t is list:
         return [encode(v, depth + 1) for v in value]
-    if isinstance(value, tuple):
+    if t is tuple:
         return {"t": "tuple", "v": [encode(v, depth + 1) for v in value]}
-    if isinstance(value, (set, frozenset)):
+    if t is set or t is frozenset:
         try:
-            items = sorted(value, key=repr)
-        except Exception:
-            items = list(value)
-        return {"t": "frozenset" if isinstance(value, frozenset) else "set", "v": [encode(v, depth + 1) for v in items]}
-    if isinstance(value, dict):
-        return {"t": "dict", "v": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in value.items()]}
-    if isinstance(value, bytes):
-        return {"t": "bytes", "v": value.hex()}
+            items = _sorted(value, key=_repr)
+        except BaseException:
+            items = [v for v in value]
+        return {"t": "frozenset" if t is frozenset else "set", "v": [encode(v, depth + 1) for v in items]}
+    if t is dict or t in _STDLIB_DICTS:
+        return {"t": "dict", "v": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in _dict_items(value)]}
+    if t is bytes:
+        return {"t": "bytes", "v": _hex(value)}
     try:
-        return {"t": "repr", "v": repr(value)[:10000]}
+        return {"t": "repr", "v": _str(_repr(value))[:10000]}
     except BaseException:
         return {"t": "repr", "v": "<unrepresentable>"}
 
@@ -80,13 +90,14 @@ def decode(value):
 
 
 class _Opaque:
-    """A value that had no faithful encoding; equal only to an identical repr."""
+    """A value that was not plain data (a user-defined class, a subclass of a builtin, ...): equal to nothing,
+    itself included, so no object the program builds can pass a comparison on the host."""
 
     def __init__(self, text):
         self.text = text
 
     def __eq__(self, other):
-        return isinstance(other, _Opaque) and other.text == self.text
+        return False
 
     def __hash__(self):
         return hash(self.text)
@@ -169,7 +180,12 @@ def main():
             elif test["kind"] == "call":
                 if not callable(entry):
                     raise NameError(f"entry point {job.get('entry_point')!r} is not defined")
-                record["output"] = encode(entry(*decode(test["args"])))
+                value = entry(*decode(test["args"]))
+                record["output"] = encode(value)
+                try:  # for `assert f(x)` / `assert not f(x)`: the assert's own test, whatever f returns
+                    record["truth"] = _bool(value) is True
+                except BaseException:
+                    record["truth"] = None
             elif test["kind"] == "stdio":
                 captured = io.StringIO()
                 sys.stdin, sys.stdout = io.StringIO(test["stdin"]), captured

@@ -35,6 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
+from ra3.execution.asserts import judge
 from ra3.execution.compare import outputs_match, stdout_matches
 from ra3.execution.harness import decode, encode
 from ra3.execution.types import ExecutionResult, Job, Status
@@ -247,6 +248,7 @@ class LocalSandbox:
                     outputs[i] = decode(r.get("output")) if test.kind == "call" else r.get("output", "")
                     if test.has_expected:
                         ok = (stdout_matches(outputs[i], test.expected, job.atol or 1e-6) if test.kind == "stdio"
+                              else judge(outputs[i], test, r.get("truth")) if test.check
                               else outputs_match(outputs[i], test.expected, job.atol, job.compare, job.entry_point or "", test.args))
                         s = Status.PASSED if ok else Status.FAILED
                 statuses[i] = s

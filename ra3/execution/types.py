@@ -27,6 +27,9 @@ class TestCase:
       the sandbox with ``expected`` (the expected value never enters the sandbox).
     - ``stdio``: the program runs as ``__main__`` with ``stdin`` as standard input; what it prints is
       compared outside with ``expected`` (whitespace-normalised, floats within ``atol``).
+
+    ``check`` (``call`` only): a converted assert's form (``ra3.execution.asserts.judge``: ``eq``, ``truthy``,
+    ``abs_lt``, ``isclose``, ...) with ``check_args`` (its tolerances); empty = the job's ``compare`` rules.
     """
 
     __test__ = False  # not a pytest class
@@ -37,6 +40,8 @@ class TestCase:
     stdin: str = ""
     expected: Any = None
     has_expected: bool = True
+    check: str = ""
+    check_args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -86,6 +86,16 @@ def test_reward_functions_on_the_sandbox(world_dir):
     assert combined == [1.5, 0.5, 0.0]
 
 
+def test_assert_rewards_are_judged_on_the_host():
+    """RL rows with MBPP-style asserts: a completion returning an always-equal object (which passes the asserts
+    run in its own process) earns nothing; the real solution earns the reward."""
+    prompt = "def add(a, b):\n"
+    tests = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]
+    forged = "    class Y:\n        def __eq__(self, other): return True\n    return Y()\n"
+    reward = UnitTestReward()([prompt] * 2, ["    return a + b\n", forged], tests=[tests] * 2)
+    assert reward == [1.0, 0.0]
+
+
 def letter_share(prompts, completions, **columns):
     """A dense reward a random tiny model can climb: the share of a completion's non-blank characters that
     are letters (random token soup is about half punctuation and digits)."""
