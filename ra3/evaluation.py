@@ -65,6 +65,9 @@ def score_samples(problems: list[Problem], samples: list[dict], pool: SandboxPoo
     scored_problems = [by_id[t] for t in counts]
     summary.update(n_tasks=len(counts), n_samples=len(samples), status_counts=dict(status_counts),
                    host_judged=host_judged_fraction(scored_problems))
+    excluded = [f"{p.task_id} input {i}" for p in scored_problems for i in p.meta.get("excluded_inputs", {})]
+    if excluded:
+        summary["excluded_tests"] = excluded
     return summary, rows
 
 
@@ -145,6 +148,8 @@ def format_table(results: dict[str, dict]) -> str:
         statuses = ", ".join(f"{s}={c}" for s, c in sorted(r["status_counts"].items()))
         host = f"{100 * r['host_judged']:>12.1f}%" if "host_judged" in r else f"{'-':>13}"
         lines.append(f"{name:<16}{cells}{r['n_tasks']:>8}{host}  {statuses}")
+        if r.get("excluded_tests"):
+            lines.append(f"{'':<16}excluded (see the benchmark loader): {', '.join(r['excluded_tests'])}")
     return "\n".join(lines)
 
 

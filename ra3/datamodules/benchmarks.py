@@ -184,12 +184,25 @@ def _mbpp_prompt(text: str, first_test: str) -> str:
     return f'"""\n{text.strip()}\n{first_test.strip()}\n"""\n'
 
 
+# Inputs (index into base_input + plus_input) left out of MBPP+, with why; reported in every result summary.
+MBPPPLUS_EXCLUDED_INPUTS = {
+    "Mbpp/255": {88: "combinations_colors of 5 colours choose 77: 1,663,740 tuples (~1 GB) that cannot come back "
+                     "from the sandbox in its time limit (EvalPlus compares in-process)"},
+}
+
+
 def load_mbppplus(source: str | None = None) -> list[Problem]:
     """MBPP+: call tests on ``base_input`` + ``plus_input`` with EvalPlus's oracles and ``atol``.
-    Sources: ``MbppPlus.jsonl`` or hub ``evalplus/mbppplus``. The completion is a whole program."""
+    Sources: ``MbppPlus.jsonl`` or hub ``evalplus/mbppplus``. The completion is a whole program.
+    ``MBPPPLUS_EXCLUDED_INPUTS`` are left out (``meta["excluded_inputs"]``)."""
     source = source or _default_source(["MbppPlus.jsonl"], "evalplus/mbppplus")
     rows = _read_rows(source, "test")
     problems = _plus_problems(rows, "mbpp", False, mbpp_deserialize_inputs)
+    for p in problems:
+        excluded = MBPPPLUS_EXCLUDED_INPUTS.get(p.task_id, {})
+        if excluded:
+            p.tests = [t for i, t in enumerate(p.tests) if i not in excluded]
+            p.meta["excluded_inputs"] = {i: why for i, why in excluded.items()}
     for p, r in zip(problems, rows):
         first = next((l for l in r.get("assertion", "").splitlines() if l.strip().startswith("assert")), "")
         p.prompt = _mbpp_prompt(r["prompt"].strip().strip("'\"").strip(), first)

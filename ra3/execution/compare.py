@@ -23,10 +23,24 @@ def _poly(xs: list, x: float) -> float:
     return sum(c * math.pow(x, i) for i, c in enumerate(xs))
 
 
+def _surface_area_oracle(base_edge, height):
+    """Mbpp/581: the pyramid's height read as the perpendicular height (EvalPlus accepts either reading)."""
+    slant = math.sqrt((base_edge / 2) ** 2 + height ** 2)
+    return round(base_edge ** 2 + 2 * base_edge * slant)
+
+
+def _digit_distance_oracle(a, b):
+    """Mbpp/558: the shorter number padded with leading zeros (EvalPlus accepts either reading)."""
+    x, y = str(a), str(b)
+    width = max(len(x), len(y))
+    return sum(abs(int(p) - int(q)) for p, q in zip(x.zfill(width), y.zfill(width)))
+
+
 def outputs_match(out: Any, expected: Any, atol: float = 0.0, mode: str = "exact", entry_point: str = "", args: Any = None) -> bool:
-    """EvalPlus's rule: exact equality, special oracles per task, and for float-shaped expected values
-    ``np.allclose``-style closeness with ``atol`` (1e-6 when the task gives 0). ``mode``: ``exact``,
-    ``mbpp`` (MBPP+ oracles), ``humaneval`` (HumanEval+ oracles)."""
+    """EvalPlus's rule (0.3.1): exact equality, special oracles per task (MBPP+: are_equivalent, sum_div,
+    surface_Area, digit_distance_nums, set-equality and not-None tasks; HumanEval+: find_zero), and for
+    float-shaped expected values, when the output has the expected's type (and length), ``np.allclose`` with
+    ``atol`` (1e-6 when the task gives 0). ``mode``: ``exact``, ``mbpp`` or ``humaneval``."""
     try:
         exact = bool(out == expected)
     except Exception:
@@ -36,6 +50,16 @@ def outputs_match(out: Any, expected: Any, atol: float = 0.0, mode: str = "exact
             return True
         if entry_point == "sum_div":
             exact = exact or out == 0
+        elif entry_point == "surface_Area":
+            try:
+                exact = exact or abs(out - _surface_area_oracle(*args)) <= atol
+            except Exception:
+                pass
+        elif entry_point == "digit_distance_nums":
+            try:
+                exact = exact or out == _digit_distance_oracle(*args)
+            except Exception:
+                pass
         elif entry_point in MBPP_OUTPUT_SET_EQ:
             try:
                 exact = set(out) == set(expected)
@@ -53,6 +77,10 @@ def outputs_match(out: Any, expected: Any, atol: float = 0.0, mode: str = "exact
     if not exact and atol != 0:
         import numpy as np
 
+        if type(out) is not type(expected):  # as EvalPlus: a str or list never passes for a float or tuple
+            return False
+        if isinstance(expected, (list, tuple)) and len(out) != len(expected):
+            return False
         try:
             return bool(np.allclose(np.asarray(out, dtype=float), np.asarray(expected, dtype=float), rtol=1e-07, atol=atol)) \
                 and np.shape(out) == np.shape(expected)

@@ -241,3 +241,19 @@ def test_sandbox_errors_are_retried(failures, retries, expected):
         results = pool.run_many([job("def f(): return 1", ["assert f() == 1"], job_id=f"j{i}") for i in range(3)])
     assert [r.status for r in results] == [expected] * 3
     assert all(n == min(failures, retries) + 1 for n in sandbox.calls.values())
+
+
+def test_huge_outputs_come_back_as_digests_and_compare_exactly(pool):
+    """Outputs over 1 MB of JSON travel as (sha256, length): the same big answer passes, another one fails
+    (Mbpp/255's tens of MB of combinations overflowed the 64 MB result channel before)."""
+    from ra3.execution.harness import _Digest
+
+    program = "def f(n, k):\n    return [(i, i * k) for i in range(n)]\n"
+    tests = [TestCase("call", args=[100_000, k], expected=None, has_expected=False) for k in range(3)]
+    truth = run_one(pool, Job(program, tests, entry_point="f", timeout=20.0))
+    assert truth.passed and all(isinstance(o, _Digest) for o in truth.outputs)
+    for t, out in zip(tests, truth.outputs):
+        t.expected, t.has_expected = out, True
+    same = run_one(pool, Job(program, tests, entry_point="f", timeout=20.0))
+    other = run_one(pool, Job(program.replace("i * k", "i * k + (i == 7)"), tests, entry_point="f", timeout=20.0))
+    assert same.passed and not other.passed
