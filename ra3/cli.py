@@ -98,6 +98,8 @@ def _evaluate(args: list[str]) -> None:
     p.add_argument("--limit", type=int, help="first N tasks of each benchmark only")
     p.add_argument("--workers", type=int, help="sandbox processes in parallel (default: CPU count)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (per problem: the same samples on every run)")
+    p.add_argument("--engine", default="ragged", choices=["ragged", "hf"],
+                   help="sampler: ragged (continuous batching, default) or hf (model.generate); the same completions")
     a = p.parse_args(args)
     if a.data_dir:
         os.environ["RA3_DATA_DIR"] = a.data_dir
@@ -110,7 +112,7 @@ def _evaluate(args: list[str]) -> None:
     results = evaluate(a.benchmarks, a.output_dir, model=a.model, samples=a.samples, sources=sources,
                        n_samples=a.n_samples, k=a.k, temperature=a.temperature, top_p=a.top_p,
                        max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, limit=a.limit, workers=a.workers,
-                       seed=a.seed)
+                       seed=a.seed, engine=a.engine)
     print(format_table(results))
     print(f"results: {Path(a.output_dir) / 'results.json'}")
 

@@ -170,10 +170,13 @@ def evaluate(
     cache_dir: str | None = None,
     progress: bool = True,
     seed: int = 0,
+    engine: str = "ragged",
 ) -> dict[str, dict]:
     """Evaluate a model (``model``: HF name or directory) or score existing ``samples`` on ``benchmarks``.
-    ``seed``: sampling seed (per problem, so a run is reproducible)."""
-    from ra3.rollout.generate import HFEngine, SamplingConfig
+    ``seed``: sampling seed (per problem, so a run is reproducible). ``engine``: ``ragged`` (continuous
+    batching) or ``hf`` (``model.generate``); both give the same completions."""
+    from ra3.rollout.generate import SamplingConfig
+    from ra3.rollout.sampler import make_engine
 
     if (model is None) == (samples is None):
         raise Ra3Error("give either --model (generate and score) or --samples (score existing samples)")
@@ -185,7 +188,7 @@ def evaluate(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     sources = sources or {}
-    engine = HFEngine(*load_policy(model)) if model is not None else None
+    sampler = make_engine(engine, *load_policy(model)) if model is not None else None
     results: dict[str, dict] = {}
     all_samples, all_rows = [], []
     with SandboxPool(workers=workers) as pool:
@@ -193,10 +196,10 @@ def evaluate(
             problems = load_benchmark(name, sources.get(name), pool=pool, cache_dir=cache_dir)
             if limit is not None:
                 problems = problems[:limit]
-            if engine is not None:
+            if sampler is not None:
                 sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                           batch_size=batch_size)
-                bench_samples = generate_samples(engine, problems, n_samples, sampling, seed)
+                bench_samples = generate_samples(sampler, problems, n_samples, sampling, seed)
             else:
                 bench_samples = read_samples(samples, problems)
             bar = _progress(len(bench_samples), f"running {name}") if progress else None
@@ -208,7 +211,7 @@ def evaluate(
             for s, r in zip(bench_samples, rows):
                 all_samples.append(s)
                 all_rows.append(r)
-    if engine is not None:
+    if sampler is not None:
         _write_jsonl(out / "samples.jsonl", all_samples)
     _write_jsonl(out / "eval_results.jsonl", [{k_: r[k_] for k_ in ("task_id", "status", "passed")} for r in all_rows])
     (out / "results.json").write_text(json.dumps(results, indent=2))

@@ -56,6 +56,8 @@ def test_scoring_existing_samples_in_input_order(tmp_path, shared_data):
     assert [r["status"] for r in rows][2:] == ["failed", "timeout"]
     result = json.loads((tmp_path / "out/results.json").read_text())["humaneval"]
     assert result["n_tasks"] == 3 and result["pass@1"] == pytest.approx((0.5 + 1 + 0) / 3)
+    assert result["host_judged"] == 1.0  # every assert of these three tasks is judged on the host
+    assert "host-judged" in out.stdout and "100.0%" in out.stdout
 
 
 def test_bad_samples_name_the_line(tmp_path, world_dir):

@@ -13,7 +13,8 @@ from ra3.datamodules.benchmarks import load_benchmark
 from ra3.evaluation import generate_samples, score_samples, task_counts
 from ra3.execution import SandboxPool
 from ra3.metrics import PassAtK
-from ra3.rollout.generate import HFEngine, SamplingConfig
+from ra3.rollout.generate import SamplingConfig
+from ra3.rollout.sampler import make_engine
 
 
 class PassAtKCallback(L.Callback):
@@ -34,16 +35,18 @@ class PassAtKCallback(L.Callback):
         batch_size: generation batch size.
         table_rows: samples per W&B table (0 = no table).
         workers: sandbox processes.
+        engine: sampler, ``ragged`` (continuous batching) or ``hf`` (``model.generate``); the same completions.
     """
 
     def __init__(self, benchmark: str = "skillworld", source: str | None = None, n_samples: int = 1,
                  k: list[int] | None = None, temperature: float = 0.0, max_new_tokens: int = 256,
                  limit: int | None = None, every_n_val: int = 1, batch_size: int = 32, table_rows: int = 20,
-                 workers: int | None = None):
+                 workers: int | None = None, engine: str = "ragged"):
         self.benchmark, self.source, self.n_samples = benchmark, source, n_samples
         self.ks = k or [1]
         self.sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
         self.limit, self.every_n_val, self.table_rows, self.workers = limit, every_n_val, table_rows, workers
+        self.engine = engine
         self._pool: SandboxPool | None = None
         self._problems = None
         self._calls = 0
@@ -70,7 +73,7 @@ class PassAtKCallback(L.Callback):
 
     @torch.no_grad()
     def run(self, trainer, pl_module) -> dict[str, float]:
-        engine = HFEngine(pl_module.model, pl_module.tokenizer)
+        engine = make_engine(self.engine, pl_module.model, pl_module.tokenizer)
         gather = pl_module.generation() if hasattr(pl_module, "generation") else contextlib.nullcontext()
         with gather:  # sharded: full weights once, so ranks generating different amounts never wait on each other
             samples = generate_samples(engine, self._problems, self.n_samples, self.sampling)

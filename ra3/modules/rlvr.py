@@ -29,7 +29,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from ra3.errors import Ra3Error
 from ra3.modules.policy import PolicyModule
 from ra3.rewards import FormatReward, UnitTestReward, WeightedSum
-from ra3.rollout.generate import HFEngine, SamplingConfig, encode_prompt, sample_seed
+from ra3.rollout.generate import SamplingConfig, encode_prompt, sample_seed
+from ra3.rollout.sampler import make_engine
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
 
@@ -108,8 +109,9 @@ class RLVRModule(PolicyModule):
         sandbox_workers: parallel sandbox processes (default: CPU count).
         table_every_n_steps: W&B table of prompts/completions/rewards this often (0 = never).
         reference_quantization: load the frozen reference (``beta > 0``) in bitsandbytes ``8bit`` or ``4bit``.
-        rollout_engine: ``hf`` (``model.generate``) or ``vllm`` (GPU, ``pip install 'ra3[vllm]'``; weights synced
-            into vLLM after every update; experimental, see ``ra3.rollout.vllm_engine``).
+        rollout_engine: ``ragged`` (continuous batching over a ragged KV cache, ``ra3.rollout.sampler``), ``hf``
+            (``model.generate`` on padded batches; the same completions, slower) or ``vllm`` (GPU,
+            ``pip install 'ra3[vllm]'``; weights synced into vLLM after every update; experimental, untested).
         vllm_kwargs: arguments of ``vllm.LLM`` (e.g. ``gpu_memory_utilization``).
     """
 
@@ -121,10 +123,10 @@ class RLVRModule(PolicyModule):
                  beta: float = 0.0, ppo_epochs: int = 1, mask_truncated: bool = False, partial_credit: bool = False,
                  format_weight: float = 0.0, generation_batch_size: int = 64, max_grad_norm: float = 1.0,
                  sandbox_workers: int | None = None, table_every_n_steps: int = 50,
-                 reference_quantization: str | None = None, rollout_engine: str = "hf",
+                 reference_quantization: str | None = None, rollout_engine: str = "ragged",
                  vllm_kwargs: dict[str, Any] | None = None, **kwargs):
-        if rollout_engine not in ("hf", "vllm"):
-            raise Ra3Error(f"rollout_engine must be 'hf' or 'vllm', got {rollout_engine!r}")
+        if rollout_engine not in ("ragged", "hf", "vllm"):
+            raise Ra3Error(f"rollout_engine must be 'ragged', 'hf' or 'vllm', got {rollout_engine!r}")
         if num_generations < 2:
             raise Ra3Error(f"num_generations must be >= 2 for group-relative advantages, got {num_generations}")
         if loss_type not in LOSS_TYPES:
@@ -164,9 +166,10 @@ class RLVRModule(PolicyModule):
             self._vllm = VLLMEngine(self.hparams.model, self.tokenizer, self.hparams.vllm_kwargs)
 
     def rollout_engine(self):
-        """The sampler for this step: ``HFEngine`` on the live policy, or vLLM with the latest weights synced."""
+        """The sampler for this step: ``RaggedEngine``/``HFEngine`` on the live policy, or vLLM with the latest
+        weights synced."""
         if self._vllm is None:
-            return HFEngine(self.model, self.tokenizer)
+            return make_engine(self.hparams.rollout_engine, self.model, self.tokenizer)
         if self._vllm_step != self.global_step:
             from ra3.modules.sharding import full_state_dict
 

@@ -95,10 +95,12 @@ class SeededSampling:
 
 
 class HFEngine:
-    """Sampling with ``model.generate`` (KV cache, left padding), ``n`` samples per prompt."""
+    """Sampling with ``model.generate`` (KV cache, left padding), ``n`` samples per prompt; a batch runs until its
+    longest row stops (``ra3.rollout.sampler.RaggedEngine`` retires rows early and gives the same completions).
+    ``cache_implementation``: passed to ``generate`` (e.g. ``static``)."""
 
-    def __init__(self, model, tokenizer):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, tokenizer, cache_implementation: str | None = None):
+        self.model, self.tokenizer, self.cache_implementation = model, tokenizer, cache_implementation
 
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int = 1, config: SamplingConfig | None = None,
@@ -127,6 +129,8 @@ class HFEngine:
                     attention[b, width - len(s):] = 1
                 kwargs = dict(max_new_tokens=config.max_new_tokens, pad_token_id=tok.pad_token_id,
                               eos_token_id=tok.eos_token_id, use_cache=True)
+                if self.cache_implementation:
+                    kwargs["cache_implementation"] = self.cache_implementation
                 if gens is not None:
                     from transformers import LogitsProcessorList
 
@@ -140,29 +144,31 @@ class HFEngine:
                     kwargs.update(stop_strings=config.stop, tokenizer=tok)
                 generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
                 for b, j in enumerate(chunk):
-                    results[j] = self._completion(generated[b, width:].tolist(), config.stop)
+                    results[j] = make_completion(tok, generated[b, width:].tolist(), config.stop)
         finally:
             model.train(was_training)
         for j, (i, _) in enumerate(flat):
             out[i].append(results[j])
         return out
 
-    def _completion(self, ids: list[int], stop: list[str]) -> Completion:
-        tok = self.tokenizer
-        finished = eos = False
-        if tok.eos_token_id in ids:
-            ids, finished, eos = ids[: ids.index(tok.eos_token_id)], True, True
-        while ids and ids[-1] == tok.pad_token_id:
-            ids.pop()
-        text = tok.decode(ids, skip_special_tokens=True)
-        text, stopped = cut_at_stop(text, stop)
-        if stopped:  # keep the shortest token prefix that decodes to the kept text (no re-tokenization)
-            lo, hi = 0, len(ids)
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if len(tok.decode(ids[:mid], skip_special_tokens=True)) >= len(text):
-                    hi = mid
-                else:
-                    lo = mid + 1
-            ids = ids[:lo]
-        return Completion(text, ids, finished or stopped, eos and not stopped)
+
+def make_completion(tok, ids: list[int], stop: list[str]) -> Completion:
+    """A ``Completion`` from generated token ids: cut at eos (dropped), trailing padding removed, text cut before
+    the first stop string with the shortest token prefix that decodes to the kept text (no re-tokenization)."""
+    finished = eos = False
+    if tok.eos_token_id in ids:
+        ids, finished, eos = ids[: ids.index(tok.eos_token_id)], True, True
+    while ids and ids[-1] == tok.pad_token_id:
+        ids.pop()
+    text = tok.decode(ids, skip_special_tokens=True)
+    text, stopped = cut_at_stop(text, stop)
+    if stopped:
+        lo, hi = 0, len(ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(tok.decode(ids[:mid], skip_special_tokens=True)) >= len(text):
+                hi = mid
+            else:
+                lo = mid + 1
+        ids = ids[:lo]
+    return Completion(text, ids, finished or stopped, eos and not stopped)

@@ -154,12 +154,12 @@ def test_ragged_cache_matches_a_full_forward_for_any_feed_pattern(policy):
     rows (padding rows), rows rewound to a probe inside their last chunk (speculation rolled back), and buffers
     grown past their first capacity: every returned log-prob equals a teacher-forced pass over the sequences
     kept."""
-    from ra3.rollout.latent import _RaggedCache
+    from ra3.rollout.ragged import RaggedCache
 
     model = policy.model.eval()
     gen = torch.Generator().manual_seed(0)
     V, n_rows = model.config.vocab_size, 6
-    cache = _RaggedCache(model, n_rows, pad_id=0, capacity=4)
+    cache = RaggedCache(model, n_rows, pad_id=0, capacity=4)
     prepare, paths = cache.kv.prepare, []
     cache.kv.prepare = lambda *a, all_rows: paths.append(all_rows) or prepare(*a, all_rows=all_rows)
     seqs, lps = [[] for _ in range(n_rows)], [[] for _ in range(n_rows)]
@@ -191,7 +191,7 @@ def test_ragged_cache_matches_a_full_forward_for_any_feed_pattern(policy):
 def test_buckets_minimise_padding_plus_overhead():
     from itertools import combinations
 
-    from ra3.rollout.latent import _buckets
+    from ra3.rollout.ragged import buckets
 
     def cost(lengths, groups, overhead):
         return sum(overhead + len(g) * lengths[g[-1]] for g in groups)
@@ -199,7 +199,7 @@ def test_buckets_minimise_padding_plus_overhead():
     gen = torch.Generator().manual_seed(0)
     for _ in range(20):
         lengths = sorted(torch.randint(1, 30, (7,), generator=gen).tolist())
-        groups = _buckets(lengths, overhead=16)
+        groups = buckets(lengths, overhead=16)
         assert [i for g in groups for i in g] == list(range(7))
         brute = min(cost(lengths, [range(a, b) for a, b in zip((0,) + cuts, cuts + (7,))], 16)
                     for k in range(7) for cuts in combinations(range(1, 7), k))
@@ -209,10 +209,10 @@ def test_buckets_minimise_padding_plus_overhead():
 def test_lines_fed_ahead_change_nothing_but_the_number_of_forwards(policy, programs, monkeypatch):
     """Speculative acting (``lookahead``): the same annotations, decisions and log-probs as one line per
     forward, with fewer forwards; lines after a "think" are rolled back (counted)."""
-    from ra3.rollout.latent import _RaggedCache
+    from ra3.rollout.ragged import RaggedCache
 
     calls = {"forward": 0, "rewind": 0}
-    forward, rewind = _RaggedCache._forward_rows, _RaggedCache.rewind
+    forward, rewind = RaggedCache._forward_rows, RaggedCache.rewind
 
     def count(name, fn):
         def wrapped(*args, **kwargs):
@@ -220,8 +220,8 @@ def test_lines_fed_ahead_change_nothing_but_the_number_of_forwards(policy, progr
             return fn(*args, **kwargs)
         return wrapped
 
-    monkeypatch.setattr(_RaggedCache, "_forward_rows", count("forward", forward))
-    monkeypatch.setattr(_RaggedCache, "rewind", count("rewind", rewind))
+    monkeypatch.setattr(RaggedCache, "_forward_rows", count("forward", forward))
+    monkeypatch.setattr(RaggedCache, "rewind", count("rewind", rewind))
     engine = LatentRolloutEngine(policy.model, policy.tokenizer)
     runs = {}
     for lookahead in (1, 8):

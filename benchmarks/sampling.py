@@ -1,0 +1,111 @@
+"""Sampling throughput: ``RaggedEngine`` (continuous batching) vs ``model.generate`` (``HFEngine``, dynamic and static
+KV cache), same model, prompts, seeds and slot/batch size, in one run.
+
+The model is a tiny Llama *pre-trained* on the skill world for ``--pretrain_steps`` (random weights rarely stop
+early, which hides what continuous batching buys); prompts are skill-world RL prompts, with the evaluation's stop
+strings. Prints the completion-length distribution, new tokens/s and completions/s of each sampler, the ratios,
+and whether the samplers produced the same completions.
+
+    python benchmarks/sampling.py [--pretrain_steps 300] [--prompts 64] [--n 4] [--max_new_tokens 128] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+
+TINY = dict(model_type="llama", hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=True)
+STOP = ["\ndef ", "\nclass ", "\nprint(", "\nassert"]  # the skill-world benchmark's stop strings
+
+
+def pretrained_base(root: Path, steps: int):
+    """A tiny Llama trained ``steps`` M-step steps on the skill world's pre-training split; (model, tokenizer, rl rows)."""
+    import lightning as L
+
+    from ra3.datamodules import CodeDataModule
+    from ra3.datamodules.skillworld import WorldConfig, build_world
+    from ra3.datamodules.tokenizer import train_bpe_tokenizer
+    from ra3.modules import MStepModule
+
+    paths = build_world(root / "world", WorldConfig(n_pretrain=4000, n_midtrain=10, n_rl=400, n_eval=10))
+    train_bpe_tokenizer([paths["pretrain"]], root / "tokenizer")
+    module = MStepModule(tokenizer=str(root / "tokenizer"), model_config=TINY, learning_rate=2e-3, warmup_steps=20)
+    if steps:
+        L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0).fit(
+            module, CodeDataModule(train_files=[str(paths["pretrain"])], max_length=512, batch_size=8))
+    return module.model.eval(), module.tokenizer, [json.loads(line) for line in open(paths["rl"])]
+
+
+def main() -> None:
+    from ra3.rollout.generate import HFEngine, SamplingConfig, sample_seed
+    from ra3.rollout.sampler import RaggedEngine
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pretrain_steps", type=int, default=300)
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--n", type=int, default=4, help="samples per prompt")
+    ap.add_argument("--max_new_tokens", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=32, help="slots of RaggedEngine = batch size of generate")
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as root:
+        model, tok, rows = pretrained_base(Path(root), args.pretrain_steps)
+    setup_s = time.perf_counter() - t0
+    prompts = [r["prompt"] for r in rows[: args.prompts]]
+    seeds = [sample_seed(p, 0) for p in prompts]
+    config = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, stop=STOP, batch_size=args.batch)
+    samplers = {
+        "RaggedEngine (continuous batching)": RaggedEngine(model, tok, slots=args.batch),
+        "generate, dynamic cache (HFEngine)": HFEngine(model, tok),
+        "generate, static cache": HFEngine(model, tok, cache_implementation="static"),
+    }
+    outputs, rates = {}, {name: [] for name in samplers}
+    for name, engine in samplers.items():  # warm-up
+        engine.generate(prompts[:4], 1, config, seeds=seeds[:4])
+    for _ in range(args.repeats):  # interleaved: drift in machine speed hits every sampler alike
+        for name, engine in samplers.items():
+            t = time.perf_counter()
+            out = engine.generate(prompts, args.n, config, seeds=seeds)
+            dt = time.perf_counter() - t
+            outputs[name] = out
+            n_tokens = sum(len(c.token_ids) + (1 if c.ended_by_eos else 0) for cs in out for c in cs)
+            rates[name].append((n_tokens / dt, len(prompts) * args.n / dt, dt))
+    ours = outputs["RaggedEngine (continuous batching)"]
+    lengths = sorted(len(c.token_ids) for cs in ours for c in cs)
+    capped = sum(not c.finished for cs in ours for c in cs)
+    print(f"model: tiny Llama ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M), pre-trained {args.pretrain_steps} steps "
+          f"(setup {setup_s:.0f} s); {len(prompts)} prompts x {args.n} samples, slots/batch {args.batch}, "
+          f"max_new_tokens {args.max_new_tokens}, temperature {args.temperature}, threads {args.threads}")
+    print(f"completion lengths (tokens): min {lengths[0]}, median {statistics.median(lengths):.0f}, mean "
+          f"{statistics.mean(lengths):.1f}, p90 {lengths[int(0.9 * (len(lengths) - 1))]}, max {lengths[-1]}; "
+          f"{capped} of {len(lengths)} hit the cap")
+    best = {name: max(r, key=lambda x: x[0]) for name, r in rates.items()}
+    base_dyn, base_static = best["generate, dynamic cache (HFEngine)"][0], best["generate, static cache"][0]
+    for name, (tps, cps, dt) in best.items():
+        print(f"{name:<38}: {tps:9.0f} new tokens/s  {cps:7.2f} completions/s  ({dt:.2f} s)  "
+              f"x{tps / base_dyn:.2f} vs dynamic, x{tps / base_static:.2f} vs static")
+    st = samplers["RaggedEngine (continuous batching)"].stats
+    print(f"RaggedEngine: {st['steps']} steps, {st['forwards']} forwards ({st['forwards'] / st['steps']:.2f} per step: "
+          f"prefills share a step's forwards with decoding rows or get their own, by the padding they would cost)")
+    same = sum(a.token_ids == b.token_ids for xs, ys in zip(ours, outputs["generate, dynamic cache (HFEngine)"]) for a, b in zip(xs, ys))
+    print(f"same completions as generate (dynamic cache): {same} of {len(lengths)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""``RaggedEngine``: continuous-batching sampling over a ragged KV cache (no Lightning).
+
+``model.generate`` on a padded batch runs until its longest row stops: with RLVR's and evaluation's length
+spread, most decoded tokens are padding work. Here a fixed number of slots stay busy: a row that ends (eos, a
+stop string, its token cap) leaves at once and the next pending (prompt, sample) is prefilled into its slot.
+Each step feeds every busy slot one chunk — a new row's whole prompt or a running row's last token — through
+``RaggedCache`` (rows of any length in one cache; chunks grouped into forwards by length, so a prefill shares a
+forward with decoding rows when the padding costs less than another forward), and the LM head runs on each
+row's last position only.
+
+Sampling matches ``HFEngine``: greedy is the argmax; with ``seeds`` every (prompt, sample) row draws from its own
+generator (Gumbel-max, the same ``SeededSampling`` noise as ``HFEngine``), so completions depend neither on the
+slot count nor on which rows share a step. Stop strings are checked on a decoded tail of the row's last tokens,
+not by re-decoding the whole row.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+
+from ra3.errors import Ra3Error
+from ra3.rollout.generate import (Completion, HFEngine, SamplingConfig, SeededSampling, encode_prompt, make_completion,
+                                  row_generators)
+from ra3.rollout.ragged import RaggedCache, ragged_attention
+
+ENGINES = ("ragged", "hf")
+
+
+def make_engine(name: str, model, tokenizer):
+    """The sampler named ``name``: ``ragged`` (``RaggedEngine``, the default) or ``hf`` (``HFEngine``)."""
+    if name == "ragged":
+        return RaggedEngine(model, tokenizer)
+    if name == "hf":
+        return HFEngine(model, tokenizer)
+    raise Ra3Error(f"engine must be one of {', '.join(ENGINES)}; got {name!r}")
+
+
+class RaggedEngine:
+    """``generate(prompts, n, config, seeds) -> list[list[Completion]]`` (the ``RolloutEngine`` protocol).
+
+    Args:
+        model: a transformers causal LM whose attention goes through the ``Cache`` API (Llama, Qwen2, Mistral, ...).
+        tokenizer: its tokenizer.
+        slots: rows decoded at once (default: ``config.batch_size``).
+    """
+
+    def __init__(self, model, tokenizer, slots: int | None = None):
+        self.model, self.tokenizer, self.slots = model, tokenizer, slots
+        self.stats: dict[str, int] = {}
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], n: int = 1, config: SamplingConfig | None = None,
+                 seeds: list[int] | None = None) -> list[list[Completion]]:
+        config = config or SamplingConfig()
+        tok, model = self.tokenizer, self.model
+        device = next(model.parameters()).device
+        items = [(i, encode_prompt(tok, p)) for i, p in enumerate(prompts) for _ in range(n)]
+        if not items:
+            return [[] for _ in prompts]
+        gens = row_generators(seeds, n, device) if seeds is not None and config.temperature > 0 else None
+        pending = deque(sorted(range(len(items)), key=lambda j: -len(items[j][1])))  # long prompts first
+        n_slots = max(1, min(self.slots or config.batch_size, len(items)))
+        capacity = max(len(ids) for _, ids in items) + config.max_new_tokens
+        tail = max((len(s) for s in config.stop), default=0) + 8  # tokens decoded to look for a stop string
+        owner: list[int | None] = [None] * n_slots
+        new: dict[int, list[int]] = {}
+        done: dict[int, Completion] = {}
+        self.stats = {"steps": 0, "decoded_tokens": 0, "prefill_tokens": 0}
+        with ragged_attention(model):
+            cache = RaggedCache(model, n_slots, tok.pad_token_id, capacity)
+            feed: dict[int, list[int]] = {}
+            while pending or feed:
+                for s in range(n_slots):  # refill free slots
+                    if owner[s] is None and pending:
+                        j = pending.popleft()
+                        owner[s], new[j] = j, []
+                        cache.reset(s)
+                        feed[s] = items[j][1]
+                        self.stats["prefill_tokens"] += len(items[j][1])
+                cache.feed(feed, token_logprobs=False)
+                self.stats["steps"] += 1
+                active = sorted(feed)
+                picks = self._sample(cache.last_logp[active], [owner[s] for s in active], gens, config)
+                feed = {}
+                for s, t in zip(active, picks):
+                    j = owner[s]
+                    ids = new[j]
+                    ids.append(t)
+                    self.stats["decoded_tokens"] += 1
+                    if (t == tok.eos_token_id or len(ids) >= config.max_new_tokens
+                            or (config.stop and any(x in tok.decode(ids[-tail:], skip_special_tokens=True) for x in config.stop))):
+                        done[j] = make_completion(tok, ids, config.stop)
+                        owner[s] = None
+                    else:
+                        feed[s] = [t]
+            self.stats["forwards"] = cache.n_forwards
+        out: list[list[Completion]] = [[] for _ in prompts]
+        for j, (i, _) in enumerate(items):
+            out[i].append(done[j])
+        return out
+
+    @staticmethod
+    def _sample(logp: torch.Tensor, rows: list[int], gens: list[torch.Generator] | None, config: SamplingConfig) -> list[int]:
+        """Next token of each row from its (V,) log-probs: argmax (temperature 0), Gumbel-max with the rows' own
+        generators (seeded, as ``HFEngine``), or multinomial from the global RNG."""
+        if config.temperature <= 0:
+            return logp.argmax(-1).tolist()
+        if gens is not None:
+            return SeededSampling([gens[j] for j in rows], config.temperature, config.top_p)(None, logp).argmax(-1).tolist()
+        scores = logp / config.temperature
+        if config.top_p < 1.0:
+            from transformers import TopPLogitsWarper
+
+            scores = TopPLogitsWarper(config.top_p)(None, scores)
+        return torch.multinomial(torch.softmax(scores, -1), 1)[:, 0].tolist()
