@@ -86,11 +86,8 @@ class RaggedCache:
     def _forward_rows(self, rows: list[int], chunks: list[list[int]], probes: list[list[int] | None]):
         self.n_forwards += 1
         m, width = len(rows), max(map(len, chunks))
-        ids = torch.full((m, width), self.pad_id, dtype=torch.long)
-        for i, c in enumerate(chunks):
-            ids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+        ids = torch.tensor([c + [self.pad_id] * (width - len(c)) for c in chunks], dtype=torch.long, device=self.device)
         n = torch.tensor([len(c) for c in chunks], device=self.device)
-        ids = ids.to(self.device)
         index = torch.tensor(rows, device=self.device)
         slots = self.lengths[index, None] + torch.arange(width, device=self.device)  # (m, W) = position ids
         kv_len = int(slots.max()) + 1
@@ -130,6 +127,8 @@ def buckets(lengths: list[int], overhead: int = 64) -> list[range]:
     """Split ascending chunk lengths into contiguous groups minimising padded slots (sum of group size x
     longest chunk) + ``overhead`` slots per forward (the fixed cost of a forward, measured ~64 token-slots on CPU)."""
     n = len(lengths)
+    if not n or lengths[0] == lengths[-1]:  # one length (every row decoding): one forward
+        return [range(n)] if n else []
     best, cut = [0] + [float("inf")] * n, [0] * (n + 1)
     for j in range(1, n + 1):
         for i in range(j):

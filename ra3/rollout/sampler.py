@@ -64,6 +64,9 @@ class RaggedEngine:
         n_slots = max(1, min(self.slots or config.batch_size, len(items)))
         capacity = max(len(ids) for _, ids in items) + config.max_new_tokens
         tail = max((len(s) for s in config.stop), default=0) + 8  # tokens decoded to look for a stop string
+        backend = getattr(tok, "backend_tokenizer", None)  # a fast tokenizer's own decode: ~4x less overhead
+        decode = (lambda ids: backend.decode(ids, skip_special_tokens=True)) if backend is not None else \
+            (lambda ids: tok.decode(ids, skip_special_tokens=True))
         owner: list[int | None] = [None] * n_slots
         new: dict[int, list[int]] = {}
         done: dict[int, Completion] = {}
@@ -90,7 +93,7 @@ class RaggedEngine:
                     ids.append(t)
                     self.stats["decoded_tokens"] += 1
                     if (t == tok.eos_token_id or len(ids) >= config.max_new_tokens
-                            or (config.stop and any(x in tok.decode(ids[-tail:], skip_special_tokens=True) for x in config.stop))):
+                            or (config.stop and any(x in decode(ids[-tail:]) for x in config.stop))):
                         done[j] = make_completion(tok, ids, config.stop)
                         owner[s] = None
                     else:
