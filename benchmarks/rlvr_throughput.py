@@ -111,7 +111,7 @@ def main() -> None:
         hf = run_ra3(rl, model, a, "hf")
     print(f"prompts/step={a.prompts} G={a.group} max_new_tokens={a.max_new_tokens} steps={a.steps} (warmup {a.warmup}) threads={a.threads}")
     print(f"TRL GRPOTrainer                     : {trl:6.3f} steps/s")
-    print(f"ra3 RLVRModule, RaggedEngine (default): {ours:6.3f} steps/s   x{ours / trl:.2f} vs TRL (target >= 1.5x)")
+    print(f"ra3 RLVRModule, RaggedEngine          : {ours:6.3f} steps/s   x{ours / trl:.2f} vs TRL (target >= 1.5x)")
     print(f"ra3 RLVRModule, HFEngine (generate)   : {hf:6.3f} steps/s   x{hf / trl:.2f} vs TRL")
 
 

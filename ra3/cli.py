@@ -98,8 +98,8 @@ def _evaluate(args: list[str]) -> None:
     p.add_argument("--limit", type=int, help="first N tasks of each benchmark only")
     p.add_argument("--workers", type=int, help="sandbox processes in parallel (default: CPU count)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (per problem: the same samples on every run)")
-    p.add_argument("--engine", default="ragged", choices=["ragged", "hf"],
-                   help="sampler: ragged (continuous batching, default) or hf (model.generate); the same completions")
+    p.add_argument("--engine", default="hf", choices=["hf", "ragged"],
+                   help="sampler: hf (model.generate) or ragged (continuous batching); the same completions")
     a = p.parse_args(args)
     if a.data_dir:
         os.environ["RA3_DATA_DIR"] = a.data_dir

@@ -170,11 +170,11 @@ def evaluate(
     cache_dir: str | None = None,
     progress: bool = True,
     seed: int = 0,
-    engine: str = "ragged",
+    engine: str = "hf",
 ) -> dict[str, dict]:
     """Evaluate a model (``model``: HF name or directory) or score existing ``samples`` on ``benchmarks``.
-    ``seed``: sampling seed (per problem, so a run is reproducible). ``engine``: ``ragged`` (continuous
-    batching) or ``hf`` (``model.generate``); both give the same completions."""
+    ``seed``: sampling seed (per problem, so a run is reproducible). ``engine``: ``hf`` (``model.generate``)
+    or ``ragged`` (continuous batching); both give the same completions."""
     from ra3.rollout.generate import SamplingConfig
     from ra3.rollout.sampler import make_engine
 

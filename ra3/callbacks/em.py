@@ -259,10 +259,10 @@ class EMCallback(L.Callback):
         from ra3.evaluation import generate_samples, load_policy, score_samples
         from ra3.execution import SandboxPool
         from ra3.rollout.generate import SamplingConfig
-        from ra3.rollout.sampler import RaggedEngine
+        from ra3.rollout.generate import HFEngine
 
         problems = load_benchmark("skillworld", self.eval_source)[: self.eval_limit]
-        samples = generate_samples(RaggedEngine(*load_policy(str(policy))), problems, 1, SamplingConfig(max_new_tokens=200))
+        samples = generate_samples(HFEngine(*load_policy(str(policy))), problems, 1, SamplingConfig(max_new_tokens=200))
         with SandboxPool() as pool:
             summary, _ = score_samples(problems, samples, pool, [1])
         return {"heldout_pass@1": summary.get("pass@1", 0.0)}

@@ -109,9 +109,10 @@ class RLVRModule(PolicyModule):
         sandbox_workers: parallel sandbox processes (default: CPU count).
         table_every_n_steps: W&B table of prompts/completions/rewards this often (0 = never).
         reference_quantization: load the frozen reference (``beta > 0``) in bitsandbytes ``8bit`` or ``4bit``.
-        rollout_engine: ``ragged`` (continuous batching over a ragged KV cache, ``ra3.rollout.sampler``), ``hf``
-            (``model.generate`` on padded batches; the same completions, slower) or ``vllm`` (GPU,
-            ``pip install 'ra3[vllm]'``; weights synced into vLLM after every update; experimental, untested).
+        rollout_engine: ``hf`` (``model.generate`` on padded batches), ``ragged`` (continuous batching over a
+            ragged KV cache, ``ra3.rollout.sampler``: the same completions; slower than ``hf`` on small CPU models,
+            see the README) or ``vllm`` (GPU, ``pip install 'ra3[vllm]'``; weights synced into vLLM after every
+            update; experimental, never run).
         vllm_kwargs: arguments of ``vllm.LLM`` (e.g. ``gpu_memory_utilization``).
     """
 
@@ -123,7 +124,7 @@ class RLVRModule(PolicyModule):
                  beta: float = 0.0, ppo_epochs: int = 1, mask_truncated: bool = False, partial_credit: bool = False,
                  format_weight: float = 0.0, generation_batch_size: int = 64, max_grad_norm: float = 1.0,
                  sandbox_workers: int | None = None, table_every_n_steps: int = 50,
-                 reference_quantization: str | None = None, rollout_engine: str = "ragged",
+                 reference_quantization: str | None = None, rollout_engine: str = "hf",
                  vllm_kwargs: dict[str, Any] | None = None, **kwargs):
         if rollout_engine not in ("ragged", "hf", "vllm"):
             raise Ra3Error(f"rollout_engine must be 'ragged', 'hf' or 'vllm', got {rollout_engine!r}")

@@ -29,7 +29,7 @@ ENGINES = ("ragged", "hf")
 
 
 def make_engine(name: str, model, tokenizer):
-    """The sampler named ``name``: ``ragged`` (``RaggedEngine``, the default) or ``hf`` (``HFEngine``)."""
+    """The sampler named ``name``: ``hf`` (``HFEngine``) or ``ragged`` (``RaggedEngine``)."""
     if name == "ragged":
         return RaggedEngine(model, tokenizer)
     if name == "hf":
