@@ -60,6 +60,20 @@ def test_scoring_existing_samples_in_input_order(tmp_path, shared_data):
     assert "host-judged" in out.stdout and "100.0%" in out.stdout
 
 
+def test_shipped_benchmark_data_scores_offline_without_a_data_dir(tmp_path, monkeypatch):
+    """HumanEval and MBPP(+) ship inside the package: no --data_dir, no $RA3_DATA_DIR, the hub unreachable."""
+    from ra3.datamodules.benchmarks import load_mbpp, load_mbppplus
+
+    monkeypatch.delenv("RA3_DATA_DIR", raising=False)
+    assert len(load_mbpp()) == 399 and len(load_mbppplus()) == 399
+    path = tmp_path / "samples.jsonl"
+    path.write_text(json.dumps({"task_id": "HumanEval/0", "completion": "    return True\n"}) + "\n")
+    out = ra3("evaluate", "--samples", str(path), "--benchmark", "humaneval", "--output_dir", str(tmp_path / "out"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((tmp_path / "out/results.json").read_text())["humaneval"]
+    assert result["n_tasks"] == 1 and result["pass@1"] == 0.0
+
+
 def test_bad_samples_name_the_line(tmp_path, world_dir):
     path = tmp_path / "s.jsonl"
     path.write_text(json.dumps({"task_id": "skillworld/eval/0", "completion": ""}) + "\n"

@@ -2,7 +2,8 @@
 LiveCodeBench-style problems and the skill world.
 
 Each loader takes a local file (``.jsonl``/``.jsonl.gz``/``.json``), a local ``datasets`` directory or
-a hub dataset name; with no source it looks in ``$RA3_DATA_DIR`` and then the hub. Call-style tests
+a hub dataset name; with no source it looks in ``$RA3_DATA_DIR``, then at the copies shipped in
+``ra3/benchmark_data`` (HumanEval, MBPP+: offline), then the hub. Call-style tests
 (MBPP+, HumanEval+) need expected outputs: :func:`attach_ground_truth` runs each canonical solution
 in the sandbox once (as EvalPlus does) and caches the outputs and reference times.
 """
@@ -86,10 +87,17 @@ def _read_rows(source: str, split: str) -> list[dict]:
 
 
 def _default_source(local_names: list[str], hub: str) -> str:
+    """``$RA3_DATA_DIR/<name>``, else the copy shipped in ``ra3/benchmark_data`` (HumanEval, MBPP+), else ``hub``."""
+    from importlib.resources import files
+
     for d in filter(None, [os.environ.get("RA3_DATA_DIR")]):
         for name in local_names:
             if (Path(d) / name).exists():
                 return str(Path(d) / name)
+    shipped = files("ra3") / "benchmark_data"
+    for name in local_names:
+        if (shipped / name).is_file():
+            return str(shipped / name)
     return hub
 
 
@@ -195,7 +203,7 @@ def load_mbppplus(source: str | None = None) -> list[Problem]:
     """MBPP+: call tests on ``base_input`` + ``plus_input`` with EvalPlus's oracles and ``atol``.
     Sources: ``MbppPlus.jsonl`` or hub ``evalplus/mbppplus``. The completion is a whole program.
     ``MBPPPLUS_EXCLUDED_INPUTS`` are left out (``meta["excluded_inputs"]``)."""
-    source = source or _default_source(["MbppPlus.jsonl"], "evalplus/mbppplus")
+    source = source or _default_source(["MbppPlus.jsonl", "MbppPlus.jsonl.gz"], "evalplus/mbppplus")
     rows = _read_rows(source, "test")
     problems = _plus_problems(rows, "mbpp", False, mbpp_deserialize_inputs)
     for p in problems:
@@ -213,7 +221,7 @@ def load_mbpp(source: str | None = None) -> list[Problem]:
     """MBPP with its original asserts, judged on the host where their form allows (see ``load_humaneval``).
     Sources: ``MbppPlus.jsonl`` (its ``assertion`` field, the EvalPlus subset) or hub ``mbpp`` (``text``,
     ``code``, ``test_list``, ``test_setup_code``)."""
-    source = source or _default_source(["MbppPlus.jsonl"], "mbpp")
+    source = source or _default_source(["MbppPlus.jsonl", "MbppPlus.jsonl.gz"], "mbpp")
     problems = []
     for r in _read_rows(source, "test"):
         if "assertion" in r:
