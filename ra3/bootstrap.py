@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ra3.datamodules.skillworld import write_jsonl
+from ra3.io import atomic_write_text, write_jsonl
 from ra3.metrics import boundary_scores, names_skill
 from ra3.rollout.latent import program_from_row
 
@@ -86,9 +86,7 @@ def bootstrap(module, rows: list[dict], out_dir: str | os.PathLike, mode: str = 
     annotated = [json.loads(line) for p in range(n_parts) for line in open(parts_dir / f"part_{p:05d}.jsonl")]
     stats = shard_stats(annotated)
     write_jsonl(final, annotated)
-    tmp = out / "stats.json.tmp"
-    tmp.write_text(json.dumps(stats, indent=1))
-    os.replace(tmp, out / "stats.json")
+    atomic_write_text(out / "stats.json", json.dumps(stats, indent=1))
     if world_size > 1:
         torch.distributed.barrier()
     return stats

@@ -21,6 +21,7 @@ from typing import Any, Iterable
 from ra3.datamodules.benchmarks import Problem, load_benchmark
 from ra3.errors import Ra3Error
 from ra3.execution import SandboxPool, Status
+from ra3.io import write_jsonl
 from ra3.metrics import pass_at_k
 
 log = logging.getLogger(__name__)
@@ -132,14 +133,6 @@ def generate_samples(engine, problems: list[Problem], n_samples: int, sampling, 
     return samples
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
-
-
 def format_table(results: dict[str, dict]) -> str:
     ks = sorted({key for r in results.values() for key in r if key.startswith("pass@")}, key=lambda s: int(s[5:]))
     lines = [f"{'benchmark':<16}" + "".join(f"{k:>10}" for k in ks) + f"{'tasks':>8}{'host-judged':>13}  statuses"]
@@ -212,8 +205,8 @@ def evaluate(
                 all_samples.append(s)
                 all_rows.append(r)
     if sampler is not None:
-        _write_jsonl(out / "samples.jsonl", all_samples)
-    _write_jsonl(out / "eval_results.jsonl", [{k_: r[k_] for k_ in ("task_id", "status", "passed")} for r in all_rows])
+        write_jsonl(out / "samples.jsonl", all_samples)
+    write_jsonl(out / "eval_results.jsonl", [{k_: r[k_] for k_ in ("task_id", "status", "passed")} for r in all_rows])
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
 

@@ -29,6 +29,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
+from ra3.io import atomic_write_text
+
 PHASES = ("estep", "bootstrap", "mstep")
 
 
@@ -128,9 +130,7 @@ class EMCallback(L.Callback):
         self.state.torch_rng = torch.get_rng_state().tolist()
         if _dist()[0] != 0:
             return
-        tmp = self.out / "em_state.json.tmp"
-        tmp.write_text(json.dumps(asdict(self.state), default=list))
-        os.replace(tmp, self.out / "em_state.json")
+        atomic_write_text(self.out / "em_state.json", json.dumps(asdict(self.state), default=list))
 
     def _load_state(self) -> bool:
         path = self.out / "em_state.json"

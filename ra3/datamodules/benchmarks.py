@@ -20,10 +20,11 @@ import pickle
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from ra3.errors import Ra3Error
 from ra3.execution.asserts import AssertSplit, called_function, split_asserts
+from ra3.io import atomic_write_text
 from ra3.execution.types import Job, TestCase, evalplus_timeouts
 
 BENCHMARKS = ("humaneval", "humanevalplus", "mbpp", "mbppplus", "livecodebench", "skillworld")
@@ -340,10 +341,7 @@ def attach_ground_truth(problems: list[Problem], pool=None, cache_dir: str | Non
         stored = {p.task_id: {"outputs": [encode(o) for o in r.outputs], "times": r.test_times,
                               "ok": all(s is not None and s.value == "passed" for s in r.test_statuses)}
                   for p, r in zip(problems, results)}
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(stored))
-        os.replace(tmp, cache)
+        atomic_write_text(cache, json.dumps(stored))
     from ra3.execution.compare import MBPP_OUTPUT_NOT_NONE
 
     broken = []

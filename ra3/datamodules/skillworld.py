@@ -40,6 +40,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
+from ra3.io import write_jsonl
+
 INDENT = "    "
 Style = Literal["steps", "macro", "mixed", "shuffled"]
 ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth"]
@@ -374,17 +376,6 @@ def with_comments(row: dict, comment_style: str = "full") -> dict:
     task = Task(row["task_id"], row["style"], [Step(s["name"], tuple(s["params"])) for s in row["skills"]], docstring,
                 row.get("macros", []))
     return task_row(task, None, comments=True, comment_style=comment_style) | {k: row[k] for k in ("tests", "test_cases") if k in row}
-
-
-def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Atomic write: a temp file in the same folder, renamed over ``path`` once complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
 
 
 def build_world(out_dir: str | os.PathLike, config: WorldConfig | None = None) -> dict[str, Path]:
