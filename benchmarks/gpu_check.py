@@ -54,6 +54,12 @@ PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16, SXM 
 RESULTS: dict = {}
 
 
+def _error(e: BaseException) -> str:
+    """``Type: first line of the message``."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def section(name: str, out: Path):
     """Decorator: run the function, record its result (or error) under ``name`` with its wall-clock, save the JSON."""
     def wrap(fn):
@@ -61,7 +67,7 @@ def section(name: str, out: Path):
         try:
             RESULTS[name] = {"ok": True, **fn()}
         except Exception as e:  # a failed check is a result too
-            RESULTS[name] = {"ok": False, "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+            RESULTS[name] = {"ok": False, "error": _error(e),
                              "traceback": traceback.format_exc()[-3000:]}
         RESULTS[name]["seconds"] = round(time.perf_counter() - t0, 1)
         out.write_text(json.dumps(RESULTS, indent=1))
@@ -207,7 +213,7 @@ def mstep_throughput(module, assets: dict, device: str, seq: int, batch: int, wa
                 row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             rows[name] = row
         except Exception as e:
-            rows[name] = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+            rows[name] = {"error": _error(e),
                           "traceback": traceback.format_exc()[-1500:]}
         finally:
             module._trainer = None

@@ -258,8 +258,7 @@ class EMCallback(L.Callback):
         from ra3.datamodules.benchmarks import load_benchmark
         from ra3.evaluation import generate_samples, load_policy, score_samples
         from ra3.execution import SandboxPool
-        from ra3.rollout.generate import SamplingConfig
-        from ra3.rollout.generate import HFEngine
+        from ra3.rollout.generate import HFEngine, SamplingConfig
 
         problems = load_benchmark("skillworld", self.eval_source)[: self.eval_limit]
         samples = generate_samples(HFEngine(*load_policy(str(policy))), problems, 1, SamplingConfig(max_new_tokens=200))

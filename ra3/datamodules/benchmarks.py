@@ -24,8 +24,8 @@ from typing import Any, Callable
 
 from ra3.errors import Ra3Error
 from ra3.execution.asserts import AssertSplit, called_function, split_asserts
-from ra3.io import atomic_write_text
 from ra3.execution.types import Job, TestCase, evalplus_timeouts
+from ra3.io import atomic_write_text
 
 BENCHMARKS = ("humaneval", "humanevalplus", "mbpp", "mbppplus", "livecodebench", "skillworld")
 

@@ -35,7 +35,7 @@ class RaggedCache:
     """
 
     def __init__(self, model, n_rows: int, pad_id: int, capacity: int):
-        self.model, self.pad_id, self.token_logprobs = model, pad_id, True
+        self.model, self.pad_id = model, pad_id
         self.n_forwards = 0
         self.device = next(model.parameters()).device
         self.lengths = torch.zeros(n_rows, dtype=torch.long, device=self.device)
@@ -52,13 +52,13 @@ class RaggedCache:
         Rows are grouped into forwards by chunk length (``buckets``), so one long line does not pad every
         decoding row. ``token_logprobs=False`` (a sampler): the LM head runs on each row's last fed position
         only, ``last_logp`` is all that is updated, and the per-token lists come back empty."""
-        self.token_logprobs = token_logprobs
         probes = probes or {}
         order = sorted(chunks, key=lambda r: len(chunks[r]))
         out: dict[int, tuple[list[float], torch.Tensor | None]] = {}
         for group in buckets([len(chunks[r]) for r in order]):
             rows = [order[i] for i in group]
-            out.update(zip(rows, self._forward(rows, [chunks[r] for r in rows], [probes.get(r) for r in rows])))
+            out.update(zip(rows, self._forward(rows, [chunks[r] for r in rows], [probes.get(r) for r in rows],
+                                               token_logprobs)))
         return out
 
     def reset(self, row: int) -> None:
@@ -72,18 +72,20 @@ class RaggedCache:
         self.last_logp[row] = last_logp
 
     @torch.no_grad()
-    def _forward(self, rows: list[int], chunks: list[list[int]], probes: list[list[int] | None]):
+    def _forward(self, rows: list[int], chunks: list[list[int]], probes: list[list[int] | None], token_logprobs: bool):
         n_rows = self.lengths.shape[0]
         if 2 * len(rows) >= n_rows:
             # a forward over every row beats gathering most of the cache; the other rows feed padding
             # (their garbage K/V lands past their length, never visible, overwritten by their next chunk)
             given = {r: (c, p) for r, c, p in zip(rows, chunks, probes)}
             everyone = [given.get(r, ([], None)) for r in range(n_rows)]
-            out = self._forward_rows(list(range(n_rows)), [c for c, _ in everyone], [p for _, p in everyone])
+            out = self._forward_rows(list(range(n_rows)), [c for c, _ in everyone], [p for _, p in everyone],
+                                     token_logprobs)
             return [out[r] for r in rows]
-        return self._forward_rows(rows, chunks, probes)
+        return self._forward_rows(rows, chunks, probes, token_logprobs)
 
-    def _forward_rows(self, rows: list[int], chunks: list[list[int]], probes: list[list[int] | None]):
+    def _forward_rows(self, rows: list[int], chunks: list[list[int]], probes: list[list[int] | None],
+                      token_logprobs: bool):
         self.n_forwards += 1
         m, width = len(rows), max(map(len, chunks))
         ids = torch.tensor([c + [self.pad_id] * (width - len(c)) for c in chunks], dtype=torch.long, device=self.device)
@@ -99,7 +101,7 @@ class RaggedCache:
                 ~mask, torch.finfo(self.mask_dtype).min)
         fed = n > 0
         keep = {}
-        if not self.token_logprobs:  # the LM head on each row's last fed token only: (m', V) logits
+        if not token_logprobs:  # the LM head on each row's last fed token only: (m', V) logits
             last = torch.zeros((m, width), dtype=torch.bool, device=self.device)
             last[fed.nonzero()[:, 0], n[fed] - 1] = True
             keep = {"logits_to_keep": last}
@@ -110,7 +112,7 @@ class RaggedCache:
                                "Cache API; ragged rollouts need a model that does (Llama, Qwen2, Mistral, GPT-2, ...)")
         if self.last_logp is None:
             self.last_logp = torch.zeros(self.lengths.shape[0], logits.shape[-1], dtype=torch.float32, device=self.device)
-        if not self.token_logprobs:
+        if not token_logprobs:
             self.last_logp[index[fed]] = torch.log_softmax(logits.reshape(-1, logits.shape[-1]).float(), -1)
             self.lengths[index] += n
             return [([], None)] * m
