@@ -203,13 +203,40 @@ def _quickstart(args: list[str]) -> None:
     print(f"ra3 quickstart: report {Path(a.out) / 'report.md'}, results {Path(a.out) / 'results.json'}")
 
 
+def _study(args: list[str]) -> None:
+    import argparse
+
+    from ra3.study import PRESETS, Study
+
+    p = argparse.ArgumentParser(prog="ra3 study", description="Does RA3 beat NTP? NTP, oracle and RA3 mid-training, then "
+                                "RLVR from each, over several pre-training seeds (bases), with paired 95 %% confidence "
+                                "intervals; report, results and plots in --out. Re-running resumes.")
+    p.add_argument("--out", default="artifacts/study")
+    p.add_argument("--preset", default="default", choices=list(PRESETS))
+    p.add_argument("--bases", type=int, help="number of pre-training seeds (default: the preset's)")
+    p.add_argument("--first_seed", type=int, default=0, help="bases are seeds first_seed, first_seed + 1, ...")
+    p.add_argument("--jobs", type=int, help="stages run in parallel, one thread each (default: the preset's)")
+    p.add_argument("--world", nargs="*", default=[], metavar="KEY=VALUE", help="WorldConfig overrides, e.g. surfaces=1")
+    a = p.parse_args(args)
+    world = {}
+    for item in a.world:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise Ra3Error(f"--world takes KEY=VALUE pairs, got {item!r}")
+        world[key] = __import__("yaml").safe_load(value)
+    Study(a.out, a.preset, a.bases, a.jobs, a.first_seed, world).run()
+    print(open(Path(a.out) / "report.md").read())
+    print(f"ra3 study: report {Path(a.out) / 'report.md'}, results {Path(a.out) / 'results.json'}")
+
+
 def _consolidate(args: list[str]) -> None:
     from ra3.consolidate import main
 
     main(args)
 
 
-COMMANDS = {"world": _world, "evaluate": _evaluate, "em": _em, "quickstart": _quickstart, "consolidate": _consolidate}
+COMMANDS = {"world": _world, "evaluate": _evaluate, "em": _em, "quickstart": _quickstart, "study": _study,
+            "consolidate": _consolidate}
 
 
 def main(argv: list[str] | None = None) -> None:

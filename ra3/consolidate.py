@@ -37,6 +37,8 @@ def policy_from_checkpoint(path: str | Path):
     hp = ckpt.get("hyper_parameters")
     if not hp or "state_dict" not in ckpt:
         raise Ra3Error(f"'{path}' is not a checkpoint of a ra3 PolicyModule (no hyper_parameters/state_dict)")
+    if hp.get("model") is None and hp.get("model_config") is None and hp.get("init_from"):
+        hp = {**hp, "model": hp["init_from"]}  # an RLVRModule names its start model init_from
     allowed = set(inspect.signature(PolicyModule.__init__).parameters) - {"self"}
     module = PolicyModule(**{k: v for k, v in hp.items() if k in allowed and k != "export_dir"})
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}

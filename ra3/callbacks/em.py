@@ -79,6 +79,9 @@ class EMCallback(L.Callback):
         bootstrap_part_size: programs per atomically written part (the unit of bootstrap resume).
         mstep_init: start each M-step from the round's ``estep`` policy, or from the ``previous`` round's M-step
             policy (the base model in round 0): then the E-step's updates shape only the annotations.
+        mstep_schedule: ``continue``: the rounds' M-steps are one learning-rate schedule ``rounds × mstep_steps``
+            long (warm-up once; round k starts where round k-1 ended); ``restart``: each round warms up to the
+            peak again (the behaviour before; it re-warms an already-fitted model).
         checkpoint_every_n_steps: Lightning checkpoint interval inside a phase (for resume).
         eval_source: a skill-world split (e.g. ``eval.jsonl``) scored with greedy pass@1 after each round.
         eval_limit: score the first N problems only.
@@ -86,7 +89,8 @@ class EMCallback(L.Callback):
 
     def __init__(self, rounds: int = 2, estep_steps: int = 50, mstep_steps: int = 100, bootstrap_mode: str = "best",
                  bootstrap_group_size: int | None = None, bootstrap_limit: int | None = None,
-                 bootstrap_batch_size: int = 16, bootstrap_part_size: int = 64, mstep_init: str = "estep", checkpoint_every_n_steps: int = 10,
+                 bootstrap_batch_size: int = 16, bootstrap_part_size: int = 64, mstep_init: str = "estep", mstep_schedule: str = "continue",
+                 checkpoint_every_n_steps: int = 10,
                  eval_source: str | None = None, eval_limit: int | None = None):
         from ra3.errors import Ra3Error
 
@@ -96,6 +100,9 @@ class EMCallback(L.Callback):
             raise Ra3Error(f"em.bootstrap_mode must be 'best' or 'sample', got {bootstrap_mode!r}")
         if mstep_init not in ("estep", "previous"):
             raise Ra3Error(f"em.mstep_init must be 'estep' or 'previous', got {mstep_init!r}")
+        if mstep_schedule not in ("continue", "restart"):
+            raise Ra3Error(f"em.mstep_schedule must be 'continue' or 'restart', got {mstep_schedule!r}")
+        self.mstep_schedule = mstep_schedule
         self.rounds, self.estep_steps, self.mstep_steps = rounds, estep_steps, mstep_steps
         self.bootstrap_mode, self.bootstrap_group_size = bootstrap_mode, bootstrap_group_size
         self.bootstrap_limit, self.bootstrap_batch_size = bootstrap_limit, bootstrap_batch_size
@@ -209,6 +216,9 @@ class EMCallback(L.Callback):
                 previous = base_model if k == 0 else str(self.out / f"round_{k - 1}" / "mstep_policy")
                 init = self.state.policy if self.mstep_init == "estep" else previous
                 module = make_mstep(init)
+                if self.mstep_schedule == "continue":
+                    module.hparams.schedule_offset = k * self.mstep_steps
+                    module.hparams.schedule_steps = self.rounds * self.mstep_steps
                 trainer = self._fit(module, datamodule, rdir / "mstep", self.mstep_steps, trainer_kwargs, logger, manual=False)
                 policy = self._export(module, rdir / "mstep_policy")
                 summary = self.state.summaries[-1]

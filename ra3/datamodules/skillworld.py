@@ -44,6 +44,7 @@ from ra3.io import write_jsonl
 
 INDENT = "    "
 Style = Literal["steps", "macro", "mixed", "shuffled"]
+MAX_REDRAWS = 200
 ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth"]
 
 
@@ -114,6 +115,33 @@ SKILLS: dict[str, Skill] = {
     ]
 }
 
+# Other surface forms of each skill (``WorldConfig.surfaces`` > 1): same behaviour, other code. Index 0 is the
+# skill's own ``block``; a program draws one surface per block, so the code action space grows while the plan
+# space (skills, routines) stays the same.
+SURFACES: dict[str, list[Callable[..., list[str]]]] = {
+    "keep_greater": [lambda k: [f"xs = [x for x in xs if x > {k}]"],
+                     lambda k: [f"xs = list(filter(lambda x: x > {k}, xs))"]],
+    "square": [lambda: ["xs = [x * x for x in xs]"], lambda: ["xs = list(map(lambda x: x * x, xs))"]],
+    "running_total": [lambda: ["acc = []", "for x in xs:", "    acc.append(x + (acc[-1] if acc else 0))", "xs = acc"],
+                      lambda: ["xs = [sum(xs[:i + 1]) for i in range(len(xs))]"]],
+    "dedupe": [lambda: ["out = []", "for x in xs:", "    if x not in out: out.append(x)", "xs = out"],
+               lambda: ["xs = list(dict.fromkeys(xs))"]],
+    "reverse": [lambda: ["xs = xs[::-1]"], lambda: ["xs = list(reversed(xs))"]],
+    "sort": [lambda: ["xs = sorted(xs)"], lambda: ["ys = list(xs)", "ys.sort()", "xs = ys"]],
+    "take_first": [lambda k: [f"xs = xs[:{k}]"], lambda k: [f"xs = [x for i, x in enumerate(xs) if i < {k}]"]],
+    "differences": [lambda: ["xs = [b - a for a, b in zip(xs, xs[1:])]"],
+                    lambda: ["xs = [xs[i] - xs[i - 1] for i in range(1, len(xs))]"]],
+    "clip": [lambda lo, hi: [f"xs = [min(max(x, {lo}), {hi}) for x in xs]"],
+             lambda lo, hi: [f"xs = [{lo} if x < {lo} else {hi} if x > {hi} else x for x in xs]"]],
+    "zero_negatives": [lambda: ["xs = [max(x, 0) for x in xs]"], lambda: ["xs = [x if x >= 0 else 0 for x in xs]"]],
+    "multiply": [lambda k: ["for i in range(len(xs)):", f"    xs[i] = xs[i] * {k}"],
+                 lambda k: [f"xs = list(map(lambda x: x * {k}, xs))"]],
+    "drop_every_second": [lambda: ["xs = xs[::2]"], lambda: ["xs = [x for i, x in enumerate(xs) if i % 2 == 0]"]],
+    "add": [lambda k: [f"xs = [x + {k} for x in xs]"], lambda k: [f"xs = list(map(lambda x: x + {k}, xs))"]],
+    "remove_value": [lambda k: [f"xs = [x for x in xs if x != {k}]"], lambda k: [f"xs = list(filter(lambda x: x != {k}, xs))"]],
+}
+
+
 # Routines of the ``macro`` style: fixed skill chains (with fixed parameters) named by one verb.
 MACROS: dict[str, tuple[str, list[tuple[str, tuple[int, ...]]]]] = {
     "tidy": ("tidy", [("zero_negatives", ()), ("dedupe", ()), ("sort", ())]),
@@ -138,6 +166,7 @@ ABSTRACT = {"keep_greater": "keep the values above a bound", "take_first": "keep
 class Step:
     skill: str
     params: tuple[int, ...]
+    surface: int = 0  # 0: the skill's own block; i > 0: SURFACES[skill][i - 1]
 
     def description(self) -> str:
         return SKILLS[self.skill].describe(*self.params)
@@ -146,7 +175,8 @@ class Step:
         return ABSTRACT.get(self.skill, self.description()) if style == "abstract" else self.description()
 
     def lines(self) -> list[str]:
-        return SKILLS[self.skill].block(*self.params)
+        block = SKILLS[self.skill].block if self.surface == 0 else SURFACES[self.skill][self.surface - 1]
+        return block(*self.params)
 
 
 def _ordinal_comment(task: "Task", i: int, text: str) -> str:
@@ -200,6 +230,16 @@ class Task:
                 i += 1
         return out
 
+    def units(self) -> list[str]:
+        """The plan, one entry per docstring clause: a routine's name, or a plain step's skill."""
+        if not self.macros:
+            return [s.skill for s in self.steps]
+        out, i = [], 0
+        for name in self.macros:
+            out.append(name or self.steps[i].skill)
+            i += len(MACROS[name][1]) if name else 1
+        return out
+
     def prompt(self) -> str:
         """The function header and docstring, ending *before* the newline (see ``segments``)."""
         return f'def solve(xs):\n{INDENT}"""{self.docstring}"""'
@@ -213,6 +253,12 @@ class Task:
 
 def bigrams(steps: list[Step]) -> set[tuple[str, str]]:
     return {(a.skill, b.skill) for a, b in zip(steps, steps[1:])}
+
+
+def plan_bigrams(task: Task) -> set[tuple[str, str]]:
+    """Adjacent pairs of plan units (routines / plain steps): the compositions of the ``composition`` split."""
+    units = task.units()
+    return set(zip(units, units[1:]))
 
 
 def _join_clauses(clauses: list[str]) -> str:
@@ -240,6 +286,15 @@ class WorldConfig:
         heldout_fraction: fraction of skill bigrams reserved for evaluation (``0``: none; evaluation tasks then
             differ from training tasks only by what their chain lengths make them).
         n_tests: unit tests per RL / evaluation task.
+        surfaces: surface forms per skill a block is drawn from (1: one fixed block per skill; up to 3): the code
+            action space grows, the plan space does not.
+        split: ``bigram``: evaluation tasks hold held-out *skill* bigrams and run one skill longer (the original
+            split); ``composition``: held-out *plan* bigrams (routine/plain-step pairs) in two disjoint sets, A and
+            B, none in pre-/mid-training; every task has >= 2 clauses; the RL split and ``eval_a`` are instances of A, ``eval_b`` of B, ``val``
+            new instances of either (for choosing hyperparameters); every split draws its number of docstring
+            clauses from the mid-training distribution, so evaluation measures composition, not length.
+        composition_a / composition_b: fractions of the candidate plan bigrams in A and in B (``composition``).
+        n_val: programs in the validation split (``composition``).
     """
 
     seed: int = 0
@@ -256,6 +311,11 @@ class WorldConfig:
     eval_max_chain: int | None = None
     heldout_fraction: float = 0.15
     n_tests: int = 5
+    surfaces: int = 1
+    split: Literal["bigram", "composition"] = "bigram"
+    composition_a: float = 0.1
+    composition_b: float = 0.1
+    n_val: int = 200
 
 
 class SkillWorld:
@@ -275,6 +335,24 @@ class SkillWorld:
         in_macro = {(a[0], b[0]) for _, chain in MACROS.values() for a, b in zip(chain, chain[1:])}
         candidates = sorted((a, b) for a in SKILLS for b in SKILLS if a != b and (a, b) not in in_macro)
         self.heldout: set[tuple[str, str]] = set(rng.sample(candidates, int(len(candidates) * config.heldout_fraction)))
+        if not 1 <= config.surfaces <= 3:
+            raise ValueError(f"surfaces must be 1, 2 or 3, got {config.surfaces}")
+        self.plan_a: set[tuple[str, str]] = set()
+        self.plan_b: set[tuple[str, str]] = set()
+        if config.split == "composition":
+            self.heldout = set()
+            rng = random.Random(f"composition-{config.seed}")
+            plan = sorted(SKILLS) if config.style in ("steps", "shuffled") else sorted(MACROS)
+            units = plan if config.style in ("steps", "shuffled") else plan + sorted(SKILLS)
+            pairs = sorted((a, b) for a in units for b in units if a != b and (a in plan or b in plan))
+            n_a, n_b = int(len(pairs) * config.composition_a), int(len(pairs) * config.composition_b)
+            if n_a < 1 or n_b < 1 or n_a + n_b > len(pairs) // 2:
+                raise ValueError(f"composition_a/composition_b must each hold >= 1 of {len(pairs)} plan bigrams and "
+                                 f"together at most half, got {n_a} and {n_b}")
+            chosen = rng.sample(pairs, n_a + n_b)
+            self.plan_a, self.plan_b = set(chosen[:n_a]), set(chosen[n_a:])
+        elif config.split != "bigram":
+            raise ValueError(f"split must be 'bigram' or 'composition', got {config.split!r}")
 
     def _steps_task(self, rng: random.Random, length: int) -> Task:
         names = [rng.choice(list(SKILLS))]
@@ -312,19 +390,44 @@ class SkillWorld:
             clauses.append(f"{verb} the list")
         return Task("", "macro", steps, _join_clauses(clauses), macros)
 
-    def sample(self, rng: random.Random, heldout: bool) -> Task:
+    def _draw(self, rng: random.Random, lo: int, hi: int) -> Task:
         cfg = self.config
-        lo, hi = self.eval_chain if heldout else (cfg.min_chain, cfg.max_chain)
         while True:
             style = cfg.style if cfg.style != "mixed" else rng.choice(["steps", "macro"])
-            length = rng.randint(lo, hi)
             make = {"steps": self._steps_task, "macro": self._macro_task, "shuffled": self._shuffled_task}[style]
-            task = make(rng, length)
-            if not lo <= len(task.steps) <= hi:
-                continue
-            has_heldout = bool(bigrams(task.steps) & self.heldout)
-            if has_heldout == (heldout and bool(self.heldout)):
+            task = make(rng, rng.randint(lo, hi))
+            if lo <= len(task.steps) <= hi and (cfg.split == "bigram" or len(task.units()) >= 2):
+                if cfg.surfaces > 1:
+                    for step in task.steps:
+                        step.surface = rng.randrange(min(cfg.surfaces, 1 + len(SURFACES[step.skill])))
                 return task
+
+    def kind(self, task: Task) -> str:
+        """``train``, or which held-out set (``A``, ``B``, ``AB`` = both) a ``composition`` task belongs to."""
+        pairs = plan_bigrams(task)
+        return "".join(name for name, held in (("A", self.plan_a), ("B", self.plan_b)) if pairs & held) or "train"
+
+    def sample(self, rng: random.Random, heldout: bool | str, exclude: set[str] | frozenset[str] = frozenset()) -> Task:
+        """A task of the training distribution (``heldout=False``), a held-out one (``True``: the ``bigram``
+        split's evaluation task), or of held-out set ``"A"`` / ``"B"`` (``composition``; as many clauses as a
+        training task drawn first). A program text in ``exclude`` is redrawn, up to ``MAX_REDRAWS`` times (a world
+        with few distinct programs of some shape repeats them rather than skewing the shape distribution)."""
+        cfg = self.config
+        if cfg.split == "composition":
+            want = heldout if isinstance(heldout, str) else ("train" if not heldout else rng.choice("AB"))
+            clauses = len(self._draw(rng, cfg.min_chain, cfg.max_chain).units())
+            accept = lambda t: len(t.units()) == clauses and self.kind(t) == want  # noqa: E731
+            lo, hi = cfg.min_chain, cfg.max_chain
+        else:
+            lo, hi = self.eval_chain if heldout else (cfg.min_chain, cfg.max_chain)
+            accept = lambda t: bool(bigrams(t.steps) & self.heldout) == (bool(heldout) and bool(self.heldout))  # noqa: E731
+        redraws = 0
+        while True:
+            task = self._draw(rng, lo, hi)
+            if accept(task):
+                if task.program()[0] not in exclude or redraws >= MAX_REDRAWS:
+                    return task
+                redraws += 1
 
     def tests(self, task: Task, rng: random.Random) -> list[dict]:
         """``n_tests`` input/expected pairs (lists of 3–8 ints in [-9, 9]) from the reference executor."""
@@ -345,7 +448,9 @@ def task_row(task: Task, tests: list[dict] | None = None, comments: bool = False
         "prompt": prompt,
         "completion": text[len(prompt):],
         "style": task.style,
-        "skills": [{"name": s.skill, "params": list(s.params), "description": s.description()} for s in task.steps],
+        "skills": [{"name": s.skill, "params": list(s.params), "description": s.description(), "surface": s.surface}
+                   for s in task.steps],
+        "units": task.units(),
         "macros": task.macros,
         "boundaries": boundaries,
         "intents": [text for _, text in sorted(task.intents(comment_style).items())],
@@ -357,12 +462,23 @@ def task_row(task: Task, tests: list[dict] | None = None, comments: bool = False
     return row
 
 
-def generate_split(world: SkillWorld, split: str, n: int, comment_fraction: float = 0.0, with_tests: bool = False) -> list[dict]:
-    """``n`` rows of ``split`` (``pretrain``, ``midtrain``, ``rl`` or ``eval``); deterministic per (seed, split)."""
+SPLIT_KINDS = {"pretrain": False, "midtrain": False, "rl": "A", "eval": True, "eval_a": "A", "eval_b": "B", "val": True}
+
+
+def generate_split(world: SkillWorld, split: str, n: int, comment_fraction: float = 0.0, with_tests: bool = False,
+                   exclude: set[str] | frozenset[str] = frozenset()) -> list[dict]:
+    """``n`` rows of ``split`` (a key of ``SPLIT_KINDS``); deterministic per (seed, split). A task whose program
+    text is in ``exclude`` (or, for ``eval_a``/``eval_b``/``val``, earlier in the split) is redrawn (new instances). The ``bigram`` split's RL rows are training-distribution
+    tasks, the ``composition`` split's are instances of held-out set A."""
     rng = random.Random(f"{world.config.seed}-{split}")
-    rows = []
+    kind = SPLIT_KINDS[split]
+    if world.config.split == "bigram":
+        kind = split in ("eval", "eval_a", "eval_b", "val")
+    rows, exclude = [], set(exclude)
     for i in range(n):
-        task = world.sample(rng, heldout=(split == "eval"))
+        task = world.sample(rng, heldout=kind, exclude=exclude)
+        if split in ("eval_a", "eval_b", "val"):
+            exclude.add(task.program()[0])  # held-out sets: distinct programs where the world has enough
         task.task_id = f"skillworld/{split}/{i}"
         comments = rng.random() < comment_fraction
         tests = world.tests(task, rng) if with_tests else None
@@ -373,14 +489,22 @@ def generate_split(world: SkillWorld, split: str, n: int, comment_fraction: floa
 def with_comments(row: dict, comment_style: str = "full") -> dict:
     """The same task row with ``# <skill description>`` before every block (the oracle annotation)."""
     docstring = row["prompt"].split('"""')[1]
-    task = Task(row["task_id"], row["style"], [Step(s["name"], tuple(s["params"])) for s in row["skills"]], docstring,
+    task = Task(row["task_id"], row["style"], [Step(s["name"], tuple(s["params"]), s.get("surface", 0)) for s in row["skills"]], docstring,
                 row.get("macros", []))
     return task_row(task, None, comments=True, comment_style=comment_style) | {k: row[k] for k in ("tests", "test_cases") if k in row}
 
 
+def _histogram(values) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return dict(sorted(out.items()))
+
+
 def build_world(out_dir: str | os.PathLike, config: WorldConfig | None = None) -> dict[str, Path]:
     """Write ``pretrain.jsonl``, ``midtrain.jsonl`` (and ``midtrain_oracle.jsonl``: the same programs with the
-    ground-truth comments), ``rl.jsonl``, ``eval.jsonl`` and ``world.json`` under ``out_dir``."""
+    ground-truth comments), ``rl.jsonl``, ``eval.jsonl`` and ``world.json`` under ``out_dir`` (``composition``
+    split: also ``eval_a.jsonl``, ``eval_b.jsonl`` — ``eval.jsonl`` is both — and ``val.jsonl``)."""
     config = config or WorldConfig()
     world = SkillWorld(config)
     out = Path(out_dir)
@@ -388,13 +512,24 @@ def build_world(out_dir: str | os.PathLike, config: WorldConfig | None = None) -
         "pretrain": generate_split(world, "pretrain", config.n_pretrain, config.comment_fraction),
         "midtrain": generate_split(world, "midtrain", config.n_midtrain),
         "rl": generate_split(world, "rl", config.n_rl, with_tests=True),
-        "eval": generate_split(world, "eval", config.n_eval, with_tests=True),
     }
+    if config.split == "composition":
+        seen = {r["text"] for r in splits["rl"]}
+        splits["eval_a"] = generate_split(world, "eval_a", config.n_eval // 2, with_tests=True, exclude=seen)
+        splits["eval_b"] = generate_split(world, "eval_b", config.n_eval - config.n_eval // 2, with_tests=True)
+        splits["eval"] = splits["eval_a"] + splits["eval_b"]
+        seen |= {r["text"] for r in splits["eval"]}
+        splits["val"] = generate_split(world, "val", config.n_val, with_tests=True, exclude=seen)
+    else:
+        splits["eval"] = generate_split(world, "eval", config.n_eval, with_tests=True)
     splits["midtrain_oracle"] = [with_comments(r, config.comment_style) for r in splits["midtrain"]]
     paths = {}
     for name, rows in splits.items():
         paths[name] = out / f"{name}.jsonl"
         write_jsonl(paths[name], rows)
-    meta = {"config": asdict(config), "heldout_bigrams": sorted(world.heldout), "skills": sorted(SKILLS), "macros": MACROS}
+    meta = {"config": asdict(config), "heldout_bigrams": sorted(world.heldout), "skills": sorted(SKILLS), "macros": MACROS,
+            "plan_bigrams_a": sorted(world.plan_a), "plan_bigrams_b": sorted(world.plan_b),
+            "clauses": {name: _histogram(len(r["units"]) for r in rows) for name, rows in splits.items()},
+            "skills_per_task": {name: _histogram(len(r["skills"]) for r in rows) for name, rows in splits.items()}}
     (out / "world.json").write_text(json.dumps(meta, indent=1, default=str))
     return paths

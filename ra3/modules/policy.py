@@ -131,6 +131,15 @@ def packed_block_mask(doc_ids: torch.Tensor):
     return create_block_mask(same_document_causal, B, None, T, T, device=doc_ids.device)
 
 
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """Learning rate / peak at optimizer ``step`` (0-based): linear warm-up over ``warmup_steps``, then cosine
+    decay to ``min_lr_ratio`` at ``total_steps``, flat after it."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 class PolicyModule(L.LightningModule):
     """A causal LM policy.
 
@@ -148,6 +157,9 @@ class PolicyModule(L.LightningModule):
         betas: AdamW betas.
         warmup_steps: linear warm-up steps, then cosine decay to ``min_lr_ratio`` × peak.
         min_lr_ratio: final learning rate as a fraction of the peak.
+        schedule_offset / schedule_steps: this fit is steps ``schedule_offset ..`` of one schedule ``schedule_steps``
+            long (default: offset 0, this fit's own length). ``ra3 em`` sets them so that a later round's M-step
+            continues the curve instead of warming up to the peak again on an already-fitted model.
         gradient_checkpointing: recompute activations in the backward pass to save memory.
         optimizer: ``adamw`` (torch), or bitsandbytes' ``adamw8bit`` / ``paged_adamw8bit`` (8-bit states).
         export_dir: where ``save_pretrained`` writes the policy (and tokenizer) when fit ends.
@@ -170,6 +182,8 @@ class PolicyModule(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_steps: int = 0,
         min_lr_ratio: float = 0.1,
+        schedule_offset: int = 0,
+        schedule_steps: int | None = None,
         gradient_checkpointing: bool = False,
         optimizer: str = "adamw",
         export_dir: str | None = None,
@@ -331,13 +345,11 @@ class PolicyModule(L.LightningModule):
                 (no_decay if p.ndim < 2 else decay).append(p)
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = make_optimizer(hp.optimizer, groups, lr=hp.learning_rate, betas=tuple(hp.betas))
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+        total = hp.get("schedule_steps") or (max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1)
+        offset = hp.get("schedule_offset") or 0
 
         def schedule(step: int) -> float:
-            if step < hp.warmup_steps:
-                return (step + 1) / hp.warmup_steps
-            progress = min(1.0, (step - hp.warmup_steps) / max(1, total - hp.warmup_steps))
-            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+            return lr_factor(step + offset, hp.warmup_steps, total, hp.min_lr_ratio)
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,244 @@
+"""``ra3 study``: does RA3 mid-training beat NTP, and does RLVR from it converge faster? A paired design over
+pre-training seeds.
+
+For each base (a pre-training seed: its own initialisation and data order) the study mid-trains three arms from
+that base with the same M-step token budget and learning-rate schedule:
+
+- ``ntp``: next-token prediction on the plain expert programs (the paper's baseline);
+- ``oracle``: the same on the programs with the world's ground-truth thoughts (the positive control: RA3 can
+  only help where this helps);
+- ``ra3``: the E-step from the base, bootstrap of every program, and the M-step from the base on the
+  bootstrapped programs (one EM round by default: NTP's budget and schedule; ``rounds`` etc. are options);
+
+then RLVR (GRPO, unit-test reward) from each on the RL split (held-out compositions A), and evaluates every model
+on ``eval.jsonl`` (new instances of A, and compositions B seen nowhere). Every stage is an ordinary ``ra3``
+command with an override file in ``<out>/configs``, logged to ``<out>/logs/<stage>.log``; a stage whose
+``stages/<stage>.done`` exists is skipped, so a re-run resumes. Independent stages run in parallel processes
+with one thread each (``jobs``). ``results.json``, ``report.md`` and plots come from :mod:`ra3.study_report`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ra3.errors import Ra3Error
+from ra3.quickstart import CONFIGS
+
+ARMS = ("ntp", "oracle", "ra3")
+
+
+@dataclass
+class StudyPreset:
+    """Sizes of one study. ``world``: ``WorldConfig`` fields; steps are optimizer steps of batch ``batch_size``."""
+
+    bases: int
+    world: dict[str, Any]
+    pretrain_steps: int
+    mstep_steps: int
+    estep_steps: int
+    rlvr_steps: int
+    n_samples: int
+    learning_rate: float = 1e-3  # M-step peak LR of every arm (same warm-up + cosine schedule)
+    rounds: int = 1
+    rlvr_lr: float = 1e-4
+    rlvr_prompts: int = 8
+    batch_size: int = 8
+    k: list[int] = field(default_factory=lambda: [1])
+    eval_limit: int | None = None
+    jobs: int = 2
+    arms: tuple[str, ...] = ("ntp", "oracle", "ra3")
+    rlvr: bool = True  # RLVR from every arm (else: mid-training only, plus NTP's pass rate on the RL split)
+    eval_split: str = "eval.jsonl"  # the pilot scores on val.jsonl: choices are never made on the evaluation sets
+
+
+_WORLD = {"style": "macro", "comment_style": "routine", "split": "composition", "min_chain": 2, "max_chain": 6,
+          "surfaces": 3, "n_pretrain": 8000, "n_midtrain": 1200, "n_rl": 400, "n_eval": 300, "n_val": 200}
+
+PRESETS = {
+    "test": StudyPreset(2, {**_WORLD, "n_pretrain": 300, "n_midtrain": 60, "n_rl": 24, "n_eval": 12, "n_val": 8},
+                        pretrain_steps=6, mstep_steps=4, estep_steps=2, rlvr_steps=4, n_samples=2, k=[1, 2],
+                        batch_size=2, rlvr_prompts=2),
+    "pilot": StudyPreset(2, _WORLD, pretrain_steps=350, mstep_steps=150, estep_steps=30, rlvr_steps=16, n_samples=2,
+                         k=[1, 2], arms=("ntp", "oracle"), rlvr=False, eval_split="val.jsonl"),
+    "default": StudyPreset(5, _WORLD, pretrain_steps=350, mstep_steps=150, estep_steps=30, rlvr_steps=24, n_samples=2,
+                           k=[1, 2]),
+}
+
+
+@dataclass
+class Stage:
+    name: str
+    args: list[str]
+    deps: list[str] = field(default_factory=list)
+
+
+class Study:
+    """Builds the stage graph of a study and runs it (see the module docstring)."""
+
+    def __init__(self, out: str, preset: str = "default", bases: int | None = None, jobs: int | None = None,
+                 first_seed: int = 0, world: dict[str, Any] | None = None):
+        if preset not in PRESETS:
+            raise Ra3Error(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        self.preset, self.p = preset, PRESETS[preset]
+        self.out = Path(out).resolve()
+        self.bases = [first_seed + i for i in range(bases or self.p.bases)]
+        if len(self.bases) < 2:
+            raise Ra3Error("a study needs at least 2 bases (confidence intervals over bases)")
+        self.jobs = jobs or self.p.jobs
+        self.world_config = {**self.p.world, **(world or {})}
+        self.world = self.out / "world"
+        self.env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "TOKENIZERS_PARALLELISM": "false",
+                    "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        self.stages: dict[str, Stage] = {}
+        self.times: dict[str, float] = {}
+        (self.out / "configs").mkdir(parents=True, exist_ok=True)
+
+    # ---- building the graph ------------------------------------------------------------------------
+    def add(self, name: str, args: list[str], deps: list[str] = ()) -> str:
+        self.stages[name] = Stage(name, args, list(deps))
+        return name
+
+    def overrides(self, name: str, data: dict[str, Any]) -> str:
+        path = self.out / "configs" / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return str(path)
+
+    def fit(self, name: str, config: str, seed: int, model: dict, data: dict, steps: int, deps: list[str],
+            csv: bool = False, val: bool = True, mid_checkpoint: bool = False) -> str:
+        run = self.out / "runs" / name
+        loggers = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "init_args": {"save_dir": str(self.out / "csv"), "name": name, "version": 0}}] if csv else []
+        callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                      "init_args": {"dirpath": str(run / "checkpoints"), "save_last": False, "save_top_k": -1,
+                                    "every_n_train_steps": max(1, steps // 2), "filename": "{step}"}}] if mid_checkpoint else []
+        trainer = {"max_steps": steps, "default_root_dir": str(run), "logger": loggers or False,
+                   "log_every_n_steps": 1 if csv else max(1, min(10, steps // 10)), "enable_progress_bar": False,
+                   "enable_checkpointing": bool(callbacks), "callbacks": callbacks}
+        if val:
+            trainer["val_check_interval"] = steps
+        over = {"seed_everything": seed, "trainer": trainer, "model": {"init_args": model}, "data": {"init_args": data}}
+        return self.add(name, ["fit", "-c", str(CONFIGS / config), "-c", self.overrides(name, over)], deps)
+
+    def evaluate(self, name: str, model: Path | str, deps: list[str], source: str | None = None) -> str:
+        p = self.p
+        source = source or p.eval_split
+        args = ["evaluate", "--model", str(model), "--benchmark", "skillworld", "--source", f"skillworld={self.world / source}",
+                "--output_dir", str(self.out / "eval" / name), "--n_samples", str(p.n_samples), "--temperature", "0.8",
+                "--k", *map(str, p.k), "--max_new_tokens", "200", "--batch_size", "64", "--workers", "1"]
+        if p.eval_limit:
+            args += ["--limit", str(p.eval_limit)]
+        return self.add(name, args, deps)
+
+    def build(self) -> None:
+        p, w, out = self.p, self.world, self.out
+        world = self.add("world", ["world", "--out", str(w)] + [a for k, v in self.world_config.items() for a in (f"--world.{k}", str(v))])
+        mid = {"batch_size": p.batch_size}
+        for s in self.bases:
+            b = f"b{s}"
+            base = out / b / "base"
+            pre = self.fit(f"{b}_pretrain", "pretrain.yaml", s,
+                           {"tokenizer": str(w / "tokenizer"), "export_dir": str(base), "init_seed": s},
+                           {"train_files": [str(w / "pretrain.jsonl")], "batch_size": p.batch_size, "seed": s},
+                           p.pretrain_steps, [world])
+            self.evaluate(f"{b}_eval_base", base, [pre])
+            mstep = {"model": str(base), "learning_rate": p.learning_rate}
+            policies = {"ntp": out / b / "ntp", "oracle": out / b / "oracle"}
+            for arm, corpus in (("ntp", "midtrain.jsonl"), ("oracle", "midtrain_oracle.jsonl")):
+                if arm not in p.arms:
+                    continue
+                self.fit(f"{b}_{arm}", "ntp.yaml", s, {**mstep, "export_dir": str(policies[arm])},
+                         {**mid, "train_files": [str(w / corpus)], "seed": s}, p.mstep_steps, [pre])
+            em = {"seed_everything": s, "out_dir": str(out / b / "ra3"), "base_model": str(base), "wandb": None,
+                  "trainer": {"enable_progress_bar": False},
+                  "estep": {"init_args": {"init_seed": s}},
+                  "mstep": {"init_args": {"learning_rate": p.learning_rate}},
+                  "data": {"init_args": {"train_files": [str(w / "midtrain.jsonl")], "batch_size": p.batch_size, "seed": s,
+                                         "val_fraction": 0.05, "packing": True}},
+                  "em": {"rounds": p.rounds, "estep_steps": p.estep_steps, "mstep_steps": p.mstep_steps // p.rounds,
+                         "bootstrap_limit": None, "mstep_init": "previous", "mstep_schedule": "continue", "eval_source": None}}
+            if "ra3" in p.arms:
+                self.add(f"{b}_ra3", ["em", "-c", str(CONFIGS / "ra3.yaml"), "-c", self.overrides(f"{b}_ra3", em), "--resume", "true"], [pre])
+            policies["ra3"] = out / b / "ra3" / f"round_{p.rounds - 1}" / "mstep_policy"
+            for arm in p.arms:
+                self.evaluate(f"{b}_eval_{arm}", policies[arm], [f"{b}_{arm}"])
+                if not p.rlvr:
+                    if arm == "ntp":
+                        self.evaluate(f"{b}_rlsplit_ntp", policies[arm], [f"{b}_{arm}"], "rl.jsonl")
+                    continue
+                rl = self.fit(f"{b}_rlvr_{arm}", "rlvr.yaml", s,
+                              {"init_from": str(policies[arm]), "export_dir": str(out / b / f"rlvr_{arm}"), "learning_rate": p.rlvr_lr},
+                              {"rl_files": [str(w / "rl.jsonl")], "program_batch_size": p.rlvr_prompts, "seed": s},
+                              p.rlvr_steps, [f"{b}_{arm}"], csv=True, val=False, mid_checkpoint=True)
+                mid_ckpt = out / "runs" / rl / "checkpoints" / f"step={max(1, p.rlvr_steps // 2)}.ckpt"
+                self.evaluate(f"{b}_eval_rlvr_mid_{arm}", mid_ckpt, [rl])
+                self.evaluate(f"{b}_eval_rlvr_{arm}", out / b / f"rlvr_{arm}", [rl])
+
+    # ---- running -----------------------------------------------------------------------------------
+    def _marker(self, name: str) -> Path:
+        return self.out / "stages" / f"{name}.done"
+
+    def _run_stage(self, stage: Stage) -> int:
+        log = self.out / "logs" / f"{stage.name}.log"
+        log.parent.mkdir(exist_ok=True)
+        t0 = time.time()
+        with open(log, "w") as f:
+            f.write(f"ra3 {' '.join(stage.args)}\n")
+            f.flush()
+            code = subprocess.run([sys.executable, "-m", "ra3.cli", *stage.args], env=self.env, stdout=f,
+                                  stderr=subprocess.STDOUT).returncode
+        if code == 0:
+            self.times[stage.name] = time.time() - t0
+            self._marker(stage.name).parent.mkdir(exist_ok=True)
+            self._marker(stage.name).write_text(json.dumps({"seconds": self.times[stage.name]}))
+        return code
+
+    def run(self) -> dict[str, Any]:
+        """Run every stage not done yet, ``jobs`` at a time in dependency order; then write the report."""
+        started = time.time()
+        self.build()
+        done = {n for n in self.stages if self._marker(n).exists()}
+        pending = [n for n in self.stages if n not in done]
+        total, failed, running = len(self.stages), [], {}
+        lock = threading.Condition()
+        print(f"ra3 study: {len(done)}/{total} stages done already; {len(pending)} to run, {self.jobs} at a time "
+              f"(logs in {self.out / 'logs'})", flush=True)
+
+        def work(name: str) -> None:
+            code = self._run_stage(self.stages[name])
+            with lock:
+                running.pop(name)
+                if code == 0:
+                    done.add(name)
+                    print(f"[{len(done)}/{total}] {name}: {self.times[name]:.0f} s", flush=True)
+                else:
+                    failed.append(f"{name} (exit {code}; see {self.out / 'logs' / (name + '.log')})")
+                lock.notify_all()
+
+        with lock:
+            while pending and not failed:
+                ready = [n for n in pending if all(d in done for d in self.stages[n].deps)]
+                while ready and len(running) < self.jobs:
+                    name = ready.pop(0)
+                    pending.remove(name)
+                    running[name] = threading.Thread(target=work, args=(name,), daemon=True)
+                    running[name].start()
+                if not running:
+                    break
+                lock.wait()
+            while running:
+                lock.wait()
+        if failed:
+            raise Ra3Error(f"study stage failed: {failed[0]}; fix it and re-run: finished stages are kept")
+        from ra3.study_report import write_report
+
+        return write_report(self, wall_s=time.time() - started)

@@ -1,0 +1,234 @@
+"""The study's report: ``results.json``, ``report.md``, ``per_task.csv`` and PNG plots from the stages' outputs.
+
+Intervals: "t" = 95 % Student-t interval over bases of the per-base values (for differences: of the per-base
+paired differences); "boot" = a two-level bootstrap (bases, then tasks within a base; paired tasks), 95 %
+percentile interval. Every pass rate is the mean over tasks of the fraction of a task's samples that pass.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from ra3.stats import bootstrap_difference, curve_auc, mean_ci, paired_difference, steps_to_reach, trailing_mean
+
+ARMS = ("ntp", "oracle", "ra3")
+SETS = ("all", "A", "B")  # eval.jsonl = eval_a (new instances of the RL compositions) + eval_b (unseen anywhere)
+
+
+def _task_set(task_id: str) -> str:
+    return "A" if "/eval_a/" in task_id else "B" if "/eval_b/" in task_id else "all"
+
+
+def per_task(out: Path, name: str) -> dict[str, float] | None:
+    """``{task_id: fraction of its samples that passed}`` of one evaluation stage, or None if it did not run."""
+    path = out / "eval" / name / "eval_results.jsonl"
+    if not path.exists():
+        return None
+    counts: dict[str, list[int]] = {}
+    for line in open(path):
+        r = json.loads(line)
+        if r["status"] == "sandbox_error":
+            continue
+        c = counts.setdefault(r["task_id"], [0, 0])
+        c[0] += 1
+        c[1] += int(r["passed"])
+    return {t: p / n for t, (n, p) in counts.items()}
+
+
+def _subset(scores: dict[str, float], which: str) -> dict[str, float]:
+    return scores if which == "all" else {t: v for t, v in scores.items() if _task_set(t) == which}
+
+
+def _mean(scores: dict[str, float]) -> float:
+    return statistics.fmean(scores.values()) if scores else float("nan")
+
+
+def rlvr_curve(out: Path, name: str) -> list[tuple[int, float]]:
+    path = out / "csv" / name / "version_0" / "metrics.csv"
+    points = {}
+    if path.exists():
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                if row.get("rlvr/reward_mean"):
+                    points[int(row["step"])] = float(row["rlvr/reward_mean"])
+    return sorted(points.items())
+
+
+def collect(study) -> dict[str, Any]:
+    out, bases = study.out, [f"b{s}" for s in study.bases]
+    models = ["base", *ARMS] + [f"rlvr_mid_{a}" for a in ARMS] + [f"rlvr_{a}" for a in ARMS]
+    scores = {m: {b: s for b in bases if (s := per_task(out, f"{b}_eval_{m}")) is not None} for m in models}
+    res: dict[str, Any] = {"bases": bases, "preset": study.preset, "world": study.world_config,
+                           "settings": {k: v for k, v in vars(study.p).items() if k != "world"}, "pass@1": {}, "paired": {}}
+    for m in models:
+        res["pass@1"][m] = {}
+        for which in SETS:
+            per_base = {b: _mean(_subset(s, which)) for b, s in scores[m].items()}
+            if len(per_base) >= 2:
+                res["pass@1"][m][which] = {"per_base": per_base, **mean_ci(list(per_base.values()))}
+    for a, b_ in (("oracle", "ntp"), ("ra3", "ntp"), ("oracle", "ra3"), ("rlvr_ra3", "rlvr_ntp"), ("rlvr_oracle", "rlvr_ntp")):
+        res["paired"][f"{a}-{b_}"] = {}
+        for which in SETS:
+            sa = {b: _subset(s, which) for b, s in scores[a].items()}
+            sb = {b: _subset(s, which) for b, s in scores[b_].items()}
+            if len(set(sa) & set(sb)) >= 2:
+                t = paired_difference({b: _mean(v) for b, v in sa.items()}, {b: _mean(v) for b, v in sb.items()})
+                res["paired"][f"{a}-{b_}"][which] = {"t": t, "boot": bootstrap_difference(sa, sb)}
+    o, r = res["paired"].get("oracle-ntp", {}).get("all"), res["paired"].get("ra3-ntp", {}).get("all")
+    if o and r and o["t"]["mean"] > 0:
+        res["ra3_share_of_oracle_gain"] = r["t"]["mean"] / o["t"]["mean"]
+    # per-task table: mean pass rate over bases per arm
+    tasks = sorted({t for s in scores["ntp"].values() for t in s})
+    res["per_task"] = [{"task_id": t, "set": _task_set(t),
+                        **{m: statistics.fmean(s[t] for s in scores[m].values() if t in s) for m in ("base", *ARMS)
+                           if any(t in s for s in scores[m].values())}} for t in tasks]
+    # RLVR curves
+    curves = {a: {b: c for b in bases if (c := rlvr_curve(out, f"{b}_rlvr_{a}"))} for a in ARMS}
+    res["rlvr_curves"] = curves
+    rl: dict[str, Any] = {"step0_reward": {}, "auc": {}, "final_reward": {}}
+    for a in ARMS:
+        if len(curves[a]) >= 2:
+            rl["step0_reward"][a] = mean_ci([c[0][1] for c in curves[a].values()])
+            rl["auc"][a] = {"per_base": {b: curve_auc(c) for b, c in curves[a].items()},
+                            **mean_ci([curve_auc(c) for c in curves[a].values()])}
+    for a in ("ra3", "oracle"):
+        both = sorted(set(curves[a]) & set(curves["ntp"]))
+        if len(both) < 2:
+            continue
+        rl[f"auc_{a}-ntp"] = paired_difference(rl["auc"][a]["per_base"], rl["auc"]["ntp"]["per_base"])
+        ratios, unreached = {}, []
+        for b in both:
+            ntp = curves["ntp"][b]
+            window = max(2, len(ntp) // 4)
+            target = statistics.fmean(v for _, v in ntp[-window:])
+            reached_ntp = steps_to_reach(ntp, target, window) or len(ntp)
+            reached = steps_to_reach(curves[a][b], target, window)
+            if reached is None:
+                unreached.append(b)
+                reached = len(curves[a][b])  # counted as the whole run (a lower bound on its ratio)
+            ratios[b] = reached / reached_ntp
+        rl[f"steps_ratio_{a}/ntp"] = {"per_base": ratios, "unreached": unreached, **mean_ci(list(ratios.values())),
+                                      "rule": "steps until the trailing mean (window = run/4) reaches NTP-init's final "
+                                              "reward (mean of its last window), over NTP-init's own steps to get there"}
+    res["rlvr"] = rl
+    res["stage_seconds"] = {m.stem: json.loads(m.read_text())["seconds"] for m in sorted((out / "stages").glob("*.done"))}
+    return res
+
+
+def _fmt(c: dict | None, scale: float = 100) -> str:
+    if not c:
+        return "-"
+    if c.get("half") != c.get("half"):  # nan: one base
+        return f"{scale * c['mean']:.1f}"
+    return f"{scale * c['mean']:.1f} [{scale * c['lo']:.1f}, {scale * c['hi']:.1f}]"
+
+
+def plots(out: Path, res: dict[str, Any]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    names = [m for m in ("base", *ARMS) if "all" in res["pass@1"].get(m, {})]
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for j, (stage, label) in enumerate((("", "mid-trained"), ("rlvr_", "after RLVR"))):
+        xs, ys, err = [], [], []
+        for i, m in enumerate(names):
+            c = res["pass@1"].get(stage + m if m != "base" or not stage else "", {}).get("all")
+            if c:
+                xs.append(i + 0.38 * j)
+                ys.append(100 * c["mean"])
+                err.append(100 * c["half"] if c["half"] == c["half"] else 0)
+        ax.bar(xs, ys, 0.36, yerr=err, capsize=3, label=label)
+        for i, m in enumerate(names):  # one dot per base
+            c = res["pass@1"].get(stage + m if m != "base" or not stage else "", {}).get("all")
+            if c:
+                ax.plot([i + 0.38 * j] * len(c["per_base"]), [100 * v for v in c["per_base"].values()], "k.", ms=3)
+    ax.set_xticks([i + 0.19 for i in range(len(names))], names)
+    ax.set(title="Held-out pass@1 (mean, 95 % t CI over bases; dots = bases)", ylabel="pass@1 (%)", ylim=(0, 100))
+    ax.legend(fontsize=8)
+    path = out / "passk.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    made.append(path)
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for a, curves in res["rlvr_curves"].items():
+        if not curves:
+            continue
+        n = min(len(c) for c in curves.values())
+        window = max(2, n // 4)
+        smooth = [trailing_mean([v for _, v in c[:n]], window) for c in curves.values()]
+        mean = [statistics.fmean(col) for col in zip(*smooth)]
+        lo, hi = [min(col) for col in zip(*smooth)], [max(col) for col in zip(*smooth)]
+        steps = list(range(n))
+        ax.plot(steps, mean, label=f"RLVR from {a}")
+        ax.fill_between(steps, lo, hi, alpha=0.2)
+    ax.set(title="RLVR reward on the RL split (trailing mean; band = min..max over bases)", xlabel="step",
+           ylabel="mean unit-test reward")
+    ax.legend(fontsize=8)
+    path = out / "rlvr_reward.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    made.append(path)
+    return made
+
+
+def write_report(study, wall_s: float) -> dict[str, Any]:
+    out = study.out
+    res = collect(study)
+    res.update(date=time.strftime("%Y-%m-%d"), machine=f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores",
+               wall_s=wall_s, peak_rss_mb=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+    made = plots(out, res)
+    with open(out / "per_task.csv", "w", newline="") as f:
+        cols = ["task_id", "set", "base", *ARMS]
+        w = csv.DictWriter(f, cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(res["per_task"])
+    (out / "results.json").write_text(json.dumps({k: v for k, v in res.items() if k != "per_task"}, indent=1))
+    n = len(res["bases"])
+    L = [f"# ra3 study ({study.preset} preset: {n} bases, {res['date']}, {res['machine']})", "",
+         f"Wall-clock of this invocation {wall_s / 60:.1f} min; peak RSS of any stage {res['peak_rss_mb']:.0f} MiB; "
+         f"stage time summed {sum(res['stage_seconds'].values()) / 60:.1f} min.", "",
+         "## Held-out pass@1 (%), mean [95 % t CI over bases]", "",
+         "A = new instances of the RL split's compositions, B = compositions in neither mid-training nor RL.", "",
+         "| model | all | A | B |", "|---|---|---|---|"]
+    for m in ("base", *ARMS, *(f"rlvr_mid_{a}" for a in ARMS), *(f"rlvr_{a}" for a in ARMS)):
+        if res["pass@1"].get(m):
+            L.append(f"| {m} | " + " | ".join(_fmt(res["pass@1"][m].get(w)) for w in SETS) + " |")
+    L += ["", "## Paired differences (points), mean [95 % CI]: t over bases / bootstrap over bases and tasks", "",
+          "| difference | all (t) | all (boot) | A (t) | B (t) | CI excludes 0 (t, all) |", "|---|---|---|---|---|---|"]
+    for name, d in res["paired"].items():
+        if "all" in d:
+            t = d["all"]["t"]
+            excl = "yes" if t["lo"] > 0 or t["hi"] < 0 else "no"
+            L.append(f"| {name} | {_fmt(t)} | {_fmt(d['all']['boot'])} | {_fmt(d.get('A', {}).get('t'))} | "
+                     f"{_fmt(d.get('B', {}).get('t'))} | {excl} |")
+    if "ra3_share_of_oracle_gain" in res:
+        L += ["", f"RA3's share of the oracle's gain over NTP (means): {100 * res['ra3_share_of_oracle_gain']:.0f} %."]
+    rl = res["rlvr"]
+    if rl.get("auc"):
+        L += ["", "## RLVR on the RL split (compositions A)", "", "| init | reward at step 0 | reward AUC (mean/step) |",
+              "|---|---|---|"]
+        for a in ARMS:
+            if a in rl["auc"]:
+                L.append(f"| {a} | {_fmt(rl['step0_reward'][a], 1):s} | {_fmt(rl['auc'][a], 1)} |")
+        for a in ("ra3", "oracle"):
+            if f"auc_{a}-ntp" in rl:
+                r = rl[f"steps_ratio_{a}/ntp"]
+                L += ["", f"- AUC {a} − ntp: {_fmt(rl[f'auc_{a}-ntp'], 1)}; steps to NTP-init's final reward, {a}/ntp: "
+                      f"{_fmt(r, 1)} (not reached on {len(r['unreached'])} of {n} bases; counted as the whole run)."]
+    L += ["", f"Per-task paired table: `per_task.csv` ({len(res['per_task'])} tasks, mean pass rate over bases).", ""]
+    L += [f"![{p.stem}]({p.name})" for p in made]
+    (out / "report.md").write_text("\n".join(L) + "\n")
+    return res
