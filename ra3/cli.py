@@ -217,14 +217,20 @@ def _study(args: list[str]) -> None:
     p.add_argument("--first_seed", type=int, default=0, help="bases are seeds first_seed, first_seed + 1, ...")
     p.add_argument("--jobs", type=int, help="stages run in parallel, one thread each (default: the preset's)")
     p.add_argument("--world", nargs="*", default=[], metavar="KEY=VALUE", help="WorldConfig overrides, e.g. surfaces=1")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="preset overrides (YAML values), e.g. rlvr_steps=40 'lr_grid=[3e-4, 3e-3]'")
     a = p.parse_args(args)
-    world = {}
-    for item in a.world:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise Ra3Error(f"--world takes KEY=VALUE pairs, got {item!r}")
-        world[key] = __import__("yaml").safe_load(value)
-    Study(a.out, a.preset, a.bases, a.jobs, a.first_seed, world).run()
+
+    def pairs(items: list[str], flag: str) -> dict:
+        out = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise Ra3Error(f"{flag} takes KEY=VALUE pairs, got {item!r}")
+            out[key] = __import__("yaml").safe_load(value)
+        return out
+
+    Study(a.out, a.preset, a.bases, a.jobs, a.first_seed, pairs(a.world, "--world"), pairs(a.set, "--set")).run()
     print(open(Path(a.out) / "report.md").read())
     print(f"ra3 study: report {Path(a.out) / 'report.md'}, results {Path(a.out) / 'results.json'}")
 

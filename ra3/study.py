@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,8 @@ class StudyPreset:
     estep_steps: int
     rlvr_steps: int
     n_samples: int
-    learning_rate: float = 1e-3  # M-step peak LR of every arm (same warm-up + cosine schedule)
+    learning_rates: dict[str, float] = field(default_factory=lambda: {"ntp": 1e-3, "oracle": 1e-3, "ra3": 1e-3})
+    lr_grid: list[float] = field(default_factory=list)  # also run every arm at these M-step LRs (the pilot's choice)
     rounds: int = 1
     rlvr_lr: float = 1e-4
     rlvr_prompts: int = 8
@@ -86,12 +87,18 @@ class Study:
     """Builds the stage graph of a study and runs it (see the module docstring)."""
 
     def __init__(self, out: str, preset: str = "default", bases: int | None = None, jobs: int | None = None,
-                 first_seed: int = 0, world: dict[str, Any] | None = None):
+                 first_seed: int = 0, world: dict[str, Any] | None = None, settings: dict[str, Any] | None = None):
         if preset not in PRESETS:
             raise Ra3Error(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-        self.preset, self.p = preset, PRESETS[preset]
+        known = {f.name for f in fields(StudyPreset)} - {"world", "bases"}
+        for key in settings or {}:
+            if key not in known:
+                raise Ra3Error(f"unknown study setting {key!r}; known: {', '.join(sorted(known))}")
+        self.preset, self.p = preset, replace(PRESETS[preset], **(settings or {}))
         self.out = Path(out).resolve()
         self.bases = [first_seed + i for i in range(bases or self.p.bases)]
+        if self.p.lr_grid and self.p.rounds != 1:
+            raise Ra3Error("lr_grid needs rounds 1 (RA3's other learning rates reuse its one bootstrapped corpus)")
         if len(self.bases) < 2:
             raise Ra3Error("a study needs at least 2 bases (confidence intervals over bases)")
         self.jobs = jobs or self.p.jobs
@@ -129,6 +136,11 @@ class Study:
         over = {"seed_everything": seed, "trainer": trainer, "model": {"init_args": model}, "data": {"init_args": data}}
         return self.add(name, ["fit", "-c", str(CONFIGS / config), "-c", self.overrides(name, over)], deps)
 
+    def mstep(self, name: str, seed: int, base: Path, export: Path, corpus: Path, lr: float, deps: list[str]) -> str:
+        """NTP (the M-step) from ``base`` on ``corpus`` with the preset's budget and the common LR schedule."""
+        return self.fit(name, "ntp.yaml", seed, {"model": str(base), "learning_rate": lr, "export_dir": str(export)},
+                        {"train_files": [str(corpus)], "batch_size": self.p.batch_size, "seed": seed}, self.p.mstep_steps, deps)
+
     def evaluate(self, name: str, model: Path | str, deps: list[str], source: str | None = None) -> str:
         p = self.p
         source = source or p.eval_split
@@ -142,7 +154,6 @@ class Study:
     def build(self) -> None:
         p, w, out = self.p, self.world, self.out
         world = self.add("world", ["world", "--out", str(w)] + [a for k, v in self.world_config.items() for a in (f"--world.{k}", str(v))])
-        mid = {"batch_size": p.batch_size}
         for s in self.bases:
             b = f"b{s}"
             base = out / b / "base"
@@ -151,24 +162,29 @@ class Study:
                            {"train_files": [str(w / "pretrain.jsonl")], "batch_size": p.batch_size, "seed": s},
                            p.pretrain_steps, [world])
             self.evaluate(f"{b}_eval_base", base, [pre])
-            mstep = {"model": str(base), "learning_rate": p.learning_rate}
-            policies = {"ntp": out / b / "ntp", "oracle": out / b / "oracle"}
-            for arm, corpus in (("ntp", "midtrain.jsonl"), ("oracle", "midtrain_oracle.jsonl")):
-                if arm not in p.arms:
-                    continue
-                self.fit(f"{b}_{arm}", "ntp.yaml", s, {**mstep, "export_dir": str(policies[arm])},
-                         {**mid, "train_files": [str(w / corpus)], "seed": s}, p.mstep_steps, [pre])
+            policies = {arm: out / b / arm for arm in ("ntp", "oracle")}
+            corpora = {"ntp": w / "midtrain.jsonl", "oracle": w / "midtrain_oracle.jsonl"}
+            for arm in ("ntp", "oracle"):
+                if arm in p.arms:
+                    self.mstep(f"{b}_{arm}", s, base, policies[arm], corpora[arm], p.learning_rates[arm], [pre])
             em = {"seed_everything": s, "out_dir": str(out / b / "ra3"), "base_model": str(base), "wandb": None,
                   "trainer": {"enable_progress_bar": False},
                   "estep": {"init_args": {"init_seed": s}},
-                  "mstep": {"init_args": {"learning_rate": p.learning_rate}},
+                  "mstep": {"init_args": {"learning_rate": p.learning_rates["ra3"]}},
                   "data": {"init_args": {"train_files": [str(w / "midtrain.jsonl")], "batch_size": p.batch_size, "seed": s,
                                          "val_fraction": 0.05, "packing": True}},
                   "em": {"rounds": p.rounds, "estep_steps": p.estep_steps, "mstep_steps": p.mstep_steps // p.rounds,
                          "bootstrap_limit": None, "mstep_init": "previous", "mstep_schedule": "continue", "eval_source": None}}
             if "ra3" in p.arms:
                 self.add(f"{b}_ra3", ["em", "-c", str(CONFIGS / "ra3.yaml"), "-c", self.overrides(f"{b}_ra3", em), "--resume", "true"], [pre])
+                corpora["ra3"] = out / b / "ra3" / "round_0" / "bootstrapped.jsonl"
             policies["ra3"] = out / b / "ra3" / f"round_{p.rounds - 1}" / "mstep_policy"
+            for lr in p.lr_grid:  # one round from the base: RA3's M-step is NTP's on the bootstrapped corpus
+                for arm in p.arms:
+                    if lr != p.learning_rates[arm]:
+                        name = f"{b}_{arm}_lr{lr:g}"
+                        self.mstep(name, s, base, out / b / f"{arm}_lr{lr:g}", corpora[arm], lr, [pre, f"{b}_{arm}"])
+                        self.evaluate(f"{b}_eval_{arm}_lr{lr:g}", out / b / f"{arm}_lr{lr:g}", [name])
             for arm in p.arms:
                 self.evaluate(f"{b}_eval_{arm}", policies[arm], [f"{b}_{arm}"])
                 if not p.rlvr:
@@ -230,6 +246,7 @@ class Study:
                 while ready and len(running) < self.jobs:
                     name = ready.pop(0)
                     pending.remove(name)
+                    print(f"  {name}: started", flush=True)
                     running[name] = threading.Thread(target=work, args=(name,), daemon=True)
                     running[name].start()
                 if not running:

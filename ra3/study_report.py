@@ -70,14 +70,14 @@ def collect(study) -> dict[str, Any]:
     for m in models:
         res["pass@1"][m] = {}
         for which in SETS:
-            per_base = {b: _mean(_subset(s, which)) for b, s in scores[m].items()}
+            per_base = {b: _mean(sub) for b, s in scores[m].items() if (sub := _subset(s, which))}
             if len(per_base) >= 2:
                 res["pass@1"][m][which] = {"per_base": per_base, **mean_ci(list(per_base.values()))}
     for a, b_ in (("oracle", "ntp"), ("ra3", "ntp"), ("oracle", "ra3"), ("rlvr_ra3", "rlvr_ntp"), ("rlvr_oracle", "rlvr_ntp")):
         res["paired"][f"{a}-{b_}"] = {}
         for which in SETS:
-            sa = {b: _subset(s, which) for b, s in scores[a].items()}
-            sb = {b: _subset(s, which) for b, s in scores[b_].items()}
+            sa = {b: sub for b, s in scores[a].items() if (sub := _subset(s, which))}
+            sb = {b: sub for b, s in scores[b_].items() if (sub := _subset(s, which))}
             if len(set(sa) & set(sb)) >= 2:
                 t = paired_difference({b: _mean(v) for b, v in sa.items()}, {b: _mean(v) for b, v in sb.items()})
                 res["paired"][f"{a}-{b_}"][which] = {"t": t, "boot": bootstrap_difference(sa, sb)}
@@ -118,6 +118,16 @@ def collect(study) -> dict[str, Any]:
                                       "rule": "steps until the trailing mean (window = run/4) reaches NTP-init's final "
                                               "reward (mean of its last window), over NTP-init's own steps to get there"}
     res["rlvr"] = rl
+    lrs: dict[str, Any] = {}
+    for arm in study.p.arms:
+        own = study.p.learning_rates[arm]
+        for lr in sorted({own, *study.p.lr_grid}):
+            name = f"eval_{arm}" if lr == own else f"eval_{arm}_lr{lr:g}"
+            per_base = {b: _mean(s) for b in bases if (s := per_task(out, f"{b}_{name}")) is not None}
+            if per_base:
+                lrs.setdefault(arm, {})[f"{lr:g}"] = statistics.fmean(per_base.values())
+    if study.p.lr_grid:
+        res["lr_choice"] = {arm: {"pass@1": v, "best": max(v, key=v.get)} for arm, v in lrs.items()}
     res["stage_seconds"] = {m.stem: json.loads(m.read_text())["seconds"] for m in sorted((out / "stages").glob("*.done"))}
     return res
 
@@ -200,7 +210,7 @@ def write_report(study, wall_s: float) -> dict[str, Any]:
     L = [f"# ra3 study ({study.preset} preset: {n} bases, {res['date']}, {res['machine']})", "",
          f"Wall-clock of this invocation {wall_s / 60:.1f} min; peak RSS of any stage {res['peak_rss_mb']:.0f} MiB; "
          f"stage time summed {sum(res['stage_seconds'].values()) / 60:.1f} min.", "",
-         "## Held-out pass@1 (%), mean [95 % t CI over bases]", "",
+         f"## Held-out pass@1 (%) on `{study.p.eval_split}`, mean [95 % t CI over bases]", "",
          "A = new instances of the RL split's compositions, B = compositions in neither mid-training nor RL.", "",
          "| model | all | A | B |", "|---|---|---|---|"]
     for m in ("base", *ARMS, *(f"rlvr_mid_{a}" for a in ARMS), *(f"rlvr_{a}" for a in ARMS)):
@@ -228,6 +238,10 @@ def write_report(study, wall_s: float) -> dict[str, Any]:
                 r = rl[f"steps_ratio_{a}/ntp"]
                 L += ["", f"- AUC {a} − ntp: {_fmt(rl[f'auc_{a}-ntp'], 1)}; steps to NTP-init's final reward, {a}/ntp: "
                       f"{_fmt(r, 1)} (not reached on {len(r['unreached'])} of {n} bases; counted as the whole run)."]
+    if "lr_choice" in res:
+        L += ["", f"## Learning rate per arm, pass@1 on `{study.p.eval_split}` (mean over bases)", ""]
+        for arm, c in res["lr_choice"].items():
+            L.append(f"- {arm}: " + ", ".join(f"{lr} → {100 * v:.1f}" for lr, v in c["pass@1"].items()) + f"; best {c['best']}")
     L += ["", f"Per-task paired table: `per_task.csv` ({len(res['per_task'])} tasks, mean pass rate over bases).", ""]
     L += [f"![{p.stem}]({p.name})" for p in made]
     (out / "report.md").write_text("\n".join(L) + "\n")

@@ -58,6 +58,15 @@ def test_em_two_rounds_end_to_end_with_wandb(uninterrupted):
     for s in summary:
         for key in ("estep/reward_mean", "estep/thought_rate", "bootstrap/boundary_f1", "mstep/loss", "heldout_pass@1"):
             assert key in s, key
+    # one learning-rate schedule over both rounds' M-steps (3 steps each): round 1 continues at step 3 of 6
+    from ra3.modules.policy import lr_factor
+
+    for k in (0, 1):
+        ckpt = torch.load(out / f"round_{k}" / "mstep" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        hp = ckpt["hyper_parameters"]
+        assert (hp["schedule_offset"], hp["schedule_steps"]) == (3 * k, 6)
+        next_lr = ckpt["lr_schedulers"][0]["_last_lr"][0]  # after the phase's 3 steps
+        assert next_lr == pytest.approx(hp["learning_rate"] * lr_factor(3 * k + 3, hp["warmup_steps"], 6, hp["min_lr_ratio"]))
     for k in (0, 1):
         assert len(rows(out, k)) == 24
         assert (out / f"round_{k}/mstep_policy/model.safetensors").exists()

@@ -129,3 +129,85 @@ def test_world_variants_for_probing_abstractions(tmp_path):
     first_comment = next(l.strip() for l in row["text"].splitlines() if l.strip().startswith("#"))
     assert first_comment.endswith(" the list")  # the routine's own words, once per routine
     assert sum(l.strip().startswith("#") for l in row["text"].splitlines()) == len(row["macros"])
+
+
+def test_every_surface_form_computes_its_skill():
+    """Each skill's other surface forms behave exactly like its own block, on lists that exercise edge cases."""
+    from ra3.datamodules.skillworld import SURFACES
+
+    rng = random.Random(0)
+    inputs = [[], [0], [-3, -3, 5, 0, 9, 9, -1], [4, 1, 4, 2, 2, 8, -9, 7, 3]]
+    for name, skill in SKILLS.items():
+        assert 1 <= len(SURFACES[name]) <= 2
+        for _ in range(5):
+            params = skill.sample(rng)
+            for surface in range(1 + len(SURFACES[name])):
+                code = "def f(xs):\n" + "\n".join("    " + l for l in Step(name, params, surface).lines()) + "\n    return xs"
+                ns = {}
+                exec(code, ns)
+                for xs in inputs:
+                    assert ns["f"](list(xs)) == skill.apply(list(xs), *params), (name, surface, code)
+
+
+def _composition_world(tmp_path, **kw):
+    from ra3.datamodules.skillworld import build_world
+
+    cfg = WorldConfig(seed=5, split="composition", surfaces=3, max_chain=6, n_pretrain=3000, n_midtrain=1500, n_rl=300,
+                      n_eval=400, n_val=200, **kw)
+    paths = build_world(tmp_path, cfg)
+    rows = {k: [json.loads(line) for line in open(p)] for k, p in paths.items()}
+    return rows, json.loads((tmp_path / "world.json").read_text())
+
+
+def test_composition_split_has_no_leaks_between_training_rl_and_the_eval_sets(tmp_path):
+    rows, meta = _composition_world(tmp_path)
+    a = {tuple(p) for p in meta["plan_bigrams_a"]}
+    b = {tuple(p) for p in meta["plan_bigrams_b"]}
+    assert a and b and not a & b
+
+    def pairs(row):
+        return set(zip(row["units"], row["units"][1:]))
+
+    for split in ("pretrain", "midtrain", "midtrain_oracle"):
+        assert all(not pairs(r) & (a | b) for r in rows[split]), split
+    assert all(pairs(r) & a and not pairs(r) & b for r in rows["rl"] + rows["eval_a"])
+    assert all(pairs(r) & b and not pairs(r) & a for r in rows["eval_b"])
+    assert all(pairs(r) & (a | b) for r in rows["val"])
+    assert rows["eval"] == rows["eval_a"] + rows["eval_b"]
+    rl_texts = {r["text"] for r in rows["rl"]}
+    eval_texts = [r["text"] for r in rows["eval"]]
+    assert not rl_texts & set(eval_texts)  # A' = new instances of A
+    assert len(set(eval_texts)) == len(eval_texts)
+    assert not {r["text"] for r in rows["val"]} & (rl_texts | set(eval_texts))
+    surfaces = {s["surface"] for r in rows["midtrain"] for s in r["skills"]}
+    assert surfaces == {0, 1, 2}
+
+
+def test_composition_eval_sets_have_the_midtraining_clause_distribution(tmp_path):
+    rows, meta = _composition_world(tmp_path)
+
+    def dist(split):
+        counts = meta["clauses"][split]
+        total = sum(counts.values())
+        return {int(k): v / total for k, v in counts.items()}
+
+    mid = dist("midtrain")
+    assert min(mid) >= 2
+    for split in ("rl", "eval_a", "eval_b", "val"):
+        d = dist(split)
+        tv = 0.5 * sum(abs(d.get(k, 0) - mid.get(k, 0)) for k in set(d) | set(mid))
+        assert tv < 0.12, (split, d, mid)  # sampling noise at 150-300 rows; the old split was > 0.5 (5 skills only in eval)
+
+
+def test_composition_oracle_comments_and_solutions(tmp_path):
+    rows, _ = _composition_world(tmp_path)
+    for split in ("rl", "eval", "val"):
+        for row in rows[split][:100]:
+            ns = {}
+            exec(row["text"], ns)
+            for case in row["test_cases"]:
+                assert ns["solve"](list(case["input"])) == case["expected"]
+    for plain, oracle in zip(rows["midtrain"][:100], rows["midtrain_oracle"][:100]):
+        assert oracle["text"].count("    # ") == len(plain["units"])
+        stripped = "\n".join(l for l in oracle["text"].split("\n") if not l.strip().startswith("#"))
+        assert stripped == plain["text"]

@@ -1,0 +1,77 @@
+"""``ra3 study --preset test`` end to end in subprocesses: SIGKILL mid-run, re-run to the end, check the report."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def start(out, *extra):
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "ra3.cli", "study", "--preset", "test", "--out", str(out), *extra],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_study_end_to_end_survives_sigkill(tmp_path):
+    out = tmp_path / "study"
+    stages = out / "stages"
+    p = start(out)
+    t0 = time.time()
+    while not (stages / "b0_ntp.done").exists():  # SIGKILL the whole process group once a mid-training arm is done
+        assert p.poll() is None, p.communicate()[0][-3000:]
+        assert time.time() - t0 < 400
+        time.sleep(0.1)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.communicate(timeout=60)
+    kept = {m.name: m.read_text() for m in stages.glob("*.done")}
+    assert {"world.done", "b0_pretrain.done", "b0_ntp.done"} <= set(kept)
+
+    p = start(out)
+    log, _ = p.communicate(timeout=900)
+    assert p.returncode == 0, log[-4000:]
+    assert f"{len(kept)}/" in log.splitlines()[0] and "b0_ntp: started" not in log  # done stages are not redone
+    assert {m.name: m.read_text() for m in stages.glob("*.done") if m.name in kept} == kept
+
+    res = json.loads((out / "results.json").read_text())
+    assert res["bases"] == ["b0", "b1"]
+    for model in ("base", "ntp", "oracle", "ra3", "rlvr_ntp", "rlvr_oracle", "rlvr_ra3", "rlvr_mid_ra3"):
+        c = res["pass@1"][model]["all"]
+        assert set(c["per_base"]) == {"b0", "b1"} and 0.0 <= c["mean"] <= 1.0 and c["lo"] <= c["mean"] <= c["hi"]
+    for diff in ("oracle-ntp", "ra3-ntp"):
+        d = res["paired"][diff]
+        assert d["all"]["t"]["n"] == 2 and d["all"]["boot"]["lo"] <= d["all"]["boot"]["hi"]
+        assert "A" in d and "B" in d  # eval.jsonl = eval_a + eval_b
+    for arm in ("ntp", "oracle", "ra3"):
+        assert set(res["rlvr_curves"][arm]) == {"b0", "b1"} and len(res["rlvr_curves"][arm]["b0"]) == 4
+    assert "steps_ratio_ra3/ntp" in res["rlvr"] and "auc_ra3-ntp" in res["rlvr"]
+    assert 0 < res["peak_rss_mb"] < 8192 and res["wall_s"] > 0
+    report = (out / "report.md").read_text()
+    assert "| oracle-ntp |" in report and "![passk](passk.png)" in report
+    per_task = (out / "per_task.csv").read_text().splitlines()
+    assert per_task[0] == "task_id,set,base,ntp,oracle,ra3" and len(per_task) == 1 + 12
+
+    from PIL import Image
+
+    for png in ("passk.png", "rlvr_reward.png"):
+        with Image.open(out / png) as im:
+            im.load()
+            assert im.size[0] > 100
+    # a mid-RLVR Lightning checkpoint was evaluated (ra3 evaluate reads RLVRModule checkpoints)
+    assert (out / "runs" / "b0_rlvr_ra3" / "checkpoints" / "step=2.ckpt").exists()
+
+
+def test_bad_study_settings_are_one_line_errors(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    for extra, message in ((["--set", "rlvr_stepz=3"], "unknown study setting 'rlvr_stepz'"),
+                           (["--bases", "1"], "at least 2 bases"),
+                           (["--preset", "huge"], "invalid choice")):
+        r = subprocess.run([sys.executable, "-m", "ra3.cli", "study", "--out", str(tmp_path / "s"), *extra], env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and message in r.stderr.strip().splitlines()[-1], r.stderr
+    assert not (tmp_path / "s" / "stages").exists()
