@@ -22,7 +22,7 @@ from ra3.datamodules.benchmarks import Problem, load_benchmark
 from ra3.errors import Ra3Error
 from ra3.execution import SandboxPool, Status
 from ra3.io import write_jsonl
-from ra3.metrics import pass_at_k
+from ra3.stats import pass_at_k
 
 log = logging.getLogger(__name__)
 

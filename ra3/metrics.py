@@ -7,6 +7,8 @@ import re
 import torch
 from torchmetrics import Metric
 
+from ra3.stats import pass_at_k  # noqa: F401  (re-exported: the estimator lives in the Lightning-free leaf)
+
 
 class TokenPerplexity(Metric):
     """exp(summed token NLL / token count), accumulated over batches and processes."""
@@ -25,21 +27,6 @@ class TokenPerplexity(Metric):
 
     def compute(self) -> torch.Tensor:
         return torch.exp(self.nll / self.count.clamp(min=1)).float()
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from ``n`` samples with ``c`` correct: ``1 - C(n-c, k) / C(n, k)``, in the stable
-    product form ``1 - prod_{i=n-c+1..n} (1 - k / i)``; 1.0 when ``n - c < k``."""
-    if not 0 <= c <= n:
-        raise ValueError(f"need 0 <= c <= n, got n={n}, c={c}")
-    if k < 1 or k > n:
-        raise ValueError(f"need 1 <= k <= n, got k={k}, n={n}")
-    if n - c < k:
-        return 1.0
-    prod = 1.0
-    for i in range(n - c + 1, n + 1):
-        prod *= 1.0 - k / i
-    return 1.0 - prod
 
 
 class PassAtK(Metric):

@@ -73,3 +73,18 @@ def steps_to_reach(curve: Sequence[tuple[int, float]], target: float, window: in
     """Steps (1-based count) until the trailing ``window``-step mean, over a full window, first reaches ``target``."""
     smoothed = trailing_mean([v for _, v in curve], window)
     return next((i + 1 for i, v in enumerate(smoothed) if i + 1 >= window and v >= target), None)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples with ``c`` correct: ``1 - C(n-c, k) / C(n, k)``, in the stable
+    product form ``1 - prod_{i=n-c+1..n} (1 - k / i)``; 1.0 when ``n - c < k``."""
+    if not 0 <= c <= n:
+        raise ValueError(f"need 0 <= c <= n, got n={n}, c={c}")
+    if k < 1 or k > n:
+        raise ValueError(f"need 1 <= k <= n, got k={k}, n={n}")
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod

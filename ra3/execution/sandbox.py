@@ -7,6 +7,8 @@ plugged in. :class:`LocalSandbox` isolates with, when available:
   (everything the program started dies with it), new session;
 - **a dropped uid** (when running as root, via ``setpriv``): one uid per pool slot, so
   ``RLIMIT_NPROC`` really binds (it does not bind root) and every leftover process of that uid is killed;
+  slots are leased machine-wide (an ``flock`` per uid, released when the pool closes or its process dies),
+  so pools in concurrent processes never share a uid — a kill sweep never hits another pool's job;
 - rlimits (address space, CPU, file size, process count, no core files), its own process group killed
   as a whole on timeout, a fresh temporary directory deleted afterwards, a stripped environment and
   closed stdin; stdout/stderr are captured up to a size cap.
@@ -43,6 +45,7 @@ from ra3.execution.types import ExecutionResult, Job, Status
 log = logging.getLogger(__name__)
 HARNESS = Path(__file__).with_name("harness.py")
 UID_BASE = 61000
+MAX_SLOTS = 1024  # uids UID_BASE .. UID_BASE + MAX_SLOTS - 1
 _warned: set[str] = set()
 
 
@@ -298,8 +301,9 @@ class SandboxPool:
         self.workers = workers or os.cpu_count() or 1
         self.retries = retries
         self._slots: queue.Queue[int] = queue.Queue()
-        for i in range(self.workers):
-            self._slots.put(i)
+        self._leases = _lease_slots(self.workers)
+        for slot in self._leases:
+            self._slots.put(slot)
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="ra3-sandbox")
 
     def _run(self, job: Job) -> ExecutionResult:
@@ -329,12 +333,38 @@ class SandboxPool:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+        for fd in self._leases.values():
+            os.close(fd)  # releases the flock
+        self._leases = {}
 
     def __enter__(self) -> "SandboxPool":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _lease_slots(n: int) -> dict[int, int]:
+    """``n`` free slot numbers (uid offsets), each held by an exclusive ``flock`` on ``<tmp>/ra3-sandbox-slots/<slot>``:
+    ``{slot: fd}``. The kernel drops a lock when its process dies, so a killed run leaks nothing."""
+    import fcntl
+
+    folder = Path(tempfile.gettempdir()) / "ra3-sandbox-slots"
+    folder.mkdir(mode=0o1777, exist_ok=True)
+    leases: dict[int, int] = {}
+    for slot in range(MAX_SLOTS):
+        if len(leases) == n:
+            return leases
+        fd = os.open(folder / str(slot), os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        leases[slot] = fd
+    for fd in leases.values():
+        os.close(fd)
+    raise RuntimeError(f"all {MAX_SLOTS} sandbox slots of this machine are in use")
 
 
 def run_many(jobs: Iterable[Job], workers: int | None = None, sandbox: Sandbox | None = None) -> list[ExecutionResult]:

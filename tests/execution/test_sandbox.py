@@ -69,9 +69,9 @@ def test_fork_bomb_is_contained(pool):
     assert r.status in (Status.ERROR, Status.TIMEOUT, Status.KILLED)
     time.sleep(0.2)
     assert not [p for p in psutil.process_iter(["cmdline"]) if "harness.py" in " ".join(p.info["cmdline"] or [])]
-    from ra3.execution.sandbox import UID_BASE
+    from ra3.execution.sandbox import MAX_SLOTS, UID_BASE
     running = [p for p in psutil.process_iter(["uids", "status"])
-               if UID_BASE <= p.info["uids"].real < UID_BASE + 16 and p.info["status"] != psutil.STATUS_ZOMBIE]
+               if UID_BASE <= p.info["uids"].real < UID_BASE + MAX_SLOTS and p.info["status"] != psutil.STATUS_ZOMBIE]
     assert not running  # killed children may linger as zombies until init reaps them; none may still run
 
 
@@ -257,3 +257,18 @@ def test_huge_outputs_come_back_as_digests_and_compare_exactly(pool):
     same = run_one(pool, Job(program, tests, entry_point="f", timeout=20.0))
     other = run_one(pool, Job(program.replace("i * k", "i * k + (i == 7)"), tests, entry_point="f", timeout=20.0))
     assert same.passed and not other.passed
+
+
+def test_concurrent_pools_never_share_a_slot_or_kill_each_others_jobs():
+    """Two pools at once (as parallel ``ra3 evaluate`` processes of a study): disjoint slots (uids), and one pool's
+    kill sweeps after its jobs never hit the other's running job (before slots were leased, both used uid 61000
+    and the long job died with exit 137: a sandbox_error)."""
+    with SandboxPool(workers=1) as a, SandboxPool(workers=2) as b:
+        assert not set(a._leases) & set(b._leases)
+        slow = a.submit(job("import time\ntime.sleep(1.5)\ndef f(x):\n    return x", tests=["assert f(1) == 1"], timeout=10))
+        quick = b.run_many([job("def f(x):\n    return x", tests=["assert f(1) == 1"]) for _ in range(8)])
+        assert all(r.status == Status.PASSED for r in quick)
+        assert slow.result().status == Status.PASSED
+        with SandboxPool(workers=1) as c:
+            assert not set(c._leases) & (set(a._leases) | set(b._leases))
+    assert a._leases == {} and b._leases == {}  # locks released
