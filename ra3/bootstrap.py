@@ -22,17 +22,25 @@ from ra3.metrics import boundary_scores, names_skill
 from ra3.rollout.latent import program_from_row
 
 
-def annotate(module, rows: list[dict], mode: str, group_size: int, generator: torch.Generator) -> list[dict]:
-    """Annotated copies of ``rows`` (``prompt``/``completion`` or ``text`` rewritten with thoughts)."""
+def annotate(module, rows: list[dict], mode: str, group_size: int, generator: torch.Generator,
+             min_gain: float | None = None) -> list[dict]:
+    """Annotated copies of ``rows`` (``prompt``/``completion`` or ``text`` rewritten with thoughts). With
+    ``min_gain``, a program whose kept annotation does not beat the plain program's log-likelihood by more than
+    ``min_gain`` nats (after the thought cost) stays plain (``thoughts`` empty, ``kept_plain`` true)."""
     programs = [program_from_row(r) for r in rows]
     config = dataclasses.replace(module.latent_config, group_size=group_size)
     rollout = module.engine.rollout(programs, config, generator)
     plain, _ = module.plain_logprob(programs)
-    rewards = module.rewards(rollout.to("cpu"), plain.cpu().repeat_interleave(group_size)).view(-1, group_size)
+    plain_g = plain.cpu().repeat_interleave(group_size)
+    rewards = module.rewards(rollout.to("cpu"), plain_g).view(-1, group_size)
+    gains = rewards - (0 if module.hparams.reward_gain else plain_g.view(-1, group_size))
     picks = rewards.argmax(1).tolist() if mode == "best" else [0] * len(rows)
     out = []
     for b, (row, g) in enumerate(zip(rows, picks)):
         i = b * group_size + g
+        if min_gain is not None and float(gains[b, g]) <= min_gain:
+            out.append({**row, "thoughts": [], "estep_reward": float(rewards[b, g]), "kept_plain": True})
+            continue
         text = rollout.texts[i]
         new = {k: v for k, v in row.items() if k not in ("text", "completion")}
         if "prompt" in row and "completion" in row:
@@ -46,7 +54,7 @@ def annotate(module, rows: list[dict], mode: str, group_size: int, generator: to
 
 def bootstrap(module, rows: list[dict], out_dir: str | os.PathLike, mode: str = "best", group_size: int | None = None,
               batch_size: int = 8, part_size: int = 64, seed: int = 0, progress=None, rank: int = 0,
-              world_size: int = 1) -> dict[str, Any]:
+              world_size: int = 1, min_gain: float | None = None) -> dict[str, Any]:
     """Write ``out_dir/bootstrapped.jsonl`` (+ ``stats.json``) from ``rows``; resumes from finished parts.
 
     With ``world_size`` > 1 (an initialised process group) rank r annotates parts r, r + W, ...; rank 0
@@ -74,7 +82,7 @@ def bootstrap(module, rows: list[dict], out_dir: str | os.PathLike, mode: str = 
             chunk = rows[p * part_size : (p + 1) * part_size]
             annotated = []
             for i in range(0, len(chunk), batch_size):
-                annotated += annotate(module, chunk[i : i + batch_size], mode, G, generator)
+                annotated += annotate(module, chunk[i : i + batch_size], mode, G, generator, min_gain)
                 if progress:
                     progress(len(chunk[i : i + batch_size]))
             write_jsonl(path, annotated)
@@ -96,7 +104,8 @@ def shard_stats(rows: list[dict]) -> dict[str, Any]:
     """Thought counts and, where rows carry ground truth, boundary precision/recall/F1 and skill naming."""
     n_thoughts = sum(len(r["thoughts"]) for r in rows)
     stats: dict[str, Any] = {"rows": len(rows), "thoughts": n_thoughts, "thoughts_per_program": n_thoughts / max(1, len(rows)),
-                             "malformed": sum(t["malformed"] for r in rows for t in r["thoughts"])}
+                             "malformed": sum(t["malformed"] for r in rows for t in r["thoughts"]),
+                             "kept_plain": sum(bool(r.get("kept_plain")) for r in rows)}
     with_truth = [r for r in rows if r.get("boundaries") is not None and "prompt" in r]
     if with_truth:
         truth, predicted, labels, thoughts = [], [], [], []

@@ -77,6 +77,9 @@ class EMCallback(L.Callback):
         bootstrap_limit: annotate only the first N programs of the corpus (default: all).
         bootstrap_batch_size: programs per rollout batch while bootstrapping.
         bootstrap_part_size: programs per atomically written part (the unit of bootstrap resume).
+        bootstrap_min_gain: keep a program's annotation only if it beats the plain program's log-likelihood by more
+            than this many nats after the thought cost (e.g. ``0``); otherwise the program stays plain. ``null``:
+            keep every annotation.
         mstep_init: start each M-step from the round's ``estep`` policy, or from the ``previous`` round's M-step
             policy (the base model in round 0): then the E-step's updates shape only the annotations.
         mstep_schedule: ``continue``: the rounds' M-steps are one learning-rate schedule ``rounds × mstep_steps``
@@ -89,7 +92,7 @@ class EMCallback(L.Callback):
 
     def __init__(self, rounds: int = 2, estep_steps: int = 50, mstep_steps: int = 100, bootstrap_mode: str = "best",
                  bootstrap_group_size: int | None = None, bootstrap_limit: int | None = None,
-                 bootstrap_batch_size: int = 16, bootstrap_part_size: int = 64, mstep_init: str = "estep", mstep_schedule: str = "continue",
+                 bootstrap_batch_size: int = 16, bootstrap_part_size: int = 64, bootstrap_min_gain: float | None = None, mstep_init: str = "estep", mstep_schedule: str = "continue",
                  checkpoint_every_n_steps: int = 10,
                  eval_source: str | None = None, eval_limit: int | None = None):
         from ra3.errors import Ra3Error
@@ -106,7 +109,7 @@ class EMCallback(L.Callback):
         self.rounds, self.estep_steps, self.mstep_steps = rounds, estep_steps, mstep_steps
         self.bootstrap_mode, self.bootstrap_group_size = bootstrap_mode, bootstrap_group_size
         self.bootstrap_limit, self.bootstrap_batch_size = bootstrap_limit, bootstrap_batch_size
-        self.bootstrap_part_size = bootstrap_part_size
+        self.bootstrap_part_size, self.bootstrap_min_gain = bootstrap_part_size, bootstrap_min_gain
         self.mstep_init, self.checkpoint_every_n_steps = mstep_init, checkpoint_every_n_steps
         self.eval_source, self.eval_limit = eval_source, eval_limit
         self.state = EMState()
@@ -202,7 +205,8 @@ class EMCallback(L.Callback):
                 if joined or rank == 0:  # ranks split the parts; without a process group yet, rank 0 does all
                     stats = bootstrap(module, rows, rdir, self.bootstrap_mode, self.bootstrap_group_size,
                                       self.bootstrap_batch_size, self.bootstrap_part_size, seed=k,
-                                      rank=rank if joined else 0, world_size=world if joined else 1)
+                                      rank=rank if joined else 0, world_size=world if joined else 1,
+                                      min_gain=self.bootstrap_min_gain)
                 else:
                     stats = {}
                 self.state.summaries[-1].update({f"bootstrap/{key}": v for key, v in stats.items()},
