@@ -61,6 +61,29 @@ def rlvr_curve(out: Path, name: str) -> list[tuple[int, float]]:
     return sorted(points.items())
 
 
+def epochs(study) -> dict[str, float]:
+    """Passes over its mid-training corpus each arm's M-step makes (same steps × batch × max_length tokens for
+    every arm; corpus tokens counted with the world's tokenizer, + BOS/EOS per program); RA3: mean over bases."""
+    from ra3.modules.policy import load_tokenizer
+
+    tok_dir = study.world / "tokenizer"
+    if not tok_dir.exists():
+        return {}
+    tok = load_tokenizer(str(tok_dir))
+    budget = study.p.mstep_steps * study.p.batch_size * 512
+
+    def passes(path: Path) -> float | None:
+        if not path.exists():
+            return None
+        n = sum(len(tok(json.loads(line)["text"])["input_ids"]) + 2 for line in open(path))
+        return budget / n
+
+    out = {arm: passes(study.world / f) for arm, f in (("ntp", "midtrain.jsonl"), ("oracle", "midtrain_oracle.jsonl"))}
+    ra3 = [e for s in study.bases if (e := passes(study.out / f"b{s}" / "ra3" / "round_0" / "bootstrapped.jsonl"))]
+    out["ra3"] = statistics.fmean(ra3) if ra3 else None
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def collect(study) -> dict[str, Any]:
     out, bases = study.out, [f"b{s}" for s in study.bases]
     models = ["base", *ARMS] + [f"rlvr_mid_{a}" for a in ARMS] + [f"rlvr_{a}" for a in ARMS]
@@ -128,6 +151,7 @@ def collect(study) -> dict[str, Any]:
                 lrs.setdefault(arm, {})[f"{lr:g}"] = statistics.fmean(per_base.values())
     if study.p.lr_grid:
         res["lr_choice"] = {arm: {"pass@1": v, "best": max(v, key=v.get)} for arm, v in lrs.items()}
+    res["epochs"] = epochs(study)
     res["stage_seconds"] = {m.stem: json.loads(m.read_text())["seconds"] for m in sorted((out / "stages").glob("*.done"))}
     return res
 
@@ -216,6 +240,9 @@ def write_report(study, wall_s: float) -> dict[str, Any]:
     for m in ("base", *ARMS, *(f"rlvr_mid_{a}" for a in ARMS), *(f"rlvr_{a}" for a in ARMS)):
         if res["pass@1"].get(m):
             L.append(f"| {m} | " + " | ".join(_fmt(res["pass@1"][m].get(w)) for w in SETS) + " |")
+    if res.get("epochs"):
+        L += ["", "M-step passes over each arm's corpus (same token budget): "
+              + ", ".join(f"{a} {e:.1f}" for a, e in res["epochs"].items()) + "."]
     L += ["", "## Paired differences (points), mean [95 % CI]: t over bases / bootstrap over bases and tasks", "",
           "| difference | all (t) | all (boot) | A (t) | B (t) | CI excludes 0 (t, all) |", "|---|---|---|---|---|---|"]
     for name, d in res["paired"].items():
