@@ -69,10 +69,12 @@ PRESETS = {
     "test": StudyPreset(2, {**_WORLD, "n_pretrain": 300, "n_midtrain": 60, "n_rl": 24, "n_eval": 12, "n_val": 8},
                         pretrain_steps=6, mstep_steps=4, estep_steps=2, rlvr_steps=4, n_samples=2, k=[1, 2],
                         batch_size=2, rlvr_prompts=2),
+    # the pilot picks each arm's M-step LR on val.jsonl (bases 100, 101: `--first_seed 100`), never on eval.jsonl
     "pilot": StudyPreset(2, _WORLD, pretrain_steps=350, mstep_steps=150, estep_steps=30, rlvr_steps=16, n_samples=2,
-                         k=[1, 2], arms=("ntp", "oracle"), rlvr=False, eval_split="val.jsonl"),
+                         k=[1, 2], rlvr=False, eval_split="val.jsonl", lr_grid=[3e-4, 3e-3]),
+    # learning rates: the pilot's choices (README, "Does RA3 help?")
     "default": StudyPreset(5, _WORLD, pretrain_steps=350, mstep_steps=150, estep_steps=30, rlvr_steps=24, n_samples=2,
-                           k=[1, 2]),
+                           k=[1, 2], learning_rates={"ntp": 3e-3, "oracle": 3e-3, "ra3": 1e-3}),
 }
 
 
