@@ -241,19 +241,72 @@ def _consolidate(args: list[str]) -> None:
     main(args)
 
 
-COMMANDS = {"world": _world, "evaluate": _evaluate, "em": _em, "quickstart": _quickstart, "study": _study,
+RECIPES = Path(__file__).resolve().parent / "configs"
+
+
+def recipe_names() -> list[str]:
+    """Shipped recipes, ``<model or world>/<method>`` (e.g. ``skillworld/ntp``, ``qwen2.5-1.5b/ra3``)."""
+    return sorted(f"{p.parent.name}/{p.stem}" for p in RECIPES.glob("*/*.yaml"))
+
+
+def resolve_config(value: str) -> str:
+    """A ``-c`` value: an existing file as given, else a shipped recipe by name (``skillworld/ntp[.yaml]``, also
+    ``configs/skillworld/ntp.yaml`` from any directory)."""
+    if os.path.exists(value):
+        return value
+    name = value.removeprefix("configs/").removesuffix(".yaml")
+    path = RECIPES / f"{name}.yaml"
+    return str(path) if path.is_file() else value
+
+
+def _config(args: list[str]) -> None:
+    import argparse
+    import shutil
+
+    p = argparse.ArgumentParser(prog="ra3 config", description="The shipped recipes: list them, print one, or copy one "
+                                "to edit. Any `-c NAME` (e.g. `ra3 fit -c skillworld/ntp`) also finds a shipped recipe.")
+    sub = p.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="names of the shipped recipes")
+    show = sub.add_parser("show", help="print a recipe")
+    show.add_argument("name")
+    copy = sub.add_parser("copy", help="copy a recipe to a file or folder, to edit")
+    copy.add_argument("name")
+    copy.add_argument("dest")
+    a = p.parse_args(args)
+    if a.action == "list":
+        print("\n".join(recipe_names()))
+        return
+    path = Path(resolve_config(a.name))
+    if not path.is_file():
+        raise Ra3Error(f"no recipe named {a.name!r}; `ra3 config list` shows {len(recipe_names())} of them")
+    if a.action == "show":
+        print(path.read_text(), end="")
+    else:
+        dest = Path(a.dest) / path.name if Path(a.dest).is_dir() else Path(a.dest)
+        if dest.exists():
+            raise Ra3Error(f"{dest} exists already; remove it or choose another destination")
+        shutil.copyfile(path, dest)
+        print(f"ra3 config: wrote {dest}")
+
+
+COMMANDS = {"world": _world, "evaluate": _evaluate, "em": _em, "quickstart": _quickstart, "study": _study, "config": _config,
             "consolidate": _consolidate}
 
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    for i, a in enumerate(args):  # shipped recipes by name, from any working directory
+        if i > 0 and args[i - 1] in ("-c", "--config"):
+            args[i] = resolve_config(a)
+        elif a.startswith("--config="):
+            args[i] = "--config=" + resolve_config(a.split("=", 1)[1])
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         if args and args[0] in COMMANDS:
             COMMANDS[args[0]](args[1:])
         else:
-            _lightning_cli(None if argv is None else args)
+            _lightning_cli(args)
     except Exception as e:
         cause = _ra3_error_in_chain(e)
         if cause is None:

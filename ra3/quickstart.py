@@ -1,6 +1,6 @@
 """``ra3 quickstart``: base vs NTP vs RA3 (vs the oracle) mid-training on the skill world, then RLVR from each.
 
-Every stage is an ordinary ``ra3`` command on a config under ``configs/skillworld/`` (plus a small override
+Every stage is an ordinary ``ra3`` command on a shipped recipe (``ra3/configs/skillworld/``) (plus a small override
 file written to ``<out>/configs/``), run as a subprocess; a stage whose ``DONE`` marker exists is skipped, so
 re-running after an interruption continues where it stopped. NTP, RA3 and the oracle get the same M-step
 token budget (RA3's E-step compute comes on top, as in the paper).
@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "skillworld"
+CONFIGS = Path(__file__).resolve().parent / "configs" / "skillworld"
 
 
 @dataclass
