@@ -241,6 +241,41 @@ def _consolidate(args: list[str]) -> None:
     main(args)
 
 
+def _data(args: list[str]) -> None:
+    import argparse
+
+    from ra3.dataprep import Filters, run
+
+    p = argparse.ArgumentParser(prog="ra3 data", description="Filter, deduplicate and decontaminate a corpus into "
+                                "mid-training rows (CodeDataModule) or RL rows (RLVRModule); resumable by shard.")
+    p.add_argument("kind", choices=["midtrain", "rl"])
+    p.add_argument("--source", required=True, help="hub dataset name, datasets directory, .jsonl(.gz) or .parquet file")
+    p.add_argument("--out", required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--text_field", help="column holding the code (default: the first of text, content, code, ...)")
+    p.add_argument("--streaming", action="store_true", help="stream a hub dataset instead of downloading it whole")
+    p.add_argument("--shard_size", type=int, default=10_000)
+    p.add_argument("--limit", type=int, help="read the first N rows only")
+    f = Filters()
+    p.add_argument("--min_lines", type=int, default=f.min_lines)
+    p.add_argument("--max_lines", type=int, default=f.max_lines)
+    p.add_argument("--max_chars", type=int, default=f.max_chars)
+    p.add_argument("--strip_comments", action="store_true", help="drop # comments and docstrings (default: keep)")
+    p.add_argument("--near_dup_threshold", type=float, default=f.near_dup_threshold,
+                   help="MinHash Jaccard threshold for near duplicates (<= 0: exact duplicates only)")
+    p.add_argument("--ngram", type=int, default=f.ngram, help="token window shared with a benchmark that removes a row")
+    p.add_argument("--benchmarks", nargs="*", default=list(f.benchmarks), choices=["humaneval", "mbppplus"])
+    a = p.parse_args(args)
+    filters = Filters(a.min_lines, a.max_lines, a.max_chars, a.strip_comments,
+                      a.near_dup_threshold if a.near_dup_threshold and a.near_dup_threshold > 0 else None, a.ngram,
+                      tuple(a.benchmarks))
+    report = run(a.kind, a.source, a.out, a.split, a.text_field, a.streaming, a.shard_size, a.limit, filters)
+    print(f"ra3 data: read {report['rows_read']}, kept {report['rows_kept']}; removed: "
+          + (", ".join(f"{k} {v}" for k, v in report["removed"].items()) or "none")
+          + (f"; benchmark tasks matched: {len(report['benchmark_tasks_matched'])}" if report["benchmark_tasks_matched"] else "")
+          + f"\nra3 data: rows in {a.out}/{a.kind}-*.jsonl, report {a.out}/report.json")
+
+
 RECIPES = Path(__file__).resolve().parent / "configs"
 
 
@@ -289,7 +324,7 @@ def _config(args: list[str]) -> None:
         print(f"ra3 config: wrote {dest}")
 
 
-COMMANDS = {"world": _world, "evaluate": _evaluate, "em": _em, "quickstart": _quickstart, "study": _study, "config": _config,
+COMMANDS = {"world": _world, "evaluate": _evaluate, "em": _em, "quickstart": _quickstart, "study": _study, "config": _config, "data": _data,
             "consolidate": _consolidate}
 
 

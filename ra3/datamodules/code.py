@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from ra3.datamodules.segments import KIND_IDS, program_segments, encode_segments
 from ra3.errors import Ra3Error
+from ra3.sources import iter_jsonl, rows_from_source  # noqa: F401  (the one source reader; re-exported)
 
 LossMode = Literal["all", "code_only", "completion_only"]
 
@@ -32,43 +33,6 @@ class Example:
 
     ids: list[int]
     kinds: list[int]
-
-
-def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed row or the ``json.JSONDecodeError``) for each non-blank line."""
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield lineno, json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield lineno, e
-
-
-def _iter_dataset(name: str, split: str) -> Iterator[tuple[int, Any]]:
-    import datasets
-
-    path = Path(os.path.expanduser(name))
-    try:
-        if (path / "dataset_info.json").exists() or (path / "state.json").exists() or (path / "dataset_dict.json").exists():
-            ds = datasets.load_from_disk(str(path))
-            ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
-        else:
-            ds = datasets.load_dataset(name, split=split)
-    except Exception as e:  # datasets raises many types for "not found / offline"
-        raise Ra3Error(f"cannot load dataset '{name}' (split {split!r}): {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
-    for i, row in enumerate(ds, 1):
-        yield i, row
-
-
-def rows_from_source(source: str, split: str = "train") -> Iterator[tuple[int, Any]]:
-    """Rows of a ``.jsonl`` file, a local ``datasets`` directory or a hub dataset name, with row numbers."""
-    path = Path(os.path.expanduser(source))
-    if source.endswith((".jsonl", ".json")):
-        if not path.is_file():
-            raise Ra3Error(f"data file '{source}' does not exist")
-        return iter_jsonl(path)
-    return _iter_dataset(source, split)
 
 
 class MalformedRows:
