@@ -171,29 +171,28 @@ def plots(out: Path, res: dict[str, Any]) -> list[Path]:
     import matplotlib.pyplot as plt
 
     made = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        made.append(out / name)
+
     names = [m for m in ("base", *ARMS) if "all" in res["pass@1"].get(m, {})]
     fig, ax = plt.subplots(figsize=(7, 3.8))
     for j, (stage, label) in enumerate((("", "mid-trained"), ("rlvr_", "after RLVR"))):
-        xs, ys, err = [], [], []
-        for i, m in enumerate(names):
-            c = res["pass@1"].get(stage + m if m != "base" or not stage else "", {}).get("all")
-            if c:
-                xs.append(i + 0.38 * j)
-                ys.append(100 * c["mean"])
-                err.append(100 * c["half"] if c["half"] == c["half"] else 0)
-        ax.bar(xs, ys, 0.36, yerr=err, capsize=3, label=label)
-        for i, m in enumerate(names):  # one dot per base
-            c = res["pass@1"].get(stage + m if m != "base" or not stage else "", {}).get("all")
-            if c:
-                ax.plot([i + 0.38 * j] * len(c["per_base"]), [100 * v for v in c["per_base"].values()], "k.", ms=3)
+        cells = [(i, res["pass@1"].get(stage + m, {}).get("all")) for i, m in enumerate(names) if m != "base" or not stage]
+        cells = [(i + 0.38 * j, c) for i, c in cells if c]
+        if not cells:
+            continue
+        ax.bar([x for x, _ in cells], [100 * c["mean"] for _, c in cells], 0.36, capsize=3, label=label,
+               yerr=[100 * c["half"] if c["half"] == c["half"] else 0 for _, c in cells])
+        for x, c in cells:  # one dot per base
+            ax.plot([x] * len(c["per_base"]), [100 * v for v in c["per_base"].values()], "k.", ms=3)
     ax.set_xticks([i + 0.19 for i in range(len(names))], names)
     ax.set(title="Held-out pass@1 (mean, 95 % t CI over bases; dots = bases)", ylabel="pass@1 (%)", ylim=(0, 100))
     ax.legend(fontsize=8)
-    path = out / "passk.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    made.append(path)
+    save(fig, "passk.png")
 
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for a, curves in res["rlvr_curves"].items():
@@ -210,11 +209,7 @@ def plots(out: Path, res: dict[str, Any]) -> list[Path]:
     ax.set(title="RLVR reward on the RL split (trailing mean; band = min..max over bases)", xlabel="step",
            ylabel="mean unit-test reward")
     ax.legend(fontsize=8)
-    path = out / "rlvr_reward.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    made.append(path)
+    save(fig, "rlvr_reward.png")
     return made
 
 
