@@ -251,15 +251,15 @@ def run(kind: str, source: str, out_dir: str, split: str = "train", text_field: 
         state, shard = saved["state"], saved["shard"]
     else:
         state, shard = pipeline.new_state(), 0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(desc=f"ra3 data {kind}", unit=" rows", initial=state.rows_read)
     rows: Iterator = rows_from_source(source, split, streaming)
+    bar = None
     kept: list[dict] = []
     seen = 0
     for row_number, row in rows:
+        if bar is None and progress:  # after the source opened: an error stays the last line printed
+            from tqdm.auto import tqdm
+
+            bar = tqdm(desc=f"ra3 data {kind}", unit=" rows", initial=state.rows_read)
         seen += 1
         if limit is not None and seen > limit:
             break

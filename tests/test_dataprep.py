@@ -110,3 +110,19 @@ def test_interrupted_run_resumes_to_the_same_rows(tmp_path):
     def rows(d):
         return [l for f in sorted((tmp_path / d).glob("midtrain-*.jsonl")) for l in open(f)]
     assert rows("cut") == rows("whole") and len(rows("whole")) == whole["rows_kept"]
+
+
+def test_bad_sources_are_one_line_errors(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    for source, message in ((str(tmp_path / "missing.jsonl"), "does not exist"),
+                            (str(tmp_path / "missing.parquet"), "does not exist")):
+        r = subprocess.run([sys.executable, "-m", "ra3.cli", "data", "midtrain", "--source", source, "--out",
+                            str(tmp_path / "o")], env=env, capture_output=True, text=True, timeout=120)
+        last = r.stderr.strip().splitlines()[-1]
+        assert r.returncode == 2 and last.startswith("ra3: error:") and message in last, r.stderr[-500:]
+    src = tmp_path / "c.jsonl"
+    corpus(src)
+    run("midtrain", str(src), str(tmp_path / "o2"), shard_size=8, limit=20, progress=False)
+    r = subprocess.run([sys.executable, "-m", "ra3.cli", "data", "midtrain", "--source", str(src), "--out",
+                        str(tmp_path / "o2"), "--ngram", "8"], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "other settings" in r.stderr.strip().splitlines()[-1]  # never mixes two runs' state
