@@ -265,10 +265,13 @@ def _data(args: list[str]) -> None:
                    help="MinHash Jaccard threshold for near duplicates (<= 0: exact duplicates only)")
     p.add_argument("--ngram", type=int, default=f.ngram, help="token window shared with a benchmark that removes a row")
     p.add_argument("--benchmarks", nargs="*", default=list(f.benchmarks), choices=["humaneval", "mbppplus"])
+    p.add_argument("--benchmark_files", nargs="*", default=[], metavar="FILE",
+                   help="more benchmarks to decontaminate against, e.g. a LiveCodeBench .jsonl (question_content, "
+                        "prompt, solution, tests ... are indexed)")
     a = p.parse_args(args)
     filters = Filters(a.min_lines, a.max_lines, a.max_chars, a.strip_comments,
                       a.near_dup_threshold if a.near_dup_threshold and a.near_dup_threshold > 0 else None, a.ngram,
-                      tuple(a.benchmarks))
+                      tuple(a.benchmarks), benchmark_files=tuple(a.benchmark_files))
     report = run(a.kind, a.source, a.out, a.split, a.text_field, a.streaming, a.shard_size, a.limit, filters)
     print(f"ra3 data: read {report['rows_read']}, kept {report['rows_kept']}; removed: "
           + (", ".join(f"{k} {v}" for k, v in report["removed"].items()) or "none")

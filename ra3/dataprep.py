@@ -72,23 +72,32 @@ def strip_comments(source: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def benchmark_ngrams(n: int, names: tuple[str, ...] = ("humaneval", "mbppplus")) -> dict[tuple[str, ...], str]:
-    """``{n-gram: task_id}`` over the shipped benchmarks' prompts, solutions and tests."""
+BENCHMARK_FIELDS = ("prompt", "canonical_solution", "code", "test", "test_list", "question", "question_content",
+                    "problem", "solution", "starter_code")
+
+
+def benchmark_ngrams(n: int, names: tuple[str, ...] = ("humaneval", "mbppplus"),
+                     files: tuple[str, ...] = ()) -> dict[tuple[str, ...], str]:
+    """``{n-gram: task_id}`` over the shipped benchmarks' prompts, solutions and tests, and over benchmark ``files``
+    (any source ``rows_from_source`` reads, e.g. a LiveCodeBench jsonl: ``BENCHMARK_FIELDS`` are indexed)."""
     from ra3.datamodules.benchmarks import _default_source, _read_rows
 
     sources = {"humaneval": (["HumanEval.jsonl.gz"], "openai_humaneval"), "mbppplus": (["MbppPlus.jsonl.gz"], "evalplus/mbppplus")}
-    index: dict[tuple[str, ...], str] = {}
+    rows: list[tuple[str, dict]] = []
     for name in names:
-        for row in _read_rows(_default_source(*sources[name]), "test"):
-            task = str(row.get("task_id"))
-            texts = [row.get(k) for k in ("prompt", "canonical_solution", "code", "test", "test_list")]
-            for text in texts:
-                if isinstance(text, list):
-                    text = "\n".join(map(str, text))
-                if isinstance(text, str):
-                    t = tokens(text)
-                    for i in range(len(t) - n + 1):
-                        index.setdefault(tuple(t[i : i + n]), task)
+        rows += [(name, row) for row in _read_rows(_default_source(*sources[name]), "test")]
+    for path in files:
+        rows += [(Path(path).name, row) for _, row in rows_from_source(path, "test") if isinstance(row, dict)]
+    index: dict[tuple[str, ...], str] = {}
+    for number, (name, row) in enumerate(rows):
+        task = str(row.get("task_id") or row.get("question_id") or f"{name}/{number}")
+        for text in (row.get(k) for k in BENCHMARK_FIELDS):
+            if isinstance(text, list):
+                text = "\n".join(map(str, text))
+            if isinstance(text, str):
+                t = tokens(text)
+                for i in range(len(t) - n + 1):
+                    index.setdefault(tuple(t[i : i + n]), task)
     return index
 
 
@@ -114,12 +123,13 @@ class Filters:
     ngram: int = 13
     benchmarks: tuple[str, ...] = ("humaneval", "mbppplus")
     num_perm: int = 128
+    benchmark_files: tuple[str, ...] = ()  # more benchmarks to decontaminate against (e.g. a LiveCodeBench jsonl)
 
 
 class Pipeline:
     def __init__(self, filters: Filters):
         self.f = filters
-        self.contamination = benchmark_ngrams(filters.ngram, filters.benchmarks) if filters.benchmarks else {}
+        self.contamination = benchmark_ngrams(filters.ngram, filters.benchmarks, filters.benchmark_files)
 
     def new_state(self) -> DedupState:
         state = DedupState()

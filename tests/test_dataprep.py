@@ -126,3 +126,18 @@ def test_bad_sources_are_one_line_errors(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ra3.cli", "data", "midtrain", "--source", str(src), "--out",
                         str(tmp_path / "o2"), "--ngram", "8"], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "other settings" in r.stderr.strip().splitlines()[-1]  # never mixes two runs' state
+
+
+def test_decontaminates_against_a_benchmark_file(tmp_path):
+    """A LiveCodeBench-style file (not shipped) given with benchmark_files: its questions leak into no kept row."""
+    question = ("Given an array of integers nums and an integer target, return the number of pairs whose "
+                "sum is strictly less than target.")
+    lcb = tmp_path / "lcb.jsonl"
+    lcb.write_text(json.dumps({"question_id": "lcb_pairs", "question_content": question, "starter_code": ""}) + "\n")
+    src = tmp_path / "c.jsonl"
+    leaked = f'def count_pairs(nums, target):\n    """{question}"""\n    return sum(1 for i in range(len(nums)) for j in range(i))\n'
+    rows = [{"content": _program(i)} for i in range(5)] + [{"content": leaked}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = run("midtrain", str(src), str(tmp_path / "o"), progress=False,
+                 filters=Filters(benchmarks=(), benchmark_files=(str(lcb),)))
+    assert report["removed"] == {"benchmark_overlap": 1} and report["benchmark_tasks_matched"] == {"lcb_pairs": 1}
