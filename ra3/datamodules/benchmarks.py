@@ -83,8 +83,14 @@ def _read_rows(source: str, split: str) -> list[dict]:
         if isinstance(ds, datasets.DatasetDict):
             ds = ds[split]
     except Exception as e:
-        raise Ra3Error(f"cannot load benchmark '{source}' (split {split!r}): {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+        where = (f"; offline, put {' or '.join(_LOCAL_NAMES[source])} in $RA3_DATA_DIR or pass --source NAME=FILE"
+                 if source in _LOCAL_NAMES else "")
+        raise Ra3Error(f"cannot load benchmark '{source}' (split {split!r}): "
+                       f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}{where}") from None
     return [dict(r) for r in ds]
+
+
+_LOCAL_NAMES: dict[str, list[str]] = {}  # hub name -> the local files that would have been used instead
 
 
 def _default_source(local_names: list[str], hub: str) -> str:
@@ -99,6 +105,8 @@ def _default_source(local_names: list[str], hub: str) -> str:
     for name in local_names:
         if (shipped / name).is_file():
             return str(shipped / name)
+    if hub:
+        _LOCAL_NAMES[hub] = local_names
     return hub
 
 

@@ -154,3 +154,15 @@ def test_mbpp_asserts_need_the_solutions_own_imports(pool, shared_data):
     body = "def volume_sphere(r):\n    return 4 / 3 * math.pi * r ** 3\n"
     forgot, imported = pool.run_many([p.job(body), p.job("import math\n" + body)])
     assert not forgot.passed and imported.passed
+
+
+def test_a_benchmark_that_does_not_ship_names_the_file_to_put_where_when_offline(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RA3_DATA_DIR"} | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    code = ("from ra3.datamodules.benchmarks import load_benchmark\n"
+            "try:\n    load_benchmark('humanevalplus', None)\nexcept Exception as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120).stdout
+    assert "HumanEvalPlus.jsonl" in out and "$RA3_DATA_DIR" in out and "--source" in out, out
