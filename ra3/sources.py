@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from ra3.errors import Ra3Error
+from ra3.errors import Ra3Error, first_line
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
@@ -26,10 +26,6 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
                     yield lineno, json.loads(line)
                 except json.JSONDecodeError as e:
                     yield lineno, e
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _iter_dataset(name: str, split: str, streaming: bool = False) -> Iterator[tuple[int, Any]]:
@@ -45,7 +41,7 @@ def _iter_dataset(name: str, split: str, streaming: bool = False) -> Iterator[tu
         else:
             ds = datasets.load_dataset(name, split=split, streaming=streaming)
     except Exception as e:  # datasets raises many types for "not found / offline"
-        raise Ra3Error(f"cannot load dataset '{name}' (split {split!r}): {_first_line(e)}") from None
+        raise Ra3Error(f"cannot load dataset '{name}' (split {split!r}): {first_line(e)}") from None
     for i, row in enumerate(ds, 1):
         yield i, row
 

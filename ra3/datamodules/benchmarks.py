@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ra3.errors import Ra3Error
+from ra3.errors import Ra3Error, first_line
 from ra3.execution.asserts import AssertSplit, called_function, split_asserts
 from ra3.execution.types import Job, TestCase, evalplus_timeouts
 from ra3.io import atomic_write_text
@@ -86,7 +86,7 @@ def _read_rows(source: str, split: str) -> list[dict]:
         where = (f"; offline, put {' or '.join(_LOCAL_NAMES[source])} in $RA3_DATA_DIR or pass --source NAME=FILE"
                  if source in _LOCAL_NAMES else "")
         raise Ra3Error(f"cannot load benchmark '{source}' (split {split!r}): "
-                       f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}{where}") from None
+                       f"{first_line(e)}{where}") from None
     return [dict(r) for r in ds]
 
 

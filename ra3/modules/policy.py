@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from ra3.errors import Ra3Error
+from ra3.errors import Ra3Error, first_line
 from ra3.modules.sharding import DTYPES, full_state_dict, gathered, is_sharded, shard_causal_lm
 
 
@@ -34,7 +34,7 @@ def load_tokenizer(name_or_path: str):
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
-        raise Ra3Error(f"cannot load tokenizer '{name_or_path}': {_first_line(e)}") from None
+        raise Ra3Error(f"cannot load tokenizer '{name_or_path}': {first_line(e)}") from None
     if tok.pad_token is None:
         if tok.eos_token is None:
             tok.add_special_tokens({"pad_token": "<|pad|>"})
@@ -44,11 +44,6 @@ def load_tokenizer(name_or_path: str):
             rank_zero_info(f"tokenizer '{name_or_path}' has no pad token: using its eos token {tok.eos_token!r} as pad")
     tok.padding_side = "left"  # generation pads on the left; training batches build their own padding
     return tok
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _check_4bit_shapes(model) -> None:
@@ -103,7 +98,7 @@ def make_optimizer(name: str, groups: list[dict], **kwargs) -> torch.optim.Optim
         cls = {"adamw8bit": bnb.optim.AdamW8bit, "paged_adamw8bit": bnb.optim.PagedAdamW8bit}[name]
         return cls(groups, **kwargs)
     except Exception as e:  # ImportError, or a bnb build without a backend for this device
-        raise Ra3Error(f"optimizer {name!r} needs a working bitsandbytes ({type(e).__name__}: {_first_line(e)}); "
+        raise Ra3Error(f"optimizer {name!r} needs a working bitsandbytes ({type(e).__name__}: {first_line(e)}); "
                        "use optimizer: adamw") from None
 
 
@@ -230,7 +225,7 @@ class PolicyModule(L.LightningModule):
             return AutoModelForCausalLM.from_pretrained(model, attn_implementation=hp.attn_implementation)
         except (OSError, ValueError) as e:
             offline = " (offline: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
-            raise Ra3Error(f"cannot load model '{model}'{offline}: {_first_line(e)}") from None
+            raise Ra3Error(f"cannot load model '{model}'{offline}: {first_line(e)}") from None
 
     def make_reference(self, quantization: str | None = None):
         """A frozen copy of the initial policy (for a KL penalty): a deep copy, or the same weights reloaded in
@@ -253,7 +248,7 @@ class PolicyModule(L.LightningModule):
                                                        attn_implementation=self.hparams.attn_implementation)
         except Exception as e:  # ImportError, or a bnb build without a backend for this device
             raise Ra3Error(f"reference_quantization {quantization!r} needs a working bitsandbytes "
-                           f"({type(e).__name__}: {_first_line(e)})") from None
+                           f"({type(e).__name__}: {first_line(e)})") from None
         if quantization == "4bit":
             _check_4bit_shapes(ref)
         return ref.eval().requires_grad_(False)
