@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ra3.stats import steps_to_reach, trailing_mean
+
 INITS = ("base", "ntp", "ra3", "oracle")
 
 
@@ -16,8 +18,9 @@ def _json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _rlvr_curve(out: Path, name: str) -> list[tuple[int, float]]:
-    path = out / "csv" / f"rlvr_{name}" / "version_0" / "metrics.csv"
+def rlvr_curve(out: Path, run: str) -> list[tuple[int, float]]:
+    """``[(step, rlvr/reward_mean)]`` from the CSV log of RLVR run ``run`` (``<out>/csv/<run>/version_0``)."""
+    path = out / "csv" / run / "version_0" / "metrics.csv"
     if not path.exists():
         return []
     points = {}
@@ -26,17 +29,6 @@ def _rlvr_curve(out: Path, name: str) -> list[tuple[int, float]]:
             if row.get("rlvr/reward_mean"):
                 points[int(row["step"])] = float(row["rlvr/reward_mean"])
     return sorted(points.items())
-
-
-def _smooth(values: list[float], window: int = 3) -> list[float]:
-    """Trailing moving average."""
-    return [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
-
-
-def steps_to_reach(curve: list[tuple[int, float]], target: float, window: int) -> int | None:
-    """First step at which the trailing ``window``-step mean (a full window) reaches ``target``."""
-    smoothed = _smooth([v for _, v in curve], window)
-    return next((s for i, ((s, _), v) in enumerate(zip(curve, smoothed)) if i + 1 >= window and v >= target), None)
 
 
 def collect(out: Path) -> dict[str, Any]:
@@ -52,7 +44,7 @@ def collect(out: Path) -> dict[str, Any]:
         if after:
             results["eval_after_rlvr"][name] = {**{k: v for k, v in after["skillworld"].items() if k.startswith("pass@")},
                                                 "greedy_pass@1": after_greedy["skillworld"]["pass@1"] if after_greedy else None}
-        curve = _rlvr_curve(out, name)
+        curve = rlvr_curve(out, f"rlvr_{name}")
         if curve:
             results["rlvr_curves"][name] = curve
     for marker in sorted((out / "stages").glob("*.done")):
@@ -70,7 +62,8 @@ def collect(out: Path) -> dict[str, Any]:
     if ntp and ra3:
         window = max(3, len(ntp) // 4)  # per-step rewards of a few prompts are noisy: compare smoothed curves
         target = sum(v for _, v in ntp[-window:]) / len(ntp[-window:])
-        reached = steps_to_reach(ra3, target, window)
+        n = steps_to_reach(ra3, target, window)
+        reached = ra3[n - 1][0] if n is not None else None  # the step at which it got there
         results["rlvr_ra3_steps_to_ntp_final"] = {"ntp_final_reward": target, "window": window, "ra3_steps": reached,
                                                   "ntp_steps": ntp[-1][0] + 1,
                                                   "ratio": (reached + 1) / (ntp[-1][0] + 1) if reached is not None else None}
@@ -126,7 +119,7 @@ def plots(out: Path, results: dict[str, Any]) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for name, curve in results["rlvr_curves"].items():
-        ax.plot([s for s, _ in curve], _smooth([v for _, v in curve], max(3, len(curve) // 4)), label=f"RLVR from {name}")
+        ax.plot([s for s, _ in curve], trailing_mean([v for _, v in curve], max(3, len(curve) // 4)), label=f"RLVR from {name}")
     ax.set(title="RLVR training reward (trailing mean)", xlabel="step", ylabel="mean unit-test reward")
     ax.legend()
     save(fig, "rlvr_reward.png")

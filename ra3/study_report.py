@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ra3.report import rlvr_curve
 from ra3.stats import bootstrap_difference, curve_auc, mean_ci, paired_difference, steps_to_reach, trailing_mean
 
 ARMS = ("ntp", "oracle", "ra3")
@@ -48,17 +49,6 @@ def _subset(scores: dict[str, float], which: str) -> dict[str, float]:
 
 def _mean(scores: dict[str, float]) -> float:
     return statistics.fmean(scores.values()) if scores else float("nan")
-
-
-def rlvr_curve(out: Path, name: str) -> list[tuple[int, float]]:
-    path = out / "csv" / name / "version_0" / "metrics.csv"
-    points = {}
-    if path.exists():
-        with open(path) as f:
-            for row in csv.DictReader(f):
-                if row.get("rlvr/reward_mean"):
-                    points[int(row["step"])] = float(row["rlvr/reward_mean"])
-    return sorted(points.items())
 
 
 def epochs(study) -> dict[str, float]:
