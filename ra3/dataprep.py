@@ -110,6 +110,7 @@ class DedupState:
     counts: dict[str, int] = field(default_factory=dict)
     matched: dict[str, int] = field(default_factory=dict)  # benchmark task -> rows removed for it
     rows_read: int = 0
+    rows_kept: int = 0  # rows written to shards
     next_key: int = 0
 
 
@@ -299,8 +300,7 @@ def run(kind: str, source: str, out_dir: str, split: str = "train", text_field: 
         shard = _write_shard(kind, out, kept, shard, state, pipeline, settings)
     if bar is not None:
         bar.close()
-    report = {"kind": kind, "source": source, "rows_read": state.rows_read, "rows_kept": sum(
-        1 for p in sorted(out.glob(f"{kind}-*.jsonl")) for _ in open(p)), "removed": dict(sorted(state.counts.items())),
+    report = {"kind": kind, "source": source, "rows_read": state.rows_read, "rows_kept": state.rows_kept, "removed": dict(sorted(state.counts.items())),
         "benchmark_tasks_matched": dict(sorted(state.matched.items())), "shards": shard,
         "dedup": "exact sha1 + MinHash LSH (datasketch)" if filters.near_dup_threshold is not None else "exact sha1",
         "filters": vars(filters)}
@@ -312,6 +312,7 @@ def _write_shard(kind: str, out: Path, rows: list[dict], shard: int, state: Dedu
     if kind == "rl":
         rows = _verify(rows, state, pipeline)
     write_jsonl(out / f"{kind}-{shard:05d}.jsonl", rows)
+    state.rows_kept += len(rows)
     tmp = out / "state.pkl.tmp"
     tmp.write_bytes(pickle.dumps({"state": state, "shard": shard + 1, "settings": json.loads(json.dumps(settings, default=list))}))
     tmp.replace(out / "state.pkl")

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import bisect
 import json
-import os
 import random
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -22,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from ra3.datamodules.segments import KIND_IDS, program_segments, encode_segments
 from ra3.errors import Ra3Error
-from ra3.sources import iter_jsonl, rows_from_source  # noqa: F401  (the one source reader; re-exported)
+from ra3.sources import rows_from_source
 
 LossMode = Literal["all", "code_only", "completion_only"]
 

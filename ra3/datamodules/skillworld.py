@@ -425,7 +425,7 @@ class SkillWorld:
         while True:
             task = self._draw(rng, lo, hi)
             if accept(task):
-                if task.program()[0] not in exclude or redraws >= MAX_REDRAWS:
+                if not exclude or redraws >= MAX_REDRAWS or task.program()[0] not in exclude:
                     return task
                 redraws += 1
 
@@ -468,8 +468,9 @@ SPLIT_KINDS = {"pretrain": False, "midtrain": False, "rl": "A", "eval": True, "e
 def generate_split(world: SkillWorld, split: str, n: int, comment_fraction: float = 0.0, with_tests: bool = False,
                    exclude: set[str] | frozenset[str] = frozenset()) -> list[dict]:
     """``n`` rows of ``split`` (a key of ``SPLIT_KINDS``); deterministic per (seed, split). A task whose program
-    text is in ``exclude`` (or, for ``eval_a``/``eval_b``/``val``, earlier in the split) is redrawn (new instances). The ``bigram`` split's RL rows are training-distribution
-    tasks, the ``composition`` split's are instances of held-out set A."""
+    text is in ``exclude`` (or, for ``eval_a``/``eval_b``/``val``, earlier in the split) is redrawn (new
+    instances). The ``bigram`` split's RL rows are training-distribution tasks, the ``composition`` split's are
+    instances of held-out set A."""
     rng = random.Random(f"{world.config.seed}-{split}")
     kind = SPLIT_KINDS[split]
     if world.config.split == "bigram":
