@@ -219,6 +219,7 @@ def _study(args: list[str]) -> None:
     p.add_argument("--world", nargs="*", default=[], metavar="KEY=VALUE", help="WorldConfig overrides, e.g. surfaces=1")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="preset overrides (YAML values), e.g. rlvr_steps=40 'lr_grid=[3e-4, 3e-3]'")
+    p.add_argument("--dry_run", action="store_true", help="print each stage (done or not, dependencies, command); run nothing")
     a = p.parse_args(args)
 
     def pairs(items: list[str], flag: str) -> dict:
@@ -230,7 +231,11 @@ def _study(args: list[str]) -> None:
             out[key] = __import__("yaml").safe_load(value)
         return out
 
-    Study(a.out, a.preset, a.bases, a.jobs, a.first_seed, pairs(a.world, "--world"), pairs(a.set, "--set")).run()
+    study = Study(a.out, a.preset, a.bases, a.jobs, a.first_seed, pairs(a.world, "--world"), pairs(a.set, "--set"))
+    if a.dry_run:
+        print("\n".join(study.plan()))
+        return
+    study.run()
     print(open(Path(a.out) / "report.md").read())
     print(f"ra3 study: report {Path(a.out) / 'report.md'}, results {Path(a.out) / 'results.json'}")
 

@@ -220,6 +220,12 @@ class Study:
             self._marker(stage.name).write_text(json.dumps({"seconds": self.times[stage.name]}))
         return code
 
+    def plan(self) -> list[str]:
+        """One line per stage in run order: done or to run, its dependencies, and the ``ra3`` command it runs."""
+        self.build()
+        return [f"{'done' if self._marker(n).exists() else 'todo'}  {n}  <- {','.join(st.deps) or '-'}\n    ra3 {' '.join(st.args)}"
+                for n, st in self.stages.items()]
+
     def run(self) -> dict[str, Any]:
         """Run every stage not done yet, ``jobs`` at a time in dependency order; then write the report."""
         started = time.time()

@@ -18,6 +18,36 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def installed_wheel(tmp_path_factory):
+    """ra3 built as a wheel and installed into a fresh virtual environment (no checkout on its path, no network).
+
+    Returns ``run(*args, cwd, timeout=600, check=True)`` for the venv's ``ra3`` script and ``python``/``venv`` paths.
+    The installed dependencies are reused: their folders go on the venv's ``sys.path`` *after* its own, as plain
+    paths, so the checkout's editable-install hook (a ``.pth``) is not run and ``ra3`` comes from the wheel.
+    """
+    import site
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    tmp = tmp_path_factory.mktemp("wheel")
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"),
+                    str(root)], check=True, capture_output=True, timeout=300)
+    wheel = next((tmp / "dist").glob("ra3-*.whl"))
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True,
+                             capture_output=True, text=True).stdout.strip()
+    Path(purelib, "_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    return SimpleNamespace(venv=venv, python=py, ra3=venv / "bin" / "ra3", env=env)
+
+
 def _shared_data_dir() -> Path | None:
     """HumanEval / MBPP+ files: $RA3_SHARED_DATA, else ../shared/data beside the checkout (or above it)."""
     repo = Path(__file__).resolve().parents[1]

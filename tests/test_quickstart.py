@@ -1,20 +1,22 @@
-"""``ra3 quickstart --preset test`` end to end in subprocesses, interrupted (SIGINT, then SIGKILL) and re-run."""
+"""``ra3 quickstart --preset test`` end to end, interrupted (SIGINT, then SIGKILL) and re-run.
+
+It runs the ``ra3`` script of the wheel installed in a fresh virtual environment (``installed_wheel``), from an empty
+directory: the user's path after ``pip install ra3``, not the checkout's.
+"""
 
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 
-def start(out):
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "ra3.cli", "quickstart", "--preset", "test", "--out", str(out)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+def start(wheel, cwd):
+    return subprocess.Popen([str(wheel.ra3), "quickstart", "--preset", "test", "--out", "qs"], cwd=cwd, env=wheel.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def wait_for(path: Path, proc, timeout=400):
@@ -26,22 +28,22 @@ def wait_for(path: Path, proc, timeout=400):
 
 
 @pytest.mark.slow
-def test_quickstart_end_to_end_with_interruptions(tmp_path):
+def test_quickstart_end_to_end_with_interruptions(installed_wheel, tmp_path):
     out = tmp_path / "qs"
     stages = out / "stages"
     # 1) SIGINT once pre-training is done
-    p = start(out)
+    p = start(installed_wheel, tmp_path)
     wait_for(stages / "pretrain.done", p)
     os.killpg(p.pid, signal.SIGINT)
     p.communicate(timeout=120)
     # 2) re-run, SIGKILL (the whole process group) once NTP is done
-    p = start(out)
+    p = start(installed_wheel, tmp_path)
     wait_for(stages / "ntp.done", p)
     os.killpg(p.pid, signal.SIGKILL)
     p.communicate(timeout=60)
     pretrain_time = json.loads((stages / "pretrain.done").read_text())
     # 3) re-run to the end: finished stages are skipped, not redone
-    p = start(out)
+    p = start(installed_wheel, tmp_path)
     log, _ = p.communicate(timeout=900)
     assert p.returncode == 0, log[-4000:]
     assert "== world: done already, skipped" in log and "== pretrain: done already, skipped" in log
