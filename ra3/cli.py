@@ -187,17 +187,23 @@ def _em(args: list[str]) -> None:
     print(f"ra3 em: done; final policy {init.em.state.policy}")
 
 
-def _quickstart(args: list[str]) -> None:
+def quickstart_parser():
     import argparse
 
-    from ra3.quickstart import PRESETS, Quickstart
+    from ra3.quickstart import PRESETS
 
     p = argparse.ArgumentParser(prog="ra3 quickstart", description="Skill world: base vs NTP vs RA3 mid-training, "
                                 "then RLVR from each; report, results and plots in --out. Re-running resumes.")
     p.add_argument("--out", default="artifacts/quickstart")
     p.add_argument("--preset", default="tiny", choices=list(PRESETS))
     p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(args)
+    return p
+
+
+def _quickstart(args: list[str]) -> None:
+    from ra3.quickstart import Quickstart
+
+    a = quickstart_parser().parse_args(args)
     results = Quickstart(a.out, a.preset, a.seed).run()
     print(open(Path(a.out) / "report.md").read())
     print(f"ra3 quickstart: report {Path(a.out) / 'report.md'}, results {Path(a.out) / 'results.json'}")

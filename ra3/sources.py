@@ -46,6 +46,23 @@ def _iter_dataset(name: str, split: str, streaming: bool = False) -> Iterator[tu
         yield i, row
 
 
+def expand_sources(sources: list[str]) -> list[str]:
+    """``sources`` with every glob pattern (``data/midtrain/*.jsonl``, the shards ``ra3 data`` writes) replaced by its
+    matches in sorted order; a pattern that matches nothing is an error naming it."""
+    import glob
+
+    out = []
+    for source in sources:
+        if glob.has_magic(source):
+            matches = sorted(glob.glob(os.path.expanduser(source)))
+            if not matches:
+                raise Ra3Error(f"no file matches '{source}'")
+            out += matches
+        else:
+            out.append(source)
+    return out
+
+
 def rows_from_source(source: str, split: str = "train", streaming: bool = False) -> Iterator[tuple[int, Any]]:
     """Rows of a ``.jsonl``/``.json`` (``.gz``) or ``.parquet`` file, a local ``datasets`` directory or a hub dataset
     name, with row numbers; ``streaming`` reads a hub dataset without downloading it whole."""

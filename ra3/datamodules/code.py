@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from ra3.datamodules.segments import KIND_IDS, program_segments, encode_segments
 from ra3.errors import Ra3Error
-from ra3.sources import rows_from_source
+from ra3.sources import expand_sources, rows_from_source
 
 LossMode = Literal["all", "code_only", "completion_only"]
 
@@ -147,7 +147,8 @@ class CodeDataModule(L.LightningDataModule):
     """Code snippets for next-token training.
 
     Args:
-        train_files: JSONL files, local ``datasets`` directories or hub dataset names for training.
+        train_files: JSONL files (glob patterns such as ``data/midtrain/*.jsonl`` allowed), local ``datasets``
+            directories or hub dataset names for training.
         val_files: the same for validation; if empty, ``val_fraction`` of the training rows is held out.
         val_fraction: share of training rows held out for validation when ``val_files`` is empty.
         split: split name used for ``datasets`` sources.
@@ -210,7 +211,7 @@ class CodeDataModule(L.LightningDataModule):
         """``parse(row)`` of every row of ``sources``; a row whose parse raises ``ValueError``/``KeyError``/
         ``TypeError`` is malformed (skipped and reported once per source, or fatal, per ``on_malformed``)."""
         out = []
-        for source in sources:
+        for source in expand_sources(sources):
             bad = MalformedRows(source, fatal=self.hparams.on_malformed == "error")
             for row_number, row in rows_from_source(source, self.hparams.split):
                 try:

@@ -50,6 +50,16 @@ def test_empty_dataset_and_missing_file_are_clear_errors(tmp_path, tokenizer):
         _dm(tokenizer, [tmp_path / "nope.jsonl"]).setup("fit")
 
 
+def test_glob_patterns_read_every_shard_in_order_and_no_match_is_an_error(tmp_path, tokenizer):
+    for i in (1, 0):
+        (tmp_path / f"midtrain-0000{i}.jsonl").write_text(json.dumps({"text": f"x = {i}"}) + "\n")
+    dm = _dm(tokenizer, [tmp_path / "midtrain-*.jsonl"])
+    dm.setup("fit")
+    assert [tokenizer.decode(e.ids, skip_special_tokens=True).strip() for e in dm.train_examples] == ["x = 0", "x = 1"]
+    with pytest.raises(Ra3Error, match=r"no file matches '.*/rl-\*.jsonl'"):
+        _dm(tokenizer, [tmp_path / "rl-*.jsonl"]).setup("fit")
+
+
 def test_local_datasets_directory_is_read(tmp_path, tokenizer):
     import datasets
 
