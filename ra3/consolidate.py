@@ -44,6 +44,9 @@ def policy_from_checkpoint(path: str | Path):
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     missing, unexpected = module.model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not _is_tied(module.model, k)]
+    if module.is_peft:  # its checkpoints hold only the adapters; the base comes from its model path
+        trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
+        missing = [k for k in missing if k in trainable]
     if missing or unexpected:
         raise Ra3Error(f"checkpoint '{path}' does not match its model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return module

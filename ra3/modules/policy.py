@@ -46,7 +46,15 @@ def load_tokenizer(name_or_path: str):
     return tok
 
 
-def _check_4bit_shapes(model) -> None:
+def _bnb_config(quantization: str, compute_dtype: torch.dtype):
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
+
+
+def _check_4bit_shapes(model, option: str) -> None:
     """One-line error for a layer bitsandbytes cannot run in 4-bit: its CPU kernel (bnb >= 0.50) packs weights in
     blocks of ``blocksize`` (64) input features x 32 output features and fails with a reshape error otherwise.
     Real models' layers are multiples of 64; tiny test models often are not."""
@@ -56,9 +64,9 @@ def _check_4bit_shapes(model) -> None:
             continue
         block = state.blocksize
         if module.in_features % block or module.out_features % 32:
-            raise Ra3Error(f"reference_quantization '4bit': layer {name} ({module.in_features} -> {module.out_features} "
+            raise Ra3Error(f"{option} '4bit': layer {name} ({module.in_features} -> {module.out_features} "
                            f"features) cannot be 4-bit quantised by bitsandbytes: in_features must be a multiple of "
-                           f"{block} and out_features of 32; use reference_quantization '8bit' or null")
+                           f"{block} and out_features of 32; use {option} '8bit' or null")
 
 
 def _check_exists(name_or_path: str, what: str) -> None:
@@ -135,6 +143,117 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: floa
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+LORA_SHORT = {"r": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "target_modules": "target_modules"}
+
+
+def lora_config(spec: dict[str, Any]):
+    """A ``peft.LoraConfig`` from the short form ``{r, alpha, dropout, target_modules}`` (defaults 16, 32, 0.0,
+    ``all-linear``; any other ``LoraConfig`` field may be added) or from ``{class_path, init_args}``."""
+    import importlib
+
+    try:
+        import peft
+    except ImportError:
+        raise Ra3Error("peft (LoRA) needs the peft package: pip install peft") from None
+    spec = dict(spec)
+    if "class_path" in spec:
+        module, _, name = spec["class_path"].rpartition(".")
+        cls, kwargs = getattr(importlib.import_module(module or "peft"), name), dict(spec.get("init_args") or {})
+    else:
+        cls = peft.LoraConfig
+        kwargs = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
+        kwargs.update({LORA_SHORT.get(k, k): v for k, v in spec.items()})
+    kwargs.setdefault("task_type", "CAUSAL_LM")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise Ra3Error(f"bad peft config: {first_line(e)}") from None
+
+
+def _is_adapter_dir(path: str | None) -> bool:
+    return bool(path) and (Path(os.path.expanduser(path)) / "adapter_config.json").is_file()
+
+
+def hf_model(model):
+    """The transformers model inside a peft wrapper (the model itself otherwise)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+class AdaptersDisabled:
+    """The policy with its LoRA adapters switched off: the frozen initial model for a KL penalty at no extra weights
+    (as TRL does). Not an ``nn.Module``, so it is neither registered, saved nor sharded a second time."""
+
+    def __init__(self, model):
+        self.model = model
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def __call__(self, *args, **kwargs):
+        with self.model.disable_adapter():
+            return self.model(*args, **kwargs)
+
+
+def merged_state_dict(model) -> dict[str, torch.Tensor]:
+    """The weights of a peft model's base with every active LoRA delta added — quantised base layers dequantised
+    first, so the result computes what was trained — under the base model's own parameter names."""
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.integrations import dequantize_module_weight
+
+    base = hf_model(model)
+    out: dict[str, torch.Tensor] = {}
+    done: set[str] = set()
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer):
+            layer = module.get_base_layer()
+            weight = dequantize_module_weight(layer).detach().clone()
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A:
+                    weight += module.get_delta_weight(adapter).to(weight.dtype)
+            out[f"{name}.weight"] = weight
+            if getattr(layer, "bias", None) is not None:
+                out[f"{name}.bias"] = layer.bias.detach()
+            done.add(name)
+        elif type(module).__name__ in ("Linear4bit", "Linear8bitLt") and not any(name.startswith(d + ".") for d in done):
+            out[f"{name}.weight"] = dequantize_module_weight(module).detach().clone()
+            if module.bias is not None:
+                out[f"{name}.bias"] = module.bias.detach()
+            done.add(name)
+    saved = set(base.state_dict())  # persistent entries only (not e.g. rotary inv_freq)
+    for key, value in [*base.named_parameters(), *base.named_buffers()]:
+        owner = key.rsplit(".", 1)[0]
+        if key not in saved or "lora_" in key or any(owner == d or owner.startswith(d + ".") for d in done):
+            continue
+        out[key] = value.detach()
+    return out
+
+
+def save_merged(model, tokenizer, directory: Path) -> None:
+    """``save_pretrained`` of the merged weights (see ``merged_state_dict``) as a plain transformers model."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    state = merged_state_dict(model)
+    config = copy.deepcopy(hf_model(model).config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config)
+    missing, unexpected = plain.load_state_dict(state, strict=False, assign=True)
+    tied = plain.get_output_embeddings() is not None and getattr(config, "tie_word_embeddings", False)
+    if unexpected or [k for k in missing if not (tied and k == "lm_head.weight")]:
+        raise RuntimeError(f"merged LoRA weights do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    if tied:
+        plain.tie_weights()
+    plain.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+
+
 class PolicyModule(L.LightningModule):
     """A causal LM policy.
 
@@ -164,6 +283,15 @@ class PolicyModule(L.LightningModule):
         fsdp_reduce_dtype: FSDP2 gradient reduce-scatter dtype (null = the parameters' dtype).
         fsdp_reshard_after_forward: free each block's gathered weights after its forward (ZeRO-3);
             ``False`` keeps them until backward (ZeRO-2: faster, more memory).
+        peft: LoRA adapters (needs ``peft``): the short form ``{r, alpha, dropout, target_modules}`` (defaults 16, 32,
+            0.0, ``all-linear``) or a ``peft.LoraConfig`` as ``{class_path, init_args}``. Only the adapters train;
+            checkpoints hold only them; with ``beta > 0`` the frozen reference is this model with its adapters
+            disabled (no copy). A ``model`` directory holding an adapter (``adapter_config.json``, e.g. a previous
+            phase's export with ``export_adapter``) is loaded onto its base and trained further instead.
+        quantization: load the base weights through bitsandbytes: ``4bit`` (nf4; with ``peft`` this is QLoRA) or
+            ``8bit``. Needs ``peft`` (quantised weights do not train).
+        export_adapter: with ``peft``, export only the adapter (loads with transformers + peft) instead of the merged
+            model (default: merged, so ``ra3 evaluate`` and the next phase read it as any model).
     """
 
     def __init__(
@@ -186,6 +314,9 @@ class PolicyModule(L.LightningModule):
         fsdp_param_dtype: str | None = "bfloat16",
         fsdp_reduce_dtype: str | None = "float32",
         fsdp_reshard_after_forward: bool = True,
+        peft: dict[str, Any] | None = None,
+        quantization: str | None = None,
+        export_adapter: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -200,16 +331,67 @@ class PolicyModule(L.LightningModule):
                 raise Ra3Error(f"{name} must be one of {', '.join(DTYPES)} or null, got {value!r}")
         if learning_rate <= 0:
             raise Ra3Error(f"learning_rate must be > 0, got {learning_rate}")
+        if quantization not in (None, "4bit", "8bit"):
+            raise Ra3Error(f"quantization must be 4bit, 8bit or null; got {quantization!r}")
+        adapter = _is_adapter_dir(model)
+        if quantization and not (peft or adapter):
+            raise Ra3Error("quantization trains nothing without adapters: set peft (QLoRA) as well")
+        if quantization and model is None:
+            raise Ra3Error("quantization loads the base weights from model: it needs model, not model_config")
         tokenizer_path = tokenizer or model
         if tokenizer_path is None:
             raise Ra3Error("a model built from model_config needs a tokenizer path")
         self.tokenizer = load_tokenizer(tokenizer_path)
-        self.model = self._load_model(model, model_config).train()  # from_pretrained returns eval mode
-        if len(self.tokenizer) > self.model.get_input_embeddings().num_embeddings:
-            self.model.resize_token_embeddings(len(self.tokenizer))
+        if adapter:
+            self.model = self._load_adapter(model).train()
+        else:
+            self.model = self._load_model(model, model_config).train()  # from_pretrained returns eval mode
+            if len(self.tokenizer) > self.model.get_input_embeddings().num_embeddings:
+                self.model.resize_token_embeddings(len(self.tokenizer))
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.model.config.use_cache = False
+        if peft is not None and not adapter:
+            self.model = self._add_adapters(self.model, lora_config(peft))
+        self.strict_loading = not self.is_peft  # checkpoints of a peft policy hold only the adapters
+
+    @property
+    def is_peft(self) -> bool:
+        return hasattr(self.model, "peft_config")
+
+    def _add_adapters(self, model, config):
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        if self.hparams.quantization:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=self.hparams.gradient_checkpointing)
+        try:
+            model = get_peft_model(model, config)
+        except ValueError as e:
+            if "not found in the base model" not in str(e) and "target_modules" not in str(e):
+                raise Ra3Error(f"cannot add LoRA adapters: {first_line(e)}") from None
+            names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                            if isinstance(m, torch.nn.Linear) or type(m).__name__ in ("Linear4bit", "Linear8bitLt")})
+            raise Ra3Error(f"peft target_modules {config.target_modules!r} match no layer of the model; "
+                           f"its linear layers are: {', '.join(names)}") from None
+        if self.hparams.model and os.path.isdir(os.path.expanduser(self.hparams.model)):
+            for cfg in model.peft_config.values():  # an exported adapter finds its base from anywhere
+                cfg.base_model_name_or_path = str(Path(os.path.expanduser(self.hparams.model)).resolve())
+        return model
+
+    def _load_adapter(self, path: str):
+        """A saved adapter on its base model (``base_model_name_or_path`` of its config), trainable."""
+        from peft import PeftConfig, PeftModel
+
+        config = PeftConfig.from_pretrained(path)
+        base_path = config.base_model_name_or_path
+        if not base_path:
+            raise Ra3Error(f"adapter '{path}' does not name its base model (base_model_name_or_path is empty)")
+        base = self._load_model(base_path, None)
+        if self.hparams.quantization:
+            from peft import prepare_model_for_kbit_training
+
+            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=self.hparams.gradient_checkpointing)
+        return PeftModel.from_pretrained(base, path, is_trainable=True)
 
     def _load_model(self, model: str | None, model_config: dict | None):
         from transformers import AutoModelForCausalLM
@@ -221,15 +403,30 @@ class PolicyModule(L.LightningModule):
                 torch.manual_seed(hp.init_seed)
                 return AutoModelForCausalLM.from_config(config, attn_implementation=hp.attn_implementation)
         _check_exists(model, "model")
+        kwargs = {}
+        if hp.get("quantization"):
+            kwargs["quantization_config"] = _bnb_config(hp.quantization, torch.float32)
         try:
-            return AutoModelForCausalLM.from_pretrained(model, attn_implementation=hp.attn_implementation)
-        except (OSError, ValueError) as e:
+            loaded = AutoModelForCausalLM.from_pretrained(model, attn_implementation=hp.attn_implementation, **kwargs)
+        except (OSError, ValueError, ImportError, RuntimeError) as e:
+            if kwargs:
+                raise Ra3Error(f"quantization {hp.quantization!r} needs a working bitsandbytes "
+                               f"({type(e).__name__}: {first_line(e)})") from None
             offline = " (offline: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
             raise Ra3Error(f"cannot load model '{model}'{offline}: {first_line(e)}") from None
+        if hp.get("quantization") == "4bit":
+            _check_4bit_shapes(loaded, "quantization")
+        return loaded
 
     def make_reference(self, quantization: str | None = None):
         """A frozen copy of the initial policy (for a KL penalty): a deep copy, or the same weights reloaded in
-        bitsandbytes ``8bit``/``4bit`` (memory: about 1/4 or 1/8 of fp32; kept whole on every rank, unsharded)."""
+        bitsandbytes ``8bit``/``4bit`` (memory: about 1/4 or 1/8 of fp32; kept whole on every rank, unsharded).
+        Under ``peft``: the policy with its adapters disabled (``quantization`` is not needed then)."""
+        if self.is_peft:
+            if quantization is not None:
+                rank_zero_info("ra3: peft policy: the reference is the base model with adapters disabled; "
+                               "reference_quantization is not used")
+            return AdaptersDisabled(self.model)
         if quantization is None:
             import copy
 
@@ -239,18 +436,16 @@ class PolicyModule(L.LightningModule):
         if self.hparams.model is None:
             raise Ra3Error("reference_quantization loads the reference from the model path: it needs model, not model_config")
         try:
-            from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+            from transformers import AutoModelForCausalLM
 
-            config = (BitsAndBytesConfig(load_in_8bit=True) if quantization == "8bit" else
-                      BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                         bnb_4bit_compute_dtype=next(self.model.parameters()).dtype))
+            config = _bnb_config(quantization, next(self.model.parameters()).dtype)
             ref = AutoModelForCausalLM.from_pretrained(self.hparams.model, quantization_config=config,
                                                        attn_implementation=self.hparams.attn_implementation)
         except Exception as e:  # ImportError, or a bnb build without a backend for this device
             raise Ra3Error(f"reference_quantization {quantization!r} needs a working bitsandbytes "
                            f"({type(e).__name__}: {first_line(e)})") from None
         if quantization == "4bit":
-            _check_4bit_shapes(ref)
+            _check_4bit_shapes(ref, "reference_quantization")
         return ref.eval().requires_grad_(False)
 
     # ---- sharding --------------------------------------------------------------------------------
@@ -265,12 +460,12 @@ class PolicyModule(L.LightningModule):
         dp = self._dp_mesh()
         hp = self.hparams
         for model in (self.model, getattr(self, "reference", None)):
-            if model is not None and not getattr(model, "is_quantized", False):  # bnb weights cannot be sharded
-                shard_causal_lm(model, dp, hp.fsdp_param_dtype, hp.fsdp_reduce_dtype, hp.fsdp_reshard_after_forward)
+            if isinstance(model, torch.nn.Module) and not getattr(hf_model(model), "is_quantized", False):  # bnb: whole
+                shard_causal_lm(hf_model(model), dp, hp.fsdp_param_dtype, hp.fsdp_reduce_dtype, hp.fsdp_reshard_after_forward)
 
     def generation(self):
         """Context for sampling from the policy: full weights gathered once if sharded (see ``sharding.gathered``)."""
-        return gathered(self.model)
+        return gathered(hf_model(self.model))
 
     def _dp_mesh(self):
         """The data-parallel part of the strategy's device mesh (``None`` outside ModelParallelStrategy)."""
@@ -363,14 +558,34 @@ class PolicyModule(L.LightningModule):
         """``save_pretrained`` of model and tokenizer, loadable with plain transformers. Call it on every rank:
         a sharded model is gathered first (a collective); rank 0 writes."""
         directory = Path(directory)
+        leader = self._trainer is None or self._trainer.is_global_zero
+        if self.is_peft:
+            with torch.no_grad(), gathered(hf_model(self.model)):
+                if self.hparams.get("export_adapter"):
+                    state = {k: v.detach().cpu().clone() for k, v in self.model.named_parameters() if "lora_" in k}
+                    if leader:
+                        self.model.save_pretrained(directory, state_dict=state)
+                        self.tokenizer.save_pretrained(directory)
+                elif leader:
+                    directory.mkdir(parents=True, exist_ok=True)
+                    save_merged(self.model, self.tokenizer, directory)
+            if self._trainer is not None:
+                self._trainer.strategy.barrier("ra3-export")
+            return directory
         state = full_state_dict(self.model) if is_sharded(self.model) else None
-        if self._trainer is None or self._trainer.is_global_zero:
+        if leader:
             directory.mkdir(parents=True, exist_ok=True)
             self.model.save_pretrained(directory, state_dict=state)
             self.tokenizer.save_pretrained(directory)
         if self._trainer is not None:
             self._trainer.strategy.barrier("ra3-export")
         return directory
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A peft policy's checkpoint holds only what trains (the adapters): the base is re-read from ``model``."""
+        if self.is_peft:
+            trainable = {"model." + n for n, p in self.model.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
     def on_fit_end(self) -> None:
         if self.hparams.export_dir:
