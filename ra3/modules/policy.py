@@ -232,6 +232,18 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
     return out
 
 
+def _unsharded_peft_copy(model, state: dict[str, torch.Tensor]):
+    """A CPU copy of a (FSDP2-sharded) peft model holding ``state``, its full state dict."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        skeleton = get_peft_model(AutoModelForCausalLM.from_config(hf_model(model).config), model.peft_config["default"])
+    skeleton.load_state_dict(state, strict=False, assign=True)
+    hf_model(skeleton).tie_weights()
+    return skeleton
+
+
 def save_merged(model, tokenizer, directory: Path) -> None:
     """``save_pretrained`` of the merged weights (see ``merged_state_dict``) as a plain transformers model."""
     import copy
@@ -560,15 +572,18 @@ class PolicyModule(L.LightningModule):
         directory = Path(directory)
         leader = self._trainer is None or self._trainer.is_global_zero
         if self.is_peft:
-            with torch.no_grad(), gathered(hf_model(self.model)):
-                if self.hparams.get("export_adapter"):
-                    state = {k: v.detach().cpu().clone() for k, v in self.model.named_parameters() if "lora_" in k}
-                    if leader:
-                        self.model.save_pretrained(directory, state_dict=state)
+            model = self.model
+            if is_sharded(self.model):  # gather the full weights onto an unsharded copy on rank 0 (a collective)
+                state = full_state_dict(self.model)
+                model = _unsharded_peft_copy(self.model, state) if leader else None
+            if leader:
+                with torch.no_grad():
+                    if self.hparams.get("export_adapter"):
+                        model.save_pretrained(directory)
                         self.tokenizer.save_pretrained(directory)
-                elif leader:
-                    directory.mkdir(parents=True, exist_ok=True)
-                    save_merged(self.model, self.tokenizer, directory)
+                    else:
+                        directory.mkdir(parents=True, exist_ok=True)
+                        save_merged(model, self.tokenizer, directory)
             if self._trainer is not None:
                 self._trainer.strategy.barrier("ra3-export")
             return directory

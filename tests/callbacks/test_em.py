@@ -192,3 +192,33 @@ def test_mstep_init_picks_the_weights_the_mstep_starts_from(world_dir, tiny_mode
 
     assert not same("estep", "base")
     assert same("mstep", "base" if mstep_init == "previous" else "estep")
+
+
+@pytest.mark.slow
+def test_lora_em_two_rounds_resumes_after_sigkill(world_dir, tiny_model_dir, tmp_path):
+    """LoRA in both phases: the E-step exports its adapter, which the bootstrap and the M-step (``mstep_init: estep``)
+    load onto the base and train on; the M-step exports the merged model, which the next round adapts afresh.
+    Killed mid E-step of round 1, resumed to the end."""
+    out = tmp_path / "em"
+    lora = json.dumps({"r": 4, "alpha": 8})
+    args = em_args(world_dir, tiny_model_dir, out, "--em.rounds", "2", "--wandb", "null", "--estep.init_args.peft", lora,
+                   "--estep.init_args.export_adapter", "true", "--mstep.init_args.peft", lora)
+    p = popen(args, tmp_path)
+    assert _kill_when(p, lambda: (out / "round_1/estep/checkpoints/last.ckpt").exists())
+    state = json.loads((out / "em_state.json").read_text())
+    assert state["phase"] == "estep" and state["round"] == 1
+    ckpt = torch.load(out / "round_1/estep/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["state_dict"] and all("lora_" in k for k in ckpt["state_dict"])  # adapters only
+    rc, stdout, err = run(args + ["--resume", "true"], tmp_path)
+    assert rc == 0, err[-3000:]
+    assert json.loads((out / "em_state.json").read_text())["done"] and "round 1:" in stdout
+    from transformers import AutoModelForCausalLM
+
+    for k in (0, 1):
+        estep, mstep = out / f"round_{k}/estep_policy", out / f"round_{k}/mstep_policy"
+        assert (estep / "adapter_config.json").exists() and not (estep / "model.safetensors").exists()
+        assert (mstep / "model.safetensors").exists() and not (mstep / "adapter_config.json").exists()
+        AutoModelForCausalLM.from_pretrained(mstep)
+        assert len(rows(out, k)) == 24
+    summary = json.loads((out / "em_summary.json").read_text())
+    assert [s["round"] for s in summary] == [0, 1] and all("mstep/loss" in s for s in summary)

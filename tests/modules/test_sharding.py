@@ -218,3 +218,26 @@ def test_param_groups_of_old_and_new_fsdp_states():
     assert _param_groups(SimpleNamespace(_fsdp_param_groups=[g, g])) == [g, g]
     assert _param_groups(SimpleNamespace(_fsdp_param_group=g)) == [g]
     assert _param_groups(SimpleNamespace(_fsdp_param_group=None)) == []
+
+
+def test_lora_under_fsdp2_on_two_processes_matches_one_process(world_dir, tiny_model_dir, tmp_path):
+    """LoRA adapters sharded with their blocks: the M-step's merged export, and RLVR's with the reference taken as the
+    adapters-disabled policy (beta > 0), equal the single-process ones (fp32)."""
+    lora = json.dumps({"r": 4, "alpha": 8})
+    fp32 = ["--model.fsdp_param_dtype", "null", "--model.fsdp_reduce_dtype", "null", "--model.peft", lora,
+            "--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.max_steps", "3"]
+    mstep = ["fit", "--model", "ra3.modules.MStepModule", "--model.model", str(tiny_model_dir), "--model.learning_rate", "1e-2",
+             "--data", "ra3.datamodules.CodeDataModule", "--data.train_files", f"[{world_dir / 'midtrain.jsonl'}]",
+             "--data.max_length", "256", "--trainer.enable_checkpointing", "false", *fp32]
+    rlvr = ["fit", "-c", os.path.join(os.path.dirname(__file__), "../../configs/skillworld/rlvr.yaml"),
+            "--model.class_path", "extensions.LengthRewardRLVR", "--model.init_from", str(tiny_model_dir),
+            "--model.max_new_tokens", "16", "--model.beta", "0.1", "--model.learning_rate", "1e-2",
+            "--data.rl_files", f"[{world_dir / 'rl.jsonl'}]", "--trainer.callbacks", "[]",
+            "--trainer.enable_checkpointing", "false", *fp32]
+    for name, args, batch in (("mstep", mstep, "--data.batch_size"), ("rlvr", rlvr, "--data.program_batch_size")):
+        ra3(*args, "--model.export_dir", f"{name}1", batch, "4", "--trainer.devices", "1",
+            "--trainer.default_root_dir", f"{name}_run1", cwd=tmp_path)
+        ra3(*args, "--model.export_dir", f"{name}2", batch, "2", "--trainer.devices", "2", "--trainer.strategy", "fsdp2",
+            "--trainer.default_root_dir", f"{name}_run2", cwd=tmp_path)
+        assert max_diff(tmp_path / f"{name}1", tiny_model_dir) > 1e-4, name  # the adapters trained (merged in)
+        assert max_diff(tmp_path / f"{name}1", tmp_path / f"{name}2") < 1e-5, name
