@@ -1,9 +1,9 @@
-"""Peak memory per module and setting: plain vs gradient checkpointing vs 8-bit AdamW vs FSDP2 sharding.
+"""Peak memory per module and setting: plain vs gradient checkpointing vs 8-bit AdamW vs FSDP2 sharding vs LoRA / QLoRA.
 
 Each setting is a fresh ``ra3 fit`` process (so peaks do not mix) training ``--steps`` steps of the M-step,
 E-step or RLVR on a skill-world model of the given size (or ``--model DIR``); the table gives the peak RSS
 of the rank-0 process (``ru_maxrss``; on GPU also ``torch.cuda.max_memory_allocated``) and the ratio to the
-plain run of the same module::
+plain run of the same module, and the trainable parameters of each setting::
 
     python benchmarks/memory.py [--hidden 512 --layers 8] [--modules mstep estep rlvr] [--threads 1]
 
@@ -25,7 +25,20 @@ SETTINGS = {
     "checkpointing": ["--model.gradient_checkpointing", "true"],
     "adamw8bit": ["--model.optimizer", "adamw8bit"],
     "fsdp2x2": ["--trainer.devices", "2", "--trainer.strategy", "fsdp2", "--model.fsdp_param_dtype", "null"],
+    "lora": ["--model.peft", '{"r": 16}'],
+    "qlora": ["--model.peft", '{"r": 16}', "--model.quantization", "4bit"],
 }
+
+
+def trainable_parameters(model: Path, setting: str) -> int:
+    """Parameters that train under ``setting`` (the adapters under LoRA / QLoRA, everything otherwise)."""
+    from ra3.modules.policy import PolicyModule
+
+    args = SETTINGS[setting]
+    peft = json.loads(args[args.index("--model.peft") + 1]) if "--model.peft" in args else None
+    quantization = args[args.index("--model.quantization") + 1] if "--model.quantization" in args else None
+    policy = PolicyModule(model=str(model), peft=peft, quantization=quantization)
+    return sum(p.numel() for p in policy.model.parameters() if p.requires_grad)
 
 PEAK = """
 import atexit, json, os, resource, sys
@@ -101,8 +114,10 @@ def main() -> None:
             plain = plain or peak
             ratio = peak["rss_mb"] / plain["rss_mb"]
             cuda = f"  cuda {peak['cuda_mb']:.0f} MB" if peak["cuda_mb"] else ""
-            print(f"{module:6} {setting:14} peak RSS {peak['rss_mb']:8.0f} MB  ({ratio:.2f}x plain){cuda}", flush=True)
-            rows.append({"module": module, "setting": setting, **peak, "ratio_to_plain": ratio})
+            n = trainable_parameters(model, setting)
+            print(f"{module:6} {setting:14} peak RSS {peak['rss_mb']:8.0f} MB  ({ratio:.2f}x plain)  "
+                  f"trainable {n / 1e6:7.2f} M{cuda}", flush=True)
+            rows.append({"module": module, "setting": setting, **peak, "ratio_to_plain": ratio, "trainable": n})
     (root / "memory.json").write_text(json.dumps(rows, indent=1))
     print(f"results: {root / 'memory.json'}")
 

@@ -2,7 +2,8 @@
 
 Same tiny Llama (same initial weights), same skill-world programs, same batch size and max length,
 same thread count; each trainer runs ``--steps`` optimizer steps and tokens/s is measured after
-``--warmup`` steps. Also compares ra3's two batching modes (packing vs per-document padding).
+``--warmup`` steps. Also compares ra3's two batching modes (packing vs per-document padding) and LoRA (r 16 on every
+linear layer) against full fine-tuning.
 
     python benchmarks/mstep_throughput.py [--steps 40] [--threads 2]
 
@@ -38,7 +39,8 @@ def build_assets(root: Path) -> tuple[Path, Path]:
     return paths["midtrain"], root / "model"
 
 
-def run_ra3(data: Path, model: Path, steps: int, warmup: int, batch_size: int, max_length: int, packing: bool) -> float:
+def run_ra3(data: Path, model: Path, steps: int, warmup: int, batch_size: int, max_length: int, packing: bool,
+            peft: dict | None = None) -> float:
     import lightning as L
 
     from ra3.datamodules import CodeDataModule
@@ -58,7 +60,7 @@ def run_ra3(data: Path, model: Path, steps: int, warmup: int, batch_size: int, m
             self.elapsed = time.perf_counter() - self.t0
 
     clock = Clock()
-    module = MStepModule(model=str(model), learning_rate=1e-3)
+    module = MStepModule(model=str(model), learning_rate=1e-3, peft=peft)
     dm = CodeDataModule(train_files=[str(data)], max_length=max_length, batch_size=batch_size, packing=packing)
     trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[clock], num_sanity_val_steps=0)
@@ -123,14 +125,17 @@ def main() -> None:
         trl_wrapped = run_trl(data, model, strategy="wrapped", **common)
         ra3_tps = run_ra3(data, model, packing=True, **common)
         padded_tps = run_ra3(data, model, packing=False, **common)
+        lora_tps = run_ra3(data, model, packing=True, peft={"r": 16}, **common)
     print(f"threads={args.threads} batch={args.batch_size} max_length={args.max_length} steps={args.steps} (warmup {args.warmup})")
     print(f"TRL SFTTrainer (packing bfd, padding-free; its default): {trl_bfd:10.0f} tokens/s")
     print(f"TRL SFTTrainer (packing wrapped; documents attend across): {trl_wrapped:10.0f} tokens/s")
     print(f"ra3 MStepModule (packing, block-diagonal mask)        : {ra3_tps:10.0f} tokens/s")
     print(f"ra3 MStepModule (one document per row, padded)        : {padded_tps:10.0f} tokens/s")
+    print(f"ra3 MStepModule (packing, LoRA r=16 all-linear)       : {lora_tps:10.0f} tokens/s")
     print(f"ratio ra3/TRL default (bfd)  : {ra3_tps / trl_bfd:.2f}x  (target >= 1.2x)")
     print(f"ratio ra3/TRL best of both   : {ra3_tps / max(trl_bfd, trl_wrapped):.2f}x")
     print(f"ratio packed/padded (ra3)    : {ra3_tps / padded_tps:.2f}x")
+    print(f"ratio LoRA/full (ra3)        : {lora_tps / ra3_tps:.2f}x")
 
 
 if __name__ == "__main__":
