@@ -3,7 +3,7 @@
 Commands are taken from the ```` ```bash ```` blocks as written (continuation lines joined, comments dropped) and run
 in-process (``ra3.cli.main``) in one working directory laid out like a user's: ``artifacts/skillworld`` holds a
 small skill world and a tiny base model; the hub names the docs use (``Qwen/Qwen2.5-1.5B``,
-``bigcode/the-stack-smol``) are local directories of the same name, which ``transformers`` and ``datasets`` read
+``meta-llama/Llama-3.1-8B``, ``bigcode/the-stack-smol``) are local directories of the same name, which ``transformers`` and ``datasets`` read
 before trying the hub; the files a user brings (``my_problems.jsonl``, ``samples.jsonl``) are small fixtures.
 Each command gets tiny-scale overrides appended (later flags win: 1 training step, a few tokens, one task).
 What cannot run on one CPU process is parsed in full instead of run — multi-process FSDP2 commands
@@ -101,6 +101,7 @@ def user_dir(tmp_path_factory, world_dir, tiny_model_dir):
     shutil.copytree(world_dir, sw)
     shutil.copytree(tiny_model_dir, sw / "base")
     shutil.copytree(tiny_model_dir, work / "Qwen" / "Qwen2.5-1.5B")
+    shutil.copytree(tiny_model_dir, work / "meta-llama" / "Llama-3.1-8B")
     programs = [json.loads(line)["text"] for line in (world_dir / "midtrain.jsonl").read_text().splitlines()[:12]]
     datasets.Dataset.from_list([{"content": t, "license": "mit"} for t in programs]).save_to_disk(
         str(work / "bigcode" / "the-stack-smol"))
@@ -116,7 +117,7 @@ def test_the_docs_show_the_commands_a_user_needs():
     seen = {argv[0] for _, argv in doc_commands()}
     assert {"fit", "em", "evaluate", "data", "config", "study", "quickstart"} <= seen, seen
     tutorial = [argv[0] for where, argv in doc_commands() if where.startswith("docs/real-models.md")]
-    assert tutorial[:2] == ["config", "config"] and tutorial.count("fit") == 3 and tutorial[-1] == "evaluate", tutorial
+    assert tutorial[:2] == ["config", "config"] and tutorial.count("fit") == 4 and tutorial[-1] == "evaluate", tutorial
 
 
 @pytest.mark.slow
@@ -142,8 +143,9 @@ def test_every_documented_command_runs_at_a_tiny_scale(user_dir, monkeypatch, ca
         ran.append(where)
     assert len(ran) == len(doc_commands())
     # the tutorial's outputs exist where its later steps read them
-    for model in ("ntp", "ra3/round_1/mstep_policy", "rlvr", "rlvr_ntp"):
-        assert (user_dir / "artifacts" / "qwen2.5-1.5b" / model / "config.json").exists(), model
+    for model in ("qwen2.5-1.5b/ntp", "qwen2.5-1.5b/ra3/round_1/mstep_policy", "qwen2.5-1.5b/rlvr", "qwen2.5-1.5b/rlvr_ntp",
+                  "llama-3.1-8b/ntp-lora"):  # the LoRA run exports the merged model
+        assert (user_dir / "artifacts" / model / "config.json").exists(), model
     report = json.loads((user_dir / "data" / "midtrain" / "report.json").read_text())
     assert report["rows_kept"] >= 1, report
     results = json.loads((user_dir / "out" / "results.json").read_text())  # the samples scored from a file

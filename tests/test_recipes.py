@@ -11,8 +11,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ["qwen2.5-1.5b", "llama-3.2-1b", "llama-3.1-8b"]
 FIT_RECIPES = [f"configs/{m}/{k}.yaml" for m in REAL for k in ("ntp", "rlvr")] + [
+    "configs/llama-3.1-8b/ntp-lora.yaml", "configs/llama-3.1-8b/rlvr-lora.yaml",
     "configs/skillworld/pretrain.yaml", "configs/skillworld/ntp.yaml", "configs/skillworld/rlvr.yaml"]
-EM_RECIPES = [f"configs/{m}/ra3.yaml" for m in REAL] + ["configs/skillworld/ra3.yaml"]
+EM_RECIPES = [f"configs/{m}/ra3.yaml" for m in REAL] + ["configs/llama-3.1-8b/ra3-lora.yaml", "configs/skillworld/ra3.yaml"]
 
 
 def ra3(*args, cwd=ROOT):
@@ -46,4 +47,5 @@ def test_fit_recipe_instantiates_with_the_tiny_model(recipe, tiny_model_dir, wor
                              "--trainer.accelerator=cpu", "--trainer.precision=32-true", "--trainer.logger=false",
                              f"--data.init_args.{'rl_files' if 'rlvr' in recipe else 'train_files'}=[{world_dir / ('rl.jsonl' if 'rlvr' in recipe else 'midtrain.jsonl')}]"])
     assert cli.model.model.config.hidden_size == 32
+    assert cli.model.is_peft == ("lora" in recipe)
     assert cli.trainer.max_steps > 0
