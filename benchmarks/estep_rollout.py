@@ -21,8 +21,9 @@ from ra3.datamodules.tokenizer import train_bpe_tokenizer
 from ra3.modules.policy import PolicyModule
 from ra3.rollout.latent import LatentConfig, LatentRolloutEngine, program_from_row
 
-TINY = dict(model_type="llama", hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-            num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=True)
+from ra3.quickstart import skillworld_model_config  # noqa: E402
+
+TINY = skillworld_model_config(max_position_embeddings=1024)
 
 
 @torch.no_grad()

@@ -74,7 +74,7 @@ def main() -> None:
     full = {b: pass1(study / "eval" / f"{b}_eval_ntp" / "results.json") for b in bases}
     out = {"study": str(study), "r": a.r, "bases": bases, "full": full, "full_mean": mean_ci(list(full.values())), "lora": {}}
     print(f"{study}  (r = {a.r}, all linear layers; full NTP: the study's own stage)")
-    print(f"full NTP pass@1 per base: " + ", ".join(f"{b} {100 * v:.1f}" for b, v in full.items()))
+    print("full NTP pass@1 per base: " + ", ".join(f"{b} {100 * v:.1f}" for b, v in full.items()))
     for lr in a.lrs:
         lora = {b: pass1(done[(b, lr)]) for b in bases}
         diff = paired_difference(lora, full)

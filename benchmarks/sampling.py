@@ -24,8 +24,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-TINY = dict(model_type="llama", hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-            num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=True)
+from ra3.quickstart import skillworld_model_config  # noqa: E402
+
+TINY = skillworld_model_config(max_position_embeddings=1024)
 STOP = ["\ndef ", "\nclass ", "\nprint(", "\nassert"]  # the skill-world benchmark's stop strings
 
 

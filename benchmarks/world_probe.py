@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
+
 
 from ra3.quickstart import Preset, Quickstart
 

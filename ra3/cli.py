@@ -126,7 +126,7 @@ def _em(args: list[str]) -> None:
     from ra3.callbacks.em import EMCallback
     from ra3.datamodules.code import CodeDataModule
     from ra3.modules import EStepModule, MStepModule
-    from ra3.modules.policy import _check_exists
+    from ra3.hf import check_exists
     from ra3.strategies import register
 
     register()
@@ -154,7 +154,7 @@ def _em(args: list[str]) -> None:
         cfg = parser.parse_args(args)
     except Exception as e:  # jsonargparse ArgumentError: one line, naming the key
         raise Ra3Error(f"bad ra3 em config: {' '.join(str(e).split())[:400]}") from None
-    _check_exists(cfg.base_model, "base model")
+    check_exists(cfg.base_model, "base model")
     EStepModule.check_hparams(**cfg.estep.init_args.as_dict())
     L.seed_everything(cfg.seed_everything)
     estep_parser, mstep_parser = module_parser(EStepModule, "estep"), module_parser(MStepModule, "mstep")
@@ -204,7 +204,7 @@ def _quickstart(args: list[str]) -> None:
     from ra3.quickstart import Quickstart
 
     a = quickstart_parser().parse_args(args)
-    results = Quickstart(a.out, a.preset, a.seed).run()
+    Quickstart(a.out, a.preset, a.seed).run()
     print(open(Path(a.out) / "report.md").read())
     print(f"ra3 quickstart: report {Path(a.out) / 'report.md'}, results {Path(a.out) / 'results.json'}")
 

@@ -198,7 +198,7 @@ def _midtrain_row(row: dict, text: str, row_number: int) -> dict:
 
 def _rl_row(row: dict, row_number: int) -> dict | None:
     """An RL row (prompt + tests), or None if the source row has neither a prompt nor tests ``RLVRModule`` reads."""
-    from ra3.rewards import tests_from_row
+    from ra3.rows import tests_from_row
 
     prompt = next((row[k] for k in ("prompt", "question", "problem", "text") if isinstance(row.get(k), str)), None)
     rl = {k: row[k] for k in ("tests", "test_cases", "entry_point", "input_output", "task_id") if k in row}
@@ -225,7 +225,7 @@ def _rl_row(row: dict, row_number: int) -> dict | None:
 def _verify(rows: list[dict], state: DedupState, pipeline: Pipeline) -> list[dict]:
     """Keep rows whose reference solution passes their tests (rows without one are kept as they are)."""
     from ra3.execution import SandboxPool, Status
-    from ra3.rewards import tests_from_row
+    from ra3.rows import tests_from_row
 
     checked = [r for r in rows if "reference" in r]
     if not checked:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ra3.datamodules.benchmarks import Problem, load_benchmark
-from ra3.errors import Ra3Error, first_line
+from ra3.errors import Ra3Error
 from ra3.execution import SandboxPool, Status
 from ra3.io import write_jsonl
 from ra3.stats import pass_at_k
@@ -214,21 +214,15 @@ def evaluate(
 def load_policy(model: str):
     """(model, tokenizer) from a HF name or directory, or from a Lightning checkpoint of a ``PolicyModule``
     (a ``.ckpt`` file or a sharded FSDP2 checkpoint folder)."""
-    from ra3.modules.policy import _check_exists, load_tokenizer
+    from ra3.hf import load_causal_lm, load_tokenizer
 
     if model.endswith(".ckpt") or (Path(model) / ".metadata").exists():
         from ra3.consolidate import policy_from_checkpoint
 
         module = policy_from_checkpoint(model)
         return module.model, module.tokenizer
-    from transformers import AutoModelForCausalLM
-
-    _check_exists(model, "model")
     tokenizer = load_tokenizer(model)
-    try:
-        return AutoModelForCausalLM.from_pretrained(model), tokenizer
-    except (OSError, ValueError) as e:
-        raise Ra3Error(f"cannot load model '{model}': {first_line(e)}") from None
+    return load_causal_lm(model), tokenizer
 
 
 def _progress(total: int, desc: str):

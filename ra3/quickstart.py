@@ -23,6 +23,12 @@ import yaml
 CONFIGS = Path(__file__).resolve().parent / "configs" / "skillworld"
 
 
+def skillworld_model_config(**overrides: Any) -> dict[str, Any]:
+    """The skill world's model: ``model_config`` of the shipped ``skillworld/pretrain`` recipe, with ``overrides``."""
+    recipe = yaml.safe_load((CONFIGS / "pretrain.yaml").read_text())
+    return {**recipe["model"]["init_args"]["model_config"], **overrides}
+
+
 @dataclass
 class Preset:
     world: dict[str, int]

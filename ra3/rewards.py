@@ -17,31 +17,14 @@ RL rows (JSONL or a ``datasets`` source) need ``prompt`` and tests in one of the
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable, Protocol, Sequence
 
-from ra3.execution import Job, SandboxPool, Status, TestCase
-from ra3.execution.asserts import called_function, split_asserts
+from ra3.execution import Job, SandboxPool, Status
+from ra3.rows import tests_from_row
 
 
 class RewardFunction(Protocol):
     def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float | None]: ...
-
-
-def tests_from_row(row: dict) -> tuple[list[TestCase], str | None, bool]:
-    """(tests, entry point, whether the completion is a whole program) of an RL row; ``ValueError`` if none."""
-    if row.get("test_cases") and row.get("entry_point"):
-        cases = [TestCase("call", args=list(c["args"]) if "args" in c else [c["input"]], expected=c["expected"])
-                 for c in row["test_cases"]]
-        return cases, row["entry_point"], False
-    if row.get("tests"):  # asserts judged on the host where their form allows (a policy cannot forge them)
-        entry = row.get("entry_point") or next(filter(None, map(called_function, row["tests"])), None)
-        return split_asserts("\n".join(row["tests"]), entry).tests, entry, False
-    io = row.get("input_output")
-    if io:
-        io = json.loads(io) if isinstance(io, str) else io
-        return [TestCase("stdio", stdin=i, expected=o) for i, o in zip(io["inputs"], io["outputs"])], None, True
-    raise ValueError("needs 'tests' (asserts), 'test_cases' + 'entry_point', or 'input_output'")
 
 
 class UnitTestReward:

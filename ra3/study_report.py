@@ -54,7 +54,7 @@ def _mean(scores: dict[str, float]) -> float:
 def epochs(study) -> dict[str, float]:
     """Passes over its mid-training corpus each arm's M-step makes (same steps × batch × max_length tokens for
     every arm; corpus tokens counted with the world's tokenizer, + BOS/EOS per program); RA3: mean over bases."""
-    from ra3.modules.policy import load_tokenizer
+    from ra3.hf import load_tokenizer
 
     tok_dir = study.world / "tokenizer"
     if not tok_dir.exists():

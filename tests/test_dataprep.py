@@ -48,9 +48,9 @@ def test_midtrain_filters_dedups_and_decontaminates(tmp_path):
     assert len(kept) == report["rows_kept"] == 40 and report["shards"] == 3
     assert [r["text"] for r in kept] == [_program(i) for i in range(40)] and all(r["license"] == "mit" for r in kept)
     # rows CodeDataModule reads as they are
-    from ra3.datamodules.code import program_from_row
+    from ra3.rows import row_fields
 
-    assert program_from_row(kept[0], "text", "prompt", "completion")["text"] == _program(0)
+    assert row_fields(kept[0], "text", "prompt", "completion")["text"] == _program(0)
 
 
 def test_strip_comments_and_exact_only(tmp_path):
@@ -83,7 +83,7 @@ def test_rl_rows_keep_only_references_that_pass(tmp_path):
     kept = [json.loads(l) for l in open(tmp_path / "out" / "rl-00000.jsonl")]
     assert [r["task_id"] for r in kept] == ["ok", "no_reference", "stdio"]
     assert report["removed"] == {"exact_duplicate": 1, "no_prompt_or_tests": 1, "reference_fails_tests": 1}
-    from ra3.rewards import tests_from_row
+    from ra3.rows import tests_from_row
 
     for r in kept:  # rows RLVRModule reads
         assert tests_from_row(r)[0]

@@ -1,6 +1,5 @@
 """Every shipped recipe parses (``--print_config``) and instantiates with the model swapped for the tiny one."""
 
-import json
 import os
 import subprocess
 import sys

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ra3.errors import Ra3Error, first_line
+from ra3.errors import Ra3Error
 from ra3.execution.asserts import AssertSplit, called_function, split_asserts
 from ra3.execution.types import Job, TestCase, evalplus_timeouts
 from ra3.io import atomic_write_text
+from ra3.sources import rows_from_source
 
 BENCHMARKS = ("humaneval", "humanevalplus", "mbpp", "mbppplus", "livecodebench", "skillworld")
 
@@ -59,35 +60,28 @@ class Problem:
 
 # ---- reading sources -----------------------------------------------------------------------------
 def _read_rows(source: str, split: str) -> list[dict]:
+    """Rows of a benchmark: a JSON document (a list, or ``{id: row}``), or anything ``ra3.sources`` reads; a
+    malformed line is fatal (a benchmark is scored whole) and a hub name offline says where a local file goes."""
     path = Path(os.path.expanduser(source))
-    if path.is_file():
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt") as f:
-            if path.name.endswith((".jsonl", ".jsonl.gz")):
-                rows = []
-                for lineno, line in enumerate(f, 1):
-                    if line.strip():
-                        try:
-                            rows.append(json.loads(line))
-                        except json.JSONDecodeError as e:
-                            raise Ra3Error(f"malformed line {lineno} in '{source}': {e.msg}") from None
-                return rows
+    if path.is_file() and path.name.endswith((".json", ".json.gz")):
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rt") as f:
             data = json.load(f)
-            return data if isinstance(data, list) else list(data.values())
-    if path.exists() or source.startswith((".", "/", "~")):
+        return data if isinstance(data, list) else list(data.values())
+    if path.is_file() and not path.name.endswith((".jsonl", ".jsonl.gz", ".parquet")) or (
+            not path.exists() and source.startswith((".", "/", "~"))):
         raise Ra3Error(f"benchmark source '{source}' is not a .jsonl/.json(.gz) file or a datasets directory")
-    import datasets
-
     try:
-        ds = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.load_dataset(source, split=split)
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds[split]
-    except Exception as e:
-        where = (f"; offline, put {' or '.join(_LOCAL_NAMES[source])} in $RA3_DATA_DIR or pass --source NAME=FILE"
-                 if source in _LOCAL_NAMES else "")
-        raise Ra3Error(f"cannot load benchmark '{source}' (split {split!r}): "
-                       f"{first_line(e)}{where}") from None
-    return [dict(r) for r in ds]
+        rows = []
+        for lineno, row in rows_from_source(source, split):
+            if isinstance(row, json.JSONDecodeError):
+                raise Ra3Error(f"malformed line {lineno} in '{source}': {row.msg}")
+            rows.append(dict(row))
+        return rows
+    except Ra3Error as e:
+        if source in _LOCAL_NAMES and not path.exists():
+            raise Ra3Error(f"{e}; offline, put {' or '.join(_LOCAL_NAMES[source])} in $RA3_DATA_DIR or pass "
+                           "--source NAME=FILE") from None
+        raise
 
 
 _LOCAL_NAMES: dict[str, list[str]] = {}  # hub name -> the local files that would have been used instead

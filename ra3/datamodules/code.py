@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from ra3.datamodules.segments import KIND_IDS, program_segments, encode_segments
 from ra3.errors import Ra3Error
+from ra3.rows import row_fields
 from ra3.sources import expand_sources, rows_from_source
 
 LossMode = Literal["all", "code_only", "completion_only"]
@@ -49,27 +50,6 @@ class MalformedRows:
     def report(self) -> None:
         if self.count:
             rank_zero_warn(f"skipped {self.count} malformed row(s) in '{self.source}' (first: row {self.first[0]}: {self.first[1]})")
-
-
-PASSTHROUGH = ("task_id", "boundaries", "skills", "intents")  # kept for the E-step's ground-truth scoring
-
-
-def program_from_row(row: Any, text_field: str, prompt_field: str, completion_field: str) -> dict[str, Any]:
-    """``{"text": ...}`` or ``{"prompt": ..., "completion": ...}`` (plus ``task_id``/``boundaries``/``skills``
-    when present); raises ``ValueError`` naming what is wrong."""
-    if not isinstance(row, dict):
-        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-    extra = {k: row[k] for k in PASSTHROUGH if k in row}
-    if prompt_field in row and completion_field in row:
-        prompt, completion = row[prompt_field], row[completion_field]
-        if not isinstance(prompt, str) or not isinstance(completion, str):
-            raise ValueError(f"'{prompt_field}' and '{completion_field}' must be strings")
-        return {"prompt": prompt, "completion": completion, **extra}
-    if text_field in row:
-        if not isinstance(row[text_field], str) or not row[text_field].strip():
-            raise ValueError(f"'{text_field}' must be a non-empty string")
-        return {"text": row[text_field], **extra}
-    raise ValueError(f"missing '{text_field}' (or '{prompt_field}' + '{completion_field}')")
 
 
 def label_mask(kinds: list[int], loss_mode: LossMode) -> list[bool]:
@@ -226,7 +206,7 @@ class CodeDataModule(L.LightningDataModule):
     def read_programs(self, sources: list[str]) -> list[dict[str, str]]:
         """Programs (``{"text"}`` or ``{"prompt", "completion"}``) from ``sources``; malformed rows per ``on_malformed``."""
         hp = self.hparams
-        return self._read_valid(sources, lambda row: program_from_row(row, hp.text_field, hp.prompt_field, hp.completion_field))
+        return self._read_valid(sources, lambda row: row_fields(row, hp.text_field, hp.prompt_field, hp.completion_field))
 
     def encode(self, program: dict[str, Any]) -> Example:
         segments = program_segments(program.get("text"), program.get("prompt"), program.get("completion"))
@@ -247,8 +227,8 @@ class CodeDataModule(L.LightningDataModule):
         self.train_programs, self.val_programs, self.train_examples, self.val_examples = [], [], [], []
 
     def read_rl_rows(self, sources: list[str]) -> list[dict]:
-        """RL rows (a ``prompt`` and tests in a shape ``ra3.rewards.tests_from_row`` accepts)."""
-        from ra3.rewards import tests_from_row
+        """RL rows (a ``prompt`` and tests in a shape ``ra3.rows.tests_from_row`` accepts)."""
+        from ra3.rows import tests_from_row
 
         field = self.hparams.prompt_field
 
@@ -297,7 +277,7 @@ class CodeDataModule(L.LightningDataModule):
         if self.tokenizer is not None and not self.hparams.tokenizer_path:
             return self.tokenizer
         if self.hparams.tokenizer_path:
-            from ra3.modules.policy import load_tokenizer
+            from ra3.hf import load_tokenizer
 
             return load_tokenizer(self.hparams.tokenizer_path)
         module = self.trainer.lightning_module if self.trainer is not None else None

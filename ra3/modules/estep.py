@@ -22,8 +22,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_warn
 
 from ra3.datamodules.segments import encode_segments
 from ra3.errors import Ra3Error
@@ -176,7 +174,7 @@ class EStepModule(PolicyModule):
         if self.reference is not None:
             with torch.no_grad():
                 ref = self.latent_logprobs(self.reference, rollout)
-            kl = self.global_token_mean((torch.exp(ref - new) - (ref - new) - 1).sum(), torch.tensor(float(len(new)), device=new.device))
+            kl = self.kl_k3(ref, new)
             loss = loss + hp.beta * kl
             stats["kl"] = kl.detach()
         return loss, stats
@@ -233,13 +231,7 @@ class EStepModule(PolicyModule):
                 metrics["estep/thought_names_skill"] = torch.tensor(names_skill(rollout.thoughts, truth, labels))
         self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()}, prog_bar=False)
         self.log("estep/reward", rewards.mean(), prog_bar=True)
-        every = self.hparams.table_every_n_steps
-        if every and self.global_step % every == 0 and isinstance(self.logger, WandbLogger) and self.trainer.is_global_zero:
-            try:
-                data = [[programs[i // G].task_id, rollout.texts[i], float(rewards[i]), int(rollout.n_thoughts[i])]
-                        for i in range(0, len(rollout.texts), max(1, G))][:8]
-                self.logger.log_table("estep/samples", columns=["task_id", "annotated", "reward", "thoughts"], data=data,
-                                      step=self.global_step)
-            except Exception as e:
-                rank_zero_warn(f"could not log the W&B table of annotated programs: {e}")
+        self.log_samples_table("estep/samples", ["task_id", "annotated", "reward", "thoughts"], lambda: [
+            [programs[i // G].task_id, rollout.texts[i], float(rewards[i]), int(rollout.n_thoughts[i])]
+            for i in range(0, len(rollout.texts), max(1, G))][:8], self.hparams.table_every_n_steps)
 

@@ -18,32 +18,8 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ra3.errors import Ra3Error, first_line
+from ra3.hf import check_exists, load_causal_lm, load_tokenizer  # noqa: F401  (load_tokenizer: re-exported)
 from ra3.modules.sharding import DTYPES, full_state_dict, gathered, is_sharded, shard_causal_lm
-
-
-def _looks_like_path(name: str) -> bool:
-    """Hub ids are ``name`` or ``org/name``; anything else is meant as a local path."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1
-
-
-def load_tokenizer(name_or_path: str):
-    """``AutoTokenizer.from_pretrained`` with one-line errors; a missing pad token is set to eos (and said)."""
-    from transformers import AutoTokenizer
-
-    _check_exists(name_or_path, "tokenizer")
-    try:
-        tok = AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as e:
-        raise Ra3Error(f"cannot load tokenizer '{name_or_path}': {first_line(e)}") from None
-    if tok.pad_token is None:
-        if tok.eos_token is None:
-            tok.add_special_tokens({"pad_token": "<|pad|>"})
-            rank_zero_warn(f"tokenizer '{name_or_path}' has no pad or eos token: added '<|pad|>' as pad token")
-        else:
-            tok.pad_token = tok.eos_token
-            rank_zero_info(f"tokenizer '{name_or_path}' has no pad token: using its eos token {tok.eos_token!r} as pad")
-    tok.padding_side = "left"  # generation pads on the left; training batches build their own padding
-    return tok
 
 
 def _bnb_config(quantization: str, compute_dtype: torch.dtype):
@@ -67,14 +43,6 @@ def _check_4bit_shapes(model, option: str) -> None:
             raise Ra3Error(f"{option} '4bit': layer {name} ({module.in_features} -> {module.out_features} "
                            f"features) cannot be 4-bit quantised by bitsandbytes: in_features must be a multiple of "
                            f"{block} and out_features of 32; use {option} '8bit' or null")
-
-
-def _check_exists(name_or_path: str, what: str) -> None:
-    expanded = os.path.expanduser(name_or_path)
-    if os.path.isdir(expanded):
-        return
-    if _looks_like_path(name_or_path) or os.path.exists(expanded):
-        raise Ra3Error(f"{what} path '{name_or_path}' is not a directory (did the phase that writes it run?)")
 
 
 def build_config(model_config: dict[str, Any], tokenizer) -> Any:
@@ -414,19 +382,16 @@ class PolicyModule(L.LightningModule):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(hp.init_seed)
                 return AutoModelForCausalLM.from_config(config, attn_implementation=hp.attn_implementation)
-        _check_exists(model, "model")
-        kwargs = {}
-        if hp.get("quantization"):
-            kwargs["quantization_config"] = _bnb_config(hp.quantization, torch.float32)
+        if not hp.get("quantization"):
+            return load_causal_lm(model, attn_implementation=hp.attn_implementation)
+        check_exists(model, "model")
         try:
-            loaded = AutoModelForCausalLM.from_pretrained(model, attn_implementation=hp.attn_implementation, **kwargs)
+            loaded = AutoModelForCausalLM.from_pretrained(model, attn_implementation=hp.attn_implementation,
+                                                          quantization_config=_bnb_config(hp.quantization, torch.float32))
         except (OSError, ValueError, ImportError, RuntimeError) as e:
-            if kwargs:
-                raise Ra3Error(f"quantization {hp.quantization!r} needs a working bitsandbytes "
-                               f"({type(e).__name__}: {first_line(e)})") from None
-            offline = " (offline: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
-            raise Ra3Error(f"cannot load model '{model}'{offline}: {first_line(e)}") from None
-        if hp.get("quantization") == "4bit":
+            raise Ra3Error(f"quantization {hp.quantization!r}: cannot load '{model}' through bitsandbytes "
+                           f"({type(e).__name__}: {first_line(e)})") from None
+        if hp.quantization == "4bit":
             _check_4bit_shapes(loaded, "quantization")
         return loaded
 
@@ -503,6 +468,25 @@ class PolicyModule(L.LightningModule):
         global_count = count.detach().to(torch.float32).clone()
         torch.distributed.all_reduce(global_count, group=group)
         return total * world / global_count.clamp(min=1)
+
+    def kl_k3(self, ref_logp: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """k3 estimate of KL(policy || reference), ``exp(r) - r - 1`` with ``r = ref_logp - logp`` per sampled token,
+        averaged over the tokens where ``mask`` (same shape; default all) of the global batch."""
+        mask = torch.ones_like(logp, dtype=torch.bool) if mask is None else mask
+        d = ref_logp - logp
+        return self.global_token_mean(((torch.exp(d) - d - 1) * mask).sum(), mask.sum().float())
+
+    def log_samples_table(self, key: str, columns: list[str], rows, every: int) -> None:
+        """A W&B table of samples every ``every`` steps (rank 0, W&B logger only); ``rows`` is a callable giving the
+        rows, so nothing is computed otherwise. A failure to log warns and never stops training."""
+        from lightning.pytorch.loggers import WandbLogger
+
+        if not every or self.global_step % every or not isinstance(self.logger, WandbLogger) or not self.trainer.is_global_zero:
+            return
+        try:
+            self.logger.log_table(key, columns=columns, data=rows(), step=self.global_step)
+        except Exception as e:
+            rank_zero_warn(f"could not log the W&B table {key}: {e}")
 
     # ---- forward ---------------------------------------------------------------------------------
     def forward_logits(self, model, input_ids: torch.Tensor, keep: torch.Tensor, attention_mask=None,

@@ -23,8 +23,6 @@ from collections import Counter
 from typing import Any
 
 import torch
-from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_warn
 
 from ra3.errors import Ra3Error
 from ra3.modules.policy import PolicyModule
@@ -265,8 +263,7 @@ class RLVRModule(PolicyModule):
                                                    self.eps_high, hp.max_new_tokens, mean=self.global_token_mean)
             kl = None
             if ref_logp is not None:
-                d = ref_logp - logp
-                kl = self.global_token_mean(((torch.exp(d) - d - 1) * mask).sum(), mask.sum().float())
+                kl = self.kl_k3(ref_logp, logp, mask)
                 loss = loss + hp.beta * kl
             self.manual_update(loss, hp.max_grad_norm)
         if self.lr_schedulers() is not None:
@@ -298,13 +295,7 @@ class RLVRModule(PolicyModule):
             metrics["rlvr/kl"] = kl.detach()
         self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()})
         self.log("rlvr/reward", metrics["rlvr/reward_mean"], prog_bar=True)
-        every = self.hparams.table_every_n_steps
-        if every and self.global_step % every == 0 and isinstance(self.logger, WandbLogger) and self.trainer.is_global_zero:
-            try:
-                st = self.statuses or [""] * len(completions)
-                data = [[batch[i // G].get("task_id", ""), batch[i // G]["prompt"], c.text, rewards[i], st[i] if i < len(st) else ""]
-                        for i, c in enumerate(completions)][:16]
-                self.logger.log_table("rlvr/samples", columns=["task_id", "prompt", "completion", "reward", "status"],
-                                      data=data, step=self.global_step)
-            except Exception as e:
-                rank_zero_warn(f"could not log the W&B table of RLVR samples: {e}")
+        st = self.statuses or [""] * len(completions)
+        self.log_samples_table("rlvr/samples", ["task_id", "prompt", "completion", "reward", "status"], lambda: [
+            [batch[i // G].get("task_id", ""), batch[i // G]["prompt"], c.text, rewards[i], st[i] if i < len(st) else ""]
+            for i, c in enumerate(completions)][:16], self.hparams.table_every_n_steps)

@@ -1,6 +1,5 @@
 """User extensions used by the tests: one subclass each, plugged in by class_path."""
 
-import torch
 
 from ra3.modules import EStepModule, RLVRModule
 from ra3.rollout.latent import ThoughtFormat

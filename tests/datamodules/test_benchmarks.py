@@ -1,6 +1,5 @@
 """Benchmark loaders against the real sandbox: canonical solutions pass, mutated ones fail."""
 
-import json
 from pathlib import Path
 
 import pytest

@@ -1,11 +1,9 @@
 import json
-import warnings
 
 import pytest
-import torch
 
 from ra3.datamodules.code import CodeDataModule, TokenCollator, label_mask, pack_best_fit, Example
-from ra3.datamodules.segments import KIND_IDS, encode_segments, program_segments
+from ra3.datamodules.segments import encode_segments, program_segments
 from ra3.errors import Ra3Error
 
 

@@ -1,7 +1,7 @@
 import json
 import random
 
-from ra3.datamodules.skillworld import MACROS, SKILLS, SkillWorld, WorldConfig, bigrams, generate_split, Step
+from ra3.datamodules.skillworld import MACROS, SKILLS, SkillWorld, WorldConfig, generate_split, Step
 
 
 def _skill_names(row):

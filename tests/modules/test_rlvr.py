@@ -8,7 +8,6 @@ from ra3.modules import RLVRModule
 from ra3.modules.rlvr import policy_gradient_loss, rl_advantages
 from ra3.rewards import FormatReward, UnitTestReward, WeightedSum
 
-from conftest import TINY_LLAMA
 
 
 def _toy():

@@ -1,0 +1,31 @@
+"""The package's layering: leaf modules never import Lightning, and the data layer never imports the modules."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LEAVES = ["ra3.hf", "ra3.rows", "ra3.stats", "ra3.sources", "ra3.dataprep", "ra3.evaluation", "ra3.rewards", "ra3.execution",
+          "ra3.rollout.generate", "ra3.rollout.sampler", "ra3.rollout.latent", "ra3.rollout.ragged",
+          "ra3.datamodules.benchmarks", "ra3.datamodules.skillworld", "ra3.datamodules.segments"]
+
+
+@pytest.mark.parametrize("module", LEAVES)
+def test_leaf_modules_do_not_import_lightning(module):
+    code = f"import sys, {module}; bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", f"{module} imports {out.stdout.strip()}"
+
+
+def test_the_data_layer_does_not_import_the_modules():
+    """Not even inside a function body: the tokenizer and the tests reach the data layer from ``ra3.hf`` and the
+    Lightning-free row helpers, never from ``ra3.modules``."""
+    for path in (ROOT / "ra3" / "datamodules").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n == "ra3.modules" or n.startswith("ra3.modules.") for n in names), f"{path.name}: {names}"
