@@ -101,7 +101,14 @@ class RLVRModule(PolicyModule):
         ppo_epochs: policy updates per generated batch.
         mask_truncated: leave completions that hit ``max_new_tokens`` out of the loss.
         partial_credit: unit-test reward = fraction of tests passed instead of all-or-nothing.
-        format_weight: weight of the format reward (valid Python) added to the unit-test reward.
+        format_weight: weight of the format reward (valid Python) added to the unit-test reward (with the default
+            ``reward_funcs`` only).
+        reward_funcs: the reward as in TRL: functions ``(prompts, completions, **columns) -> list[float | None]``
+            summed with ``reward_weights`` (default 1 each). Each is ``unit_tests`` (this module's sandboxed
+            unit-test reward; ``partial_credit`` applies), ``format``, a dotted path to a function or to a class
+            made without arguments (``my_pkg.rewards.length``), or ``{class_path, init_args}``. Default:
+            ``[unit_tests]`` (plus ``format`` at ``format_weight``).
+        reward_weights: one weight per ``reward_funcs`` entry.
         generation_batch_size: prompts × G generated per chunk (reward jobs start after each chunk).
         max_grad_norm: gradient clipping norm (0 = off).
         sandbox_workers: parallel sandbox processes (default: CPU count).
@@ -120,7 +127,8 @@ class RLVRModule(PolicyModule):
                  top_p: float = 1.0, max_new_tokens: int = 128, stop: list[str] | None = None, loss_type: str = "grpo",
                  epsilon: float = 0.2, epsilon_high: float | None = None, scale_rewards: str | None = None,
                  beta: float = 0.0, ppo_epochs: int = 1, mask_truncated: bool = False, partial_credit: bool = False,
-                 format_weight: float = 0.0, generation_batch_size: int = 64, max_grad_norm: float = 1.0,
+                 format_weight: float = 0.0, reward_funcs: list[str | dict[str, Any]] | None = None,
+                 reward_weights: list[float] | None = None, generation_batch_size: int = 64, max_grad_norm: float = 1.0,
                  sandbox_workers: int | None = None, table_every_n_steps: int = 50,
                  reference_quantization: str | None = None, rollout_engine: str = "hf",
                  vllm_kwargs: dict[str, Any] | None = None, **kwargs):
@@ -144,15 +152,51 @@ class RLVRModule(PolicyModule):
                                        batch_size=generation_batch_size)
         self.reference = self.make_reference(reference_quantization) if beta > 0 else None
         self.unit_tests = UnitTestReward(partial=partial_credit)
+        self.reward_parts = self._resolve_rewards(reward_funcs, reward_weights, format_weight)
         self.statuses: list[str] = []
         self._pool = None
         self._vllm, self._vllm_step = None, 0  # vLLM starts from the initial weights: no sync before step 0
 
+    def _resolve_rewards(self, funcs, weights, format_weight: float) -> list[tuple[Any, float]]:
+        """(callable, weight) pairs from ``reward_funcs``/``reward_weights``, with one-line errors."""
+        import importlib
+
+        if funcs is None:
+            return [(self.unit_tests, 1.0)] + ([(FormatReward(), format_weight)] if format_weight else [])
+        if format_weight:
+            raise Ra3Error("format_weight applies to the default reward only; with reward_funcs list 'format' and weigh "
+                           "it in reward_weights")
+        weights = [1.0] * len(funcs) if weights is None else list(weights)
+        if len(weights) != len(funcs) or not funcs:
+            raise Ra3Error(f"reward_weights needs one weight per reward_funcs entry: {len(funcs)} functions, "
+                           f"{len(weights)} weights")
+        out = []
+        for spec in funcs:
+            if spec == "unit_tests":
+                out.append(self.unit_tests)
+                continue
+            if spec == "format":
+                out.append(FormatReward())
+                continue
+            path, kwargs = (spec["class_path"], dict(spec.get("init_args") or {})) if isinstance(spec, dict) else (spec, None)
+            module, _, name = str(path).rpartition(".")
+            try:
+                obj = getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError, ValueError) as e:
+                raise Ra3Error(f"reward function {path!r} cannot be imported: {e}") from None
+            fn = obj(**(kwargs or {})) if isinstance(obj, type) else obj
+            if kwargs and not isinstance(obj, type):
+                raise Ra3Error(f"reward function {path!r} is not a class: it takes no init_args")
+            if not callable(fn):
+                raise Ra3Error(f"reward function {path!r} is not callable")
+            out.append(fn)
+        return list(zip(out, map(float, weights)))
+
     def reward_function(self):
-        """The reward (protocol of ``ra3.rewards``); override to use your own."""
-        if self.hparams.format_weight:
-            return WeightedSum([(self.unit_tests, 1.0), (FormatReward(), self.hparams.format_weight)])
-        return self.unit_tests
+        """The reward (protocol of ``ra3.rewards``) from ``reward_funcs``/``reward_weights``; override to use your own."""
+        if len(self.reward_parts) == 1 and self.reward_parts[0][1] == 1.0:
+            return self.reward_parts[0][0]
+        return WeightedSum(self.reward_parts)
 
     def on_fit_start(self) -> None:
         from ra3.execution import SandboxPool
@@ -192,8 +236,9 @@ class RLVRModule(PolicyModule):
         from concurrent.futures import ThreadPoolExecutor
 
         def score(prompts, texts, **columns):
+            self.unit_tests.last_statuses = []
             values = reward_fn(prompts, texts, **columns)
-            return values, list(self.unit_tests.last_statuses)
+            return values, list(self.unit_tests.last_statuses) or [""] * len(texts)
 
         with ThreadPoolExecutor(1) as scorer:
             for i in range(0, len(rows), per_chunk):
@@ -275,7 +320,7 @@ class RLVRModule(PolicyModule):
         G = self.hparams.num_generations
         rv = R[valid]
         grouped = R.view(-1, G)
-        statuses = Counter(self.statuses)
+        statuses = Counter(s for s in self.statuses if s)
         tokens = completion[:, 1:].float()
         metrics = {
             "rlvr/loss": loss.detach(),
