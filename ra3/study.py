@@ -60,6 +60,7 @@ class StudyPreset:
     arms: tuple[str, ...] = ("ntp", "oracle", "ra3")
     rlvr: bool = True  # RLVR from every arm (else: mid-training only, plus NTP's pass rate on the RL split)
     eval_split: str = "eval.jsonl"  # the pilot scores on val.jsonl: choices are never made on the evaluation sets
+    mid_rlvr_eval: tuple[str, ...] | None = None  # arms whose mid-RLVR checkpoint is evaluated (None: every arm)
 
 
 _WORLD = {"style": "macro", "comment_style": "routine", "split": "composition", "min_chain": 2, "max_chain": 6,
@@ -68,7 +69,7 @@ _WORLD = {"style": "macro", "comment_style": "routine", "split": "composition", 
 PRESETS = {
     "test": StudyPreset(2, {**_WORLD, "n_pretrain": 300, "n_midtrain": 60, "n_rl": 24, "n_eval": 12, "n_val": 8},
                         pretrain_steps=6, mstep_steps=4, estep_steps=2, rlvr_steps=4, n_samples=2, k=[1, 2],
-                        batch_size=2, rlvr_prompts=2),
+                        batch_size=2, rlvr_prompts=2, mid_rlvr_eval=("ra3",)),
     # the pilot picks each arm's M-step LR on val.jsonl (bases 100, 101: `--first_seed 100`), never on eval.jsonl
     "pilot": StudyPreset(2, _WORLD, pretrain_steps=350, mstep_steps=150, estep_steps=30, rlvr_steps=16, n_samples=2,
                          k=[1, 2], rlvr=False, eval_split="val.jsonl", lr_grid=[3e-4, 3e-3]),
@@ -197,8 +198,9 @@ class Study:
                               {"init_from": str(policies[arm]), "export_dir": str(out / b / f"rlvr_{arm}"), "learning_rate": p.rlvr_lr},
                               {"rl_files": [str(w / "rl.jsonl")], "program_batch_size": p.rlvr_prompts, "seed": s},
                               p.rlvr_steps, [f"{b}_{arm}"], csv=True, val=False, mid_checkpoint=True)
-                mid_ckpt = out / "runs" / rl / "checkpoints" / f"step={max(1, p.rlvr_steps // 2)}.ckpt"
-                self.evaluate(f"{b}_eval_rlvr_mid_{arm}", mid_ckpt, [rl])
+                if p.mid_rlvr_eval is None or arm in p.mid_rlvr_eval:
+                    mid_ckpt = out / "runs" / rl / "checkpoints" / f"step={max(1, p.rlvr_steps // 2)}.ckpt"
+                    self.evaluate(f"{b}_eval_rlvr_mid_{arm}", mid_ckpt, [rl])
                 self.evaluate(f"{b}_eval_rlvr_{arm}", out / b / f"rlvr_{arm}", [rl])
 
     # ---- running -----------------------------------------------------------------------------------
