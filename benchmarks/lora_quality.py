@@ -55,17 +55,20 @@ def main() -> None:
         if results.exists():
             return results
         model = study / base / f"ntp_lora_r{a.r}_lr{lr:g}"
-        log = open(study / "lora" / f"{name}.log", "w")
-        if not (model / "config.json").exists():
-            subprocess.run([sys.executable, "-m", "ra3.cli", "fit", "-c", str(NTP_RECIPE), "-c", str(study / "configs" / f"{base}_ntp.yaml"),
-                            "--model.init_args.peft", json.dumps({"r": a.r, "alpha": 2 * a.r}),
-                            "--model.init_args.learning_rate", str(lr), "--model.init_args.export_dir", str(model),
-                            "--trainer.default_root_dir", str(study / "runs" / name)],
-                           env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
-        evaluate = shlex.split(open(study / "logs" / f"{base}_eval_ntp.log").readline())[1:]  # the study's own command
+        with open(study / "logs" / f"{base}_eval_ntp.log") as f:
+            evaluate = shlex.split(f.readline())[1:]  # the study's own command
         evaluate[evaluate.index("--model") + 1] = str(model)
         evaluate[evaluate.index("--output_dir") + 1] = str(results.parent)
-        subprocess.run([sys.executable, "-m", "ra3.cli", *evaluate], env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+        with open(study / "lora" / f"{name}.log", "w") as log:
+            if not (model / "config.json").exists():
+                subprocess.run([sys.executable, "-m", "ra3.cli", "fit", "-c", str(NTP_RECIPE), "-c",
+                                str(study / "configs" / f"{base}_ntp.yaml"),
+                                "--model.init_args.peft", json.dumps({"r": a.r, "alpha": 2 * a.r}),
+                                "--model.init_args.learning_rate", str(lr), "--model.init_args.export_dir", str(model),
+                                "--trainer.default_root_dir", str(study / "runs" / name)],
+                               env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+            subprocess.run([sys.executable, "-m", "ra3.cli", *evaluate], env=env, stdout=log, stderr=subprocess.STDOUT,
+                           check=True)
         return results
 
     work = [(b, lr) for lr in a.lrs for b in bases]

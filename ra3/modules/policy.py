@@ -30,6 +30,25 @@ def _bnb_config(quantization: str, compute_dtype: torch.dtype):
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
 
 
+_BNB_LINEARS = ("Linear4bit", "Linear8bitLt")  # bitsandbytes' quantised linear layers, by class name
+
+
+def _load_quantized(path: str, quantization: str, compute_dtype: torch.dtype, attn_implementation: str, option: str):
+    """``path`` loaded with its weights in bitsandbytes ``8bit``/``4bit``, with one-line errors; ``option`` names the
+    setting that asked for it (``quantization`` or ``reference_quantization``)."""
+    try:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=_bnb_config(quantization, compute_dtype),
+                                                     attn_implementation=attn_implementation)
+    except Exception as e:  # ImportError, or a bnb build without a backend for this device
+        raise Ra3Error(f"{option} {quantization!r} needs a working bitsandbytes and a loadable model '{path}' "
+                       f"({type(e).__name__}: {first_line(e)})") from None
+    if quantization == "4bit":
+        _check_4bit_shapes(model, option)
+    return model
+
+
 def _check_4bit_shapes(model, option: str) -> None:
     """One-line error for a layer bitsandbytes cannot run in 4-bit: its CPU kernel (bnb >= 0.50) packs weights in
     blocks of ``blocksize`` (64) input features x 32 output features and fails with a reshape error otherwise.
@@ -114,19 +133,28 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: floa
 LORA_SHORT = {"r": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "target_modules": "target_modules"}
 
 
+def import_object(path: str, what: str):
+    """The object at dotted ``path`` (``pkg.module.Name``), or a one-line error naming ``what`` it was meant to be."""
+    import importlib
+
+    module, _, name = str(path).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise Ra3Error(f"{what} {path!r} cannot be imported: {e}") from None
+
+
 def lora_config(spec: dict[str, Any]):
     """A ``peft.LoraConfig`` from the short form ``{r, alpha, dropout, target_modules}`` (defaults 16, 32, 0.0,
     ``all-linear``; any other ``LoraConfig`` field may be added) or from ``{class_path, init_args}``."""
-    import importlib
-
     try:
         import peft
     except ImportError:
         raise Ra3Error("peft (LoRA) needs the peft package: pip install peft") from None
     spec = dict(spec)
     if "class_path" in spec:
-        module, _, name = spec["class_path"].rpartition(".")
-        cls, kwargs = getattr(importlib.import_module(module or "peft"), name), dict(spec.get("init_args") or {})
+        path = spec["class_path"] if "." in spec["class_path"] else f"peft.{spec['class_path']}"
+        cls, kwargs = import_object(path, "peft config class"), dict(spec.get("init_args") or {})
     else:
         cls = peft.LoraConfig
         kwargs = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
@@ -186,7 +214,7 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
             if getattr(layer, "bias", None) is not None:
                 out[f"{name}.bias"] = layer.bias.detach()
             done.add(name)
-        elif type(module).__name__ in ("Linear4bit", "Linear8bitLt") and not any(name.startswith(d + ".") for d in done):
+        elif type(module).__name__ in _BNB_LINEARS and not any(name.startswith(d + ".") for d in done):
             out[f"{name}.weight"] = dequantize_module_weight(module).detach().clone()
             if module.bias is not None:
                 out[f"{name}.bias"] = module.bias.detach()
@@ -212,7 +240,7 @@ def _unsharded_peft_copy(model, state: dict[str, torch.Tensor]):
     return skeleton
 
 
-def save_merged(model, tokenizer, directory: Path) -> None:
+def save_merged(model, directory: Path) -> None:
     """``save_pretrained`` of the merged weights (see ``merged_state_dict``) as a plain transformers model."""
     import copy
 
@@ -231,7 +259,6 @@ def save_merged(model, tokenizer, directory: Path) -> None:
     if tied:
         plain.tie_weights()
     plain.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
 
 
 class PolicyModule(L.LightningModule):
@@ -350,7 +377,7 @@ class PolicyModule(L.LightningModule):
             if "not found in the base model" not in str(e) and "target_modules" not in str(e):
                 raise Ra3Error(f"cannot add LoRA adapters: {first_line(e)}") from None
             names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                            if isinstance(m, torch.nn.Linear) or type(m).__name__ in ("Linear4bit", "Linear8bitLt")})
+                            if isinstance(m, torch.nn.Linear) or type(m).__name__ in _BNB_LINEARS})
             raise Ra3Error(f"peft target_modules {config.target_modules!r} match no layer of the model; "
                            f"its linear layers are: {', '.join(names)}") from None
         if self.hparams.model and os.path.isdir(os.path.expanduser(self.hparams.model)):
@@ -385,15 +412,7 @@ class PolicyModule(L.LightningModule):
         if not hp.get("quantization"):
             return load_causal_lm(model, attn_implementation=hp.attn_implementation)
         check_exists(model, "model")
-        try:
-            loaded = AutoModelForCausalLM.from_pretrained(model, attn_implementation=hp.attn_implementation,
-                                                          quantization_config=_bnb_config(hp.quantization, torch.float32))
-        except (OSError, ValueError, ImportError, RuntimeError) as e:
-            raise Ra3Error(f"quantization {hp.quantization!r}: cannot load '{model}' through bitsandbytes "
-                           f"({type(e).__name__}: {first_line(e)})") from None
-        if hp.quantization == "4bit":
-            _check_4bit_shapes(loaded, "quantization")
-        return loaded
+        return _load_quantized(model, hp.quantization, torch.float32, hp.attn_implementation, "quantization")
 
     def make_reference(self, quantization: str | None = None):
         """A frozen copy of the initial policy (for a KL penalty): a deep copy, or the same weights reloaded in
@@ -412,17 +431,8 @@ class PolicyModule(L.LightningModule):
             raise Ra3Error(f"reference_quantization must be 8bit, 4bit or null; got {quantization!r}")
         if self.hparams.model is None:
             raise Ra3Error("reference_quantization loads the reference from the model path: it needs model, not model_config")
-        try:
-            from transformers import AutoModelForCausalLM
-
-            config = _bnb_config(quantization, next(self.model.parameters()).dtype)
-            ref = AutoModelForCausalLM.from_pretrained(self.hparams.model, quantization_config=config,
-                                                       attn_implementation=self.hparams.attn_implementation)
-        except Exception as e:  # ImportError, or a bnb build without a backend for this device
-            raise Ra3Error(f"reference_quantization {quantization!r} needs a working bitsandbytes "
-                           f"({type(e).__name__}: {first_line(e)})") from None
-        if quantization == "4bit":
-            _check_4bit_shapes(ref, "reference_quantization")
+        ref = _load_quantized(self.hparams.model, quantization, next(self.model.parameters()).dtype,
+                              self.hparams.attn_implementation, "reference_quantization")
         return ref.eval().requires_grad_(False)
 
     # ---- sharding --------------------------------------------------------------------------------
@@ -555,26 +565,18 @@ class PolicyModule(L.LightningModule):
         a sharded model is gathered first (a collective); rank 0 writes."""
         directory = Path(directory)
         leader = self._trainer is None or self._trainer.is_global_zero
-        if self.is_peft:
-            model = self.model
-            if is_sharded(self.model):  # gather the full weights onto an unsharded copy on rank 0 (a collective)
-                state = full_state_dict(self.model)
-                model = _unsharded_peft_copy(self.model, state) if leader else None
-            if leader:
-                with torch.no_grad():
-                    if self.hparams.get("export_adapter"):
-                        model.save_pretrained(directory)
-                        self.tokenizer.save_pretrained(directory)
-                    else:
-                        directory.mkdir(parents=True, exist_ok=True)
-                        save_merged(model, self.tokenizer, directory)
-            if self._trainer is not None:
-                self._trainer.strategy.barrier("ra3-export")
-            return directory
         state = full_state_dict(self.model) if is_sharded(self.model) else None
         if leader:
             directory.mkdir(parents=True, exist_ok=True)
-            self.model.save_pretrained(directory, state_dict=state)
+            if not self.is_peft:
+                self.model.save_pretrained(directory, state_dict=state)
+            else:
+                model = self.model if state is None else _unsharded_peft_copy(self.model, state)  # sharded: gathered
+                with torch.no_grad():
+                    if self.hparams.get("export_adapter"):
+                        model.save_pretrained(directory)
+                    else:
+                        save_merged(model, directory)
             self.tokenizer.save_pretrained(directory)
         if self._trainer is not None:
             self._trainer.strategy.barrier("ra3-export")

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ra3.errors import Ra3Error
-from ra3.modules.policy import PolicyModule
+from ra3.modules.policy import PolicyModule, import_object
 from ra3.rewards import FormatReward, UnitTestReward, WeightedSum
 from ra3.rollout.generate import SamplingConfig, encode_prompt, sample_seed
 from ra3.rollout.sampler import make_engine
@@ -159,8 +159,6 @@ class RLVRModule(PolicyModule):
 
     def _resolve_rewards(self, funcs, weights, format_weight: float) -> list[tuple[Any, float]]:
         """(callable, weight) pairs from ``reward_funcs``/``reward_weights``, with one-line errors."""
-        import importlib
-
         if funcs is None:
             return [(self.unit_tests, 1.0)] + ([(FormatReward(), format_weight)] if format_weight else [])
         if format_weight:
@@ -179,11 +177,7 @@ class RLVRModule(PolicyModule):
                 out.append(FormatReward())
                 continue
             path, kwargs = (spec["class_path"], dict(spec.get("init_args") or {})) if isinstance(spec, dict) else (spec, None)
-            module, _, name = str(path).rpartition(".")
-            try:
-                obj = getattr(importlib.import_module(module), name)
-            except (ImportError, AttributeError, ValueError) as e:
-                raise Ra3Error(f"reward function {path!r} cannot be imported: {e}") from None
+            obj = import_object(path, "reward function")
             fn = obj(**(kwargs or {})) if isinstance(obj, type) else obj
             if kwargs and not isinstance(obj, type):
                 raise Ra3Error(f"reward function {path!r} is not a class: it takes no init_args")
@@ -340,7 +334,6 @@ class RLVRModule(PolicyModule):
             metrics["rlvr/kl"] = kl.detach()
         self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()})
         self.log("rlvr/reward", metrics["rlvr/reward_mean"], prog_bar=True)
-        st = self.statuses or [""] * len(completions)
         self.log_samples_table("rlvr/samples", ["task_id", "prompt", "completion", "reward", "status"], lambda: [
-            [batch[i // G].get("task_id", ""), batch[i // G]["prompt"], c.text, rewards[i], st[i] if i < len(st) else ""]
+            [batch[i // G].get("task_id", ""), batch[i // G]["prompt"], c.text, rewards[i], self.statuses[i] if i < len(self.statuses) else ""]
             for i, c in enumerate(completions)][:16], self.hparams.table_every_n_steps)
