@@ -2,7 +2,10 @@
 
 Protocol (as in TRL): ``reward(prompts, completions, **columns) -> list[float | None]`` — one value per
 completion; ``None`` means "no reward for this sample" and removes it from the loss. ``columns`` are the
-dataset's other fields, repeated per completion (``tests``, ``entry_point``, ``task_id``, …).
+dataset's other fields, repeated per completion (``tests``, ``entry_point``, ``task_id``, …), plus, when the
+trainer passes them (RLVR does), ``log_extra(column, values)`` — one value per completion, shown in the sample
+table (``UnitTestReward`` reports each sample's ``status`` this way) — and ``log_metric(name, value)`` — a scalar
+logged as ``rlvr/<name>``. So a reward function takes ``**kwargs``.
 :class:`WeightedSum` combines several functions; it is ``None`` where any part is ``None``.
 
 RL rows (JSONL or a ``datasets`` source) need ``prompt`` and tests in one of these shapes:
@@ -39,7 +42,6 @@ class UnitTestReward:
 
     def __init__(self, pool: SandboxPool | None = None, partial: bool = False, timeout: float = 3.0):
         self.pool, self.partial, self.timeout = pool, partial, timeout
-        self.last_statuses: list[str] = []
 
     def jobs(self, prompts: list[str], completions: list[str], rows: list[dict]) -> list[Job]:
         jobs = []
@@ -49,11 +51,13 @@ class UnitTestReward:
                             job_id=str(row.get("task_id", ""))))
         return jobs
 
-    def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float | None]:
+    def __call__(self, prompts: list[str], completions: list[str], log_extra: Callable | None = None,
+                 log_metric: Callable | None = None, **columns: Any) -> list[float | None]:
         rows = [dict(zip(columns, values)) for values in zip(*columns.values())] if columns else [{}] * len(prompts)
         self.pool = self.pool or SandboxPool()
         results = self.pool.run_many(self.jobs(prompts, completions, rows))
-        self.last_statuses = [r.status.value for r in results]
+        if log_extra is not None:
+            log_extra("status", [r.status.value for r in results])
         return [None if r.status == Status.SANDBOX_ERROR else (r.fraction_passed if self.partial else float(r.passed))
                 for r in results]
 

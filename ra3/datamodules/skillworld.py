@@ -295,6 +295,9 @@ class WorldConfig:
             clauses from the mid-training distribution, so evaluation measures composition, not length.
         composition_a / composition_b: fractions of the candidate plan bigrams in A and in B (``composition``).
         n_val: programs in the validation split (``composition``).
+        rl_min_clauses: the RL split's tasks have at least this many docstring clauses (``composition``; default:
+            mid-training's distribution). Harder RL tasks put the start model's step-0 reward where GRPO learns
+            (groups with mixed outcomes) while the evaluation splits keep mid-training's shapes.
     """
 
     seed: int = 0
@@ -316,6 +319,7 @@ class WorldConfig:
     composition_a: float = 0.1
     composition_b: float = 0.1
     n_val: int = 200
+    rl_min_clauses: int | None = None
 
 
 class SkillWorld:
@@ -407,15 +411,23 @@ class SkillWorld:
         pairs = plan_bigrams(task)
         return "".join(name for name, held in (("A", self.plan_a), ("B", self.plan_b)) if pairs & held) or "train"
 
-    def sample(self, rng: random.Random, heldout: bool | str, exclude: set[str] | frozenset[str] = frozenset()) -> Task:
+    def sample(self, rng: random.Random, heldout: bool | str, exclude: set[str] | frozenset[str] = frozenset(),
+               min_clauses: int = 0) -> Task:
         """A task of the training distribution (``heldout=False``), a held-out one (``True``: the ``bigram``
         split's evaluation task), or of held-out set ``"A"`` / ``"B"`` (``composition``; as many clauses as a
         training task drawn first). A program text in ``exclude`` is redrawn, up to ``MAX_REDRAWS`` times (a world
-        with few distinct programs of some shape repeats them rather than skewing the shape distribution)."""
+        with few distinct programs of some shape repeats them rather than skewing the shape distribution).
+        ``min_clauses`` (``composition``): the clause count is drawn from the training distribution above it."""
         cfg = self.config
         if cfg.split == "composition":
             want = heldout if isinstance(heldout, str) else ("train" if not heldout else rng.choice("AB"))
-            clauses = len(self._draw(rng, cfg.min_chain, cfg.max_chain).units())
+            for _ in range(100 * MAX_REDRAWS):
+                clauses = len(self._draw(rng, cfg.min_chain, cfg.max_chain).units())
+                if clauses >= min_clauses:
+                    break
+            else:
+                raise ValueError(f"no task of {cfg.min_chain}-{cfg.max_chain} skills has {min_clauses} or more clauses; "
+                                 "lower rl_min_clauses or raise max_chain")
             accept = lambda t: len(t.units()) == clauses and self.kind(t) == want  # noqa: E731
             lo, hi = cfg.min_chain, cfg.max_chain
         else:
@@ -476,8 +488,9 @@ def generate_split(world: SkillWorld, split: str, n: int, comment_fraction: floa
     if world.config.split == "bigram":
         kind = split in ("eval", "eval_a", "eval_b", "val")
     rows, exclude = [], set(exclude)
+    min_clauses = (world.config.rl_min_clauses or 0) if split == "rl" and world.config.split == "composition" else 0
     for i in range(n):
-        task = world.sample(rng, heldout=kind, exclude=exclude)
+        task = world.sample(rng, heldout=kind, exclude=exclude, min_clauses=min_clauses)
         if split in ("eval_a", "eval_b", "val"):
             exclude.add(task.program()[0])  # held-out sets: distinct programs where the world has enough
         task.task_id = f"skillworld/{split}/{i}"

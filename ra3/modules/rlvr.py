@@ -153,7 +153,8 @@ class RLVRModule(PolicyModule):
         self.reference = self.make_reference(reference_quantization) if beta > 0 else None
         self.unit_tests = UnitTestReward(partial=partial_credit)
         self.reward_parts = self._resolve_rewards(reward_funcs, reward_weights, format_weight)
-        self.statuses: list[str] = []
+        self.extra_columns: dict[str, list] = {}  # log_extra columns of this step's reward calls, one value per sample
+        self.reward_metrics: dict[str, list[float]] = {}  # log_metric values of this step's reward calls
         self._pool = None
         self._vllm, self._vllm_step = None, 0  # vLLM starts from the initial weights: no sync before step 0
 
@@ -230,9 +231,10 @@ class RLVRModule(PolicyModule):
         from concurrent.futures import ThreadPoolExecutor
 
         def score(prompts, texts, **columns):
-            self.unit_tests.last_statuses = []
-            values = reward_fn(prompts, texts, **columns)
-            return values, list(self.unit_tests.last_statuses) or [""] * len(texts)
+            extra, metrics = {}, {}
+            values = reward_fn(prompts, texts, **columns, log_extra=lambda column, v: extra.setdefault(column, []).extend(v),
+                               log_metric=lambda name, v: metrics.setdefault(name, []).append(float(v)))
+            return values, extra, metrics
 
         with ThreadPoolExecutor(1) as scorer:
             for i in range(0, len(rows), per_chunk):
@@ -246,8 +248,14 @@ class RLVRModule(PolicyModule):
                 columns = {k: [r.get(k) for r in chunk for _ in range(G)] for k in chunk[0] if k != "prompt"}
                 futures.append(scorer.submit(score, prompts, [c.text for c in flat], **columns))
             results = [f.result() for f in futures]
-        self.statuses = [s for _, st in results for s in st]
-        return completions, [x for values, _ in results for x in values]
+        names = {c for _, extra, _ in results for c in extra}
+        for values, extra, _ in results:
+            for column, logged in extra.items():
+                if len(logged) != len(values):
+                    raise Ra3Error(f"reward log_extra({column!r}) got {len(logged)} values for {len(values)} completions")
+        self.extra_columns = {c: [x for values, extra, _ in results for x in extra.get(c, [""] * len(values))] for c in names}
+        self.reward_metrics = {n: [v for _, _, m in results for v in m.get(n, [])] for n in {n for _, _, m in results for n in m}}
+        return completions, [x for values, _, _ in results for x in values]
 
     def _sequences(self, rows: list[dict], completions: list) -> tuple[torch.Tensor, ...]:
         G = self.hparams.num_generations
@@ -314,9 +322,10 @@ class RLVRModule(PolicyModule):
         G = self.hparams.num_generations
         rv = R[valid]
         grouped = R.view(-1, G)
-        statuses = Counter(s for s in self.statuses if s)
+        statuses = Counter(s for s in self.extra_columns.get("status", []) if s)
         tokens = completion[:, 1:].float()
-        metrics = {
+        metrics = {  # log_metric values of the reward functions first: a built-in name keeps its meaning
+            **{f"rlvr/{name}": torch.tensor(sum(vs) / len(vs)) for name, vs in self.reward_metrics.items()},
             "rlvr/loss": loss.detach(),
             "rlvr/reward_mean": rv.mean() if rv.numel() else torch.tensor(0.0),
             "rlvr/reward_std": rv.std() if rv.numel() > 1 else torch.tensor(0.0),
@@ -334,6 +343,7 @@ class RLVRModule(PolicyModule):
             metrics["rlvr/kl"] = kl.detach()
         self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()})
         self.log("rlvr/reward", metrics["rlvr/reward_mean"], prog_bar=True)
-        self.log_samples_table("rlvr/samples", ["task_id", "prompt", "completion", "reward", "status"], lambda: [
-            [batch[i // G].get("task_id", ""), batch[i // G]["prompt"], c.text, rewards[i], self.statuses[i] if i < len(self.statuses) else ""]
+        extra = sorted(self.extra_columns)
+        self.log_samples_table("rlvr/samples", ["task_id", "prompt", "completion", "reward", *extra], lambda: [
+            [batch[i // G].get("task_id", ""), batch[i // G]["prompt"], c.text, rewards[i], *(self.extra_columns[e][i] for e in extra)]
             for i, c in enumerate(completions)][:16], self.hparams.table_every_n_steps)

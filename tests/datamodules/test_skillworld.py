@@ -1,7 +1,8 @@
 import json
+import pytest
 import random
 
-from ra3.datamodules.skillworld import MACROS, SKILLS, SkillWorld, WorldConfig, generate_split, Step
+from ra3.datamodules.skillworld import MACROS, SKILLS, SkillWorld, Step, WorldConfig, build_world, generate_split
 
 
 def _skill_names(row):
@@ -211,3 +212,18 @@ def test_composition_oracle_comments_and_solutions(tmp_path):
         assert oracle["text"].count("    # ") == len(plain["units"])
         stripped = "\n".join(l for l in oracle["text"].split("\n") if not l.strip().startswith("#"))
         assert stripped == plain["text"]
+
+
+def test_rl_min_clauses_makes_only_the_rl_split_longer(tmp_path):
+    plain, _ = _composition_world(tmp_path / "plain")
+    rows, meta = _composition_world(tmp_path / "hard", rl_min_clauses=3)
+    assert min(len(r["units"]) for r in rows["rl"]) == 3 and min(len(r["units"]) for r in plain["rl"]) == 2
+    counts = meta["clauses"]["rl"]
+    mid = meta["clauses"]["midtrain"]  # above the cut the RL split keeps mid-training's proportions
+    assert counts["3"] > counts["4"] > 0 and mid["3"] > mid["4"]
+    for split in ("pretrain", "midtrain", "eval_b"):
+        assert rows[split] == plain[split], split
+    assert all(set(zip(r["units"], r["units"][1:])) & {tuple(p) for p in meta["plan_bigrams_a"]} for r in rows["rl"])
+    with pytest.raises(ValueError, match="rl_min_clauses"):
+        build_world(tmp_path / "bad", WorldConfig(split="composition", max_chain=3, n_pretrain=5, n_midtrain=5, n_rl=5,
+                                                   n_eval=4, n_val=2, rl_min_clauses=4))

@@ -79,7 +79,9 @@ def test_reward_functions_on_the_sandbox(world_dir):
     columns = {"test_cases": [row["test_cases"]] * 3, "entry_point": ["solve"] * 3}
     prompts = [row["prompt"]] * 3
     completions = [body, "\n    return xs[::-1] + [42]", "\n    return (("]
-    assert UnitTestReward()(prompts, completions, **columns) == [1.0, 0.0, 0.0]
+    logged = {}
+    assert UnitTestReward()(prompts, completions, **columns, log_extra=logged.__setitem__) == [1.0, 0.0, 0.0]
+    assert logged == {"status": ["passed", "failed", "syntax_error"]}
     assert FormatReward()(prompts, completions) == [1.0, 1.0, 0.0]
     combined = WeightedSum([(UnitTestReward(), 1.0), (FormatReward(), 0.5)])(prompts, completions, **columns)
     assert combined == [1.5, 0.5, 0.0]
@@ -197,3 +199,35 @@ def test_reward_funcs_and_weights_from_the_config(tiny_model_dir, world_dir):
                               reward_funcs=["format"]), world_dir, 1)
     assert 0.0 <= float(trainer.callback_metrics["rlvr/reward_mean"]) <= 1.0
     assert not [k for k in trainer.callback_metrics if k.startswith("rlvr/status_")]
+
+
+def length_with_logs(prompts, completions, log_extra=None, log_metric=None, **columns):
+    """A reward that reports through the explicit hooks (TRL's ``log_extra``/``log_metric``)."""
+    log_extra("chars", [len(c) for c in completions])
+    log_metric("mean_chars", sum(map(len, completions)) / len(completions))
+    return [float(len(c) > 3) for c in completions]
+
+
+def test_reward_functions_report_statuses_and_extras_through_explicit_hooks(tiny_model_dir, world_dir):
+    """No side channel: the sandbox statuses and a custom function's columns/metrics come back through the
+    ``log_extra``/``log_metric`` arguments of the call, per sample and in sample order."""
+    module = RLVRModule(init_from=str(tiny_model_dir), num_generations=2, max_new_tokens=6,
+                        reward_funcs=["unit_tests", "test_rlvr.length_with_logs"], reward_weights=[1.0, 0.5])
+    trainer = _fit(module, world_dir, 1)
+    n = 4 * 2
+    assert sorted(module.extra_columns) == ["chars", "status"] and all(len(v) == n for v in module.extra_columns.values())
+    assert set(module.extra_columns["status"]) <= {"passed", "failed", "syntax_error", "runtime_error", "timeout"}
+    counts = {k[len("rlvr/status_"):]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("rlvr/status_")}
+    assert sum(counts.values()) == n
+    assert float(trainer.callback_metrics["rlvr/mean_chars"]) == pytest.approx(sum(module.extra_columns["chars"]) / n)
+
+    def bad_length(prompts, completions, log_extra=None, **kw):
+        log_extra("oops", [1])
+        return [0.0] * len(completions)
+
+    class BadLog(RLVRModule):
+        def reward_function(self):
+            return bad_length
+
+    with pytest.raises(Ra3Error, match=r"log_extra\('oops'\) got 1 values for 4 completions"):
+        _fit(BadLog(init_from=str(tiny_model_dir), num_generations=2, max_new_tokens=6, generation_batch_size=4), world_dir, 1)
