@@ -10,7 +10,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LEAVES = ["ra3.hf", "ra3.rows", "ra3.stats", "ra3.sources", "ra3.dataprep", "ra3.evaluation", "ra3.rewards", "ra3.execution",
           "ra3.rollout.generate", "ra3.rollout.sampler", "ra3.rollout.latent", "ra3.rollout.ragged",
-          "ra3.datamodules.benchmarks", "ra3.datamodules.skillworld", "ra3.datamodules.segments"]
+          "ra3.datamodules.benchmarks", "ra3.datamodules.skillworld", "ra3.datamodules.segments", "ra3.modules.sharding"]
+# the floors above the data, rollout and execution layers: those layers never import them
+UPPER = ("ra3.modules", "ra3.callbacks", "ra3.cli", "ra3.bootstrap", "ra3.quickstart", "ra3.study", "ra3.strategies",
+         "ra3.consolidate")
 
 
 @pytest.mark.parametrize("module", LEAVES)
@@ -21,11 +24,12 @@ def test_leaf_modules_do_not_import_lightning(module):
     assert out.stdout.strip() == "[]", f"{module} imports {out.stdout.strip()}"
 
 
-def test_the_data_layer_does_not_import_the_modules():
+@pytest.mark.parametrize("package", ["datamodules", "rollout", "execution"])
+def test_lower_layers_never_import_upward(package):
     """Not even inside a function body: the tokenizer and the tests reach the data layer from ``ra3.hf`` and the
-    Lightning-free row helpers, never from ``ra3.modules``."""
-    for path in (ROOT / "ra3" / "datamodules").glob("*.py"):
+    Lightning-free row helpers, never from ``ra3.modules``; rollout and execution know nothing of training."""
+    for path in (ROOT / "ra3" / package).glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            assert not any(n == "ra3.modules" or n.startswith("ra3.modules.") for n in names), f"{path.name}: {names}"
+            assert not any(n == u or n.startswith(u + ".") for n in names for u in UPPER), f"{package}/{path.name}: {names}"

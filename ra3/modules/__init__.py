@@ -1,6 +1,16 @@
-from ra3.modules.estep import EStepModule
-from ra3.modules.mstep import MStepModule
-from ra3.modules.policy import PolicyModule
-from ra3.modules.rlvr import RLVRModule
+"""The LightningModules: ``PolicyModule`` (shared policy plumbing), ``MStepModule``, ``EStepModule``, ``RLVRModule``.
 
-__all__ = ["PolicyModule", "MStepModule", "EStepModule", "RLVRModule"]
+Imported lazily, so that ``ra3.modules.sharding`` (Lightning-free) can be used without Lightning."""
+
+_CLASSES = {"PolicyModule": "policy", "MStepModule": "mstep", "EStepModule": "estep", "RLVRModule": "rlvr"}
+
+
+def __getattr__(name):
+    if name in _CLASSES:
+        import importlib
+
+        return getattr(importlib.import_module(f"ra3.modules.{_CLASSES[name]}"), name)
+    raise AttributeError(f"module 'ra3.modules' has no attribute {name!r}")
+
+
+__all__ = list(_CLASSES)
