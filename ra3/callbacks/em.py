@@ -198,7 +198,6 @@ class EMCallback(L.Callback):
                 t0 = time.time()
                 module = make_estep(self.state.policy)
                 datamodule.use_train_files(corpus)
-                datamodule.tokenizer = module.tokenizer
                 datamodule.setup("fit")
                 rows = datamodule.train_programs[: self.bootstrap_limit] if self.bootstrap_limit else datamodule.train_programs
                 rank, world, joined = _dist()

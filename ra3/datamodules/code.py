@@ -23,6 +23,8 @@ from ra3.errors import Ra3Error
 from ra3.rows import row_fields
 from ra3.sources import expand_sources, rows_from_source
 
+View = Literal["tokens", "programs", "prompts"]
+VIEWS = ("tokens", "programs", "prompts")
 LossMode = Literal["all", "code_only", "completion_only"]
 
 
@@ -124,7 +126,11 @@ class TokenCollator:
 
 
 class CodeDataModule(L.LightningDataModule):
-    """Code snippets for next-token training.
+    """Code for every phase: tokens (M-step), whole programs (E-step, bootstrap), RL prompts with tests (RLVR).
+
+    ``setup`` reads the rows; the phase's module then hands in what to serve and with which tokenizer through
+    :meth:`connect` (``PolicyModule.setup`` does; call it yourself with your own module). Programs are tokenised
+    on first use, so the tokenizer is only needed by the ``tokens`` view.
 
     Args:
         train_files: JSONL files (glob patterns such as ``data/midtrain/*.jsonl`` allowed), local ``datasets``
@@ -135,7 +141,7 @@ class CodeDataModule(L.LightningDataModule):
         text_field: field holding a whole program.
         prompt_field: field holding a prompt (used with ``completion_field`` when both are present).
         completion_field: field holding the completion of ``prompt_field``.
-        tokenizer_path: tokenizer name/path; by default the model's tokenizer is used.
+        tokenizer_path: tokenizer name/path; by default the one handed in by :meth:`connect` (the model's).
         max_length: tokens per packed row / longest program; longer programs are truncated (and counted).
         batch_size: rows per batch.
         packing: pack several programs per row (no cross-document attention) instead of padding each.
@@ -179,12 +185,21 @@ class CodeDataModule(L.LightningDataModule):
         if not 0.0 <= val_fraction < 1.0:
             raise Ra3Error(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.tokenizer = None
+        self.view: View = "tokens"
         self.train_files = list(train_files or [])
         self.train_programs: list[dict] = []
         self.rl_rows: list[dict] = []
         self.val_programs: list[dict] = []
-        self.train_examples: list[Example] = []
-        self.val_examples: list[Example] = []
+        self._examples: dict[str, list[Example]] = {}
+
+    def connect(self, tokenizer: Any = None, view: View = "tokens") -> None:
+        """What the phase reads: ``tokens`` (packed next-token rows), ``programs`` (whole program rows) or
+        ``prompts`` (RL rows), and the tokenizer of the ``tokens`` view (``tokenizer_path`` wins over it)."""
+        if view not in VIEWS:
+            raise Ra3Error(f"view must be one of {', '.join(VIEWS)}; got {view!r}")
+        if tokenizer is not self.tokenizer:
+            self._examples = {}
+        self.view, self.tokenizer = view, tokenizer
 
     # ---- reading ---------------------------------------------------------------------------------
     def _read_valid(self, sources: list[str], parse) -> list:
@@ -224,7 +239,28 @@ class CodeDataModule(L.LightningDataModule):
     def use_train_files(self, files: list[str]) -> None:
         """Serve ``files`` from the next ``setup`` on (e.g. a bootstrapped shard for the M-step)."""
         self.train_files = list(files)
-        self.train_programs, self.val_programs, self.train_examples, self.val_examples = [], [], [], []
+        self.train_programs, self.val_programs, self._examples = [], [], {}
+
+    @property
+    def train_examples(self) -> list[Example]:
+        """The training programs, tokenised (on first use, with the connected tokenizer)."""
+        return self._encoded("train", self.train_programs)
+
+    @property
+    def val_examples(self) -> list[Example]:
+        return self._encoded("val", self.val_programs)
+
+    def _encoded(self, name: str, programs: list[dict]) -> list[Example]:
+        if name not in self._examples:
+            if self.hparams.tokenizer_path and self.tokenizer is None:
+                from ra3.hf import load_tokenizer
+
+                self.tokenizer = load_tokenizer(self.hparams.tokenizer_path)
+            if self.tokenizer is None:
+                raise Ra3Error("CodeDataModule needs a tokenizer: set data.tokenizer_path, or hand one in with "
+                               "connect(tokenizer=...) (the ra3 modules do this in their setup)")
+            self._examples[name] = self._encode_all(programs)
+        return self._examples[name]
 
     def read_rl_rows(self, sources: list[str]) -> list[dict]:
         """RL rows (a ``prompt`` and tests in a shape ``ra3.rows.tests_from_row`` accepts)."""
@@ -244,19 +280,15 @@ class CodeDataModule(L.LightningDataModule):
         return rows
 
     def setup(self, stage: str | None = None) -> None:
-        if self._view() == "prompts":
-            if not self.rl_rows:
-                if not self.hparams.rl_files:
-                    raise Ra3Error("RLVR needs data.rl_files (rows with a prompt and tests)")
-                self.tokenizer = self._resolve_tokenizer()
-                self.rl_rows = self.read_rl_rows(list(self.hparams.rl_files))
-            return
-        if self.train_programs or self.val_programs:
-            return
+        """Read the rows (``rl_files`` and/or ``train_files``/``val_files``) once; malformed rows per ``on_malformed``."""
         hp = self.hparams
-        self.tokenizer = self._resolve_tokenizer()
-        if not self.train_files and not hp.val_files:
-            raise Ra3Error("CodeDataModule needs train_files (JSONL files, a datasets directory or a hub dataset name)")
+        if not (self.train_files or hp.val_files or hp.rl_files):
+            raise Ra3Error("CodeDataModule needs train_files (JSONL files, a datasets directory or a hub dataset name), "
+                           "or rl_files for RLVR")
+        if hp.rl_files and not self.rl_rows:
+            self.rl_rows = self.read_rl_rows(list(hp.rl_files))
+        if not (self.train_files or hp.val_files) or self.train_programs or self.val_programs:
+            return
         train = self.read_programs(self.train_files)
         if self.train_files and not train:
             raise Ra3Error(f"no usable rows in {', '.join(self.train_files)}: the dataset is empty")
@@ -269,21 +301,15 @@ class CodeDataModule(L.LightningDataModule):
             n_val = int(len(train) * hp.val_fraction)
             val = [train[i] for i in order[:n_val]]
             train = [train[i] for i in sorted(order[n_val:])]
-        self.train_programs, self.val_programs = train, val
-        self.train_examples = self._encode_all(train)
-        self.val_examples = self._encode_all(val)
+        self.train_programs, self.val_programs, self._examples = train, val, {}
 
-    def _resolve_tokenizer(self):
-        if self.tokenizer is not None and not self.hparams.tokenizer_path:
-            return self.tokenizer
-        if self.hparams.tokenizer_path:
-            from ra3.hf import load_tokenizer
-
-            return load_tokenizer(self.hparams.tokenizer_path)
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        if module is None or getattr(module, "tokenizer", None) is None:
-            raise Ra3Error("CodeDataModule needs a tokenizer: set data.tokenizer_path or use a model that has one")
-        return module.tokenizer
+    def _require(self) -> str:
+        """The connected view, checked against what was configured."""
+        if self.view == "prompts" and not self.hparams.rl_files:
+            raise Ra3Error("RLVR needs data.rl_files (rows with a prompt and tests)")
+        if self.view != "prompts" and not (self.train_files or self.hparams.val_files):
+            raise Ra3Error(f"the {self.view} view needs data.train_files (expert programs)")
+        return self.view
 
     # ---- loaders ---------------------------------------------------------------------------------
     def _items(self, examples: list[Example]) -> list:
@@ -319,26 +345,24 @@ class CodeDataModule(L.LightningDataModule):
         return DataLoader(items, batch_size=hp.batch_size, sampler=sampler, drop_last=drop_last, collate_fn=collate,
                           num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
 
-    def _view(self) -> str:
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        return getattr(module, "data_view", "tokens")
-
     def _program_loader(self, programs: list[dict], train: bool) -> DataLoader:
         size = self.hparams.program_batch_size
         sampler, drop_last = self._sampler(programs, self.hparams.shuffle, size) if train else (None, False)
         return DataLoader(programs, batch_size=size, sampler=sampler, drop_last=drop_last, collate_fn=list)
 
     def train_dataloader(self) -> DataLoader:
-        if self._view() == "prompts":
+        view = self._require()
+        if view == "prompts":
             return self._program_loader(self.rl_rows, train=True)
-        if self._view() == "programs":
+        if view == "programs":
             return self._program_loader(self.train_programs, train=True)
         return self._loader(self.train_examples, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        if self._view() == "prompts":
+        view = self._require()
+        if view == "prompts":
             return []
-        if self._view() == "programs":
+        if view == "programs":
             return self._program_loader(self.val_programs, train=False) if self.val_programs else []
         return self._loader(self.val_examples, train=False) if self.val_examples else []
 

@@ -435,6 +435,16 @@ class PolicyModule(L.LightningModule):
                               self.hparams.attn_implementation, "reference_quantization")
         return ref.eval().requires_grad_(False)
 
+    # ---- data ------------------------------------------------------------------------------------
+    data_view = "tokens"  # what this phase reads from a CodeDataModule: tokens, programs or prompts
+
+    def setup(self, stage: str) -> None:
+        """Hand the datamodule this phase's view and tokenizer (``CodeDataModule.connect``; runs before any
+        dataloader is built)."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "connect"):
+            datamodule.connect(tokenizer=self.tokenizer, view=self.data_view)
+
     # ---- sharding --------------------------------------------------------------------------------
     def configure_model(self) -> None:
         """FSDP2 under ``ModelParallelStrategy``: one unit per decoder block + the root (policy and reference)."""

@@ -9,9 +9,7 @@ from ra3.errors import Ra3Error
 
 def _dm(tokenizer, files, **kw):
     dm = CodeDataModule(train_files=[str(f) for f in files], **kw)
-    dm.hparams.tokenizer_path = None
-    dm.tokenizer = tokenizer
-    dm._resolve_tokenizer = lambda: tokenizer
+    dm.connect(tokenizer)
     return dm
 
 
@@ -118,3 +116,30 @@ def test_program_rows_keep_the_ground_truth_for_scoring(world_dir, tokenizer):
     row = dm.train_programs[0]
     assert {"task_id", "boundaries", "skills", "intents"} <= set(row)
     assert len(row["intents"]) == len(row["boundaries"])
+
+
+def test_rows_are_read_in_setup_and_the_phase_connects_view_and_tokenizer(tmp_path, tokenizer, world_dir):
+    """``setup`` reads rows without a tokenizer; ``connect`` picks what is served; missing pieces are one-line errors."""
+    dm = CodeDataModule(train_files=[str(world_dir / "midtrain.jsonl")], rl_files=[str(world_dir / "rl.jsonl")],
+                        program_batch_size=3, batch_size=2)
+    dm.setup("fit")
+    assert dm.train_programs and dm.rl_rows
+    with pytest.raises(Ra3Error, match=r"needs a tokenizer: set data.tokenizer_path, or hand one in with connect"):
+        dm.train_dataloader()  # the default view is tokens
+    dm.connect(view="programs")
+    programs = next(iter(dm.train_dataloader()))
+    assert len(programs) == 3 and all({"prompt", "completion", "boundaries"} <= set(p) for p in programs)
+    dm.connect(view="prompts")
+    prompts = next(iter(dm.train_dataloader()))
+    assert len(prompts) == 3 and all("test_cases" in r for r in prompts)
+    dm.connect(tokenizer)
+    assert next(iter(dm.train_dataloader()))["input_ids"].shape[0] == 2
+    with pytest.raises(Ra3Error, match="view must be one of tokens, programs, prompts"):
+        dm.connect(tokenizer, view="text")
+    only_programs = CodeDataModule(train_files=[str(world_dir / "midtrain.jsonl")])
+    only_programs.setup("fit")
+    only_programs.connect(view="prompts")
+    with pytest.raises(Ra3Error, match="RLVR needs data.rl_files"):
+        only_programs.train_dataloader()
+    with pytest.raises(Ra3Error, match="needs train_files .* or rl_files"):
+        CodeDataModule().setup("fit")
