@@ -64,18 +64,19 @@ class StudyPreset:
 
 
 _WORLD = {"style": "macro", "comment_style": "routine", "split": "composition", "min_chain": 2, "max_chain": 6,
-          "surfaces": 3, "n_pretrain": 8000, "n_midtrain": 1200, "n_rl": 400, "n_eval": 300, "n_val": 200}
+          "surfaces": 3, "comment_fraction": 0.5, "n_pretrain": 8000, "n_midtrain": 1200, "n_rl": 400, "n_eval": 200,
+          "n_val": 200, "rl_clauses": [3, 4]}
 
 PRESETS = {
     "test": StudyPreset(2, {**_WORLD, "n_pretrain": 300, "n_midtrain": 60, "n_rl": 24, "n_eval": 12, "n_val": 8},
                         pretrain_steps=6, mstep_steps=4, estep_steps=2, rlvr_steps=4, n_samples=2, k=[1, 2],
                         batch_size=2, rlvr_prompts=2, mid_rlvr_eval=("ra3",)),
     # the pilot picks each arm's M-step LR on val.jsonl (bases 100, 101: `--first_seed 100`), never on eval.jsonl
-    "pilot": StudyPreset(2, _WORLD, pretrain_steps=350, mstep_steps=150, estep_steps=30, rlvr_steps=16, n_samples=2,
-                         k=[1, 2], rlvr=False, eval_split="val.jsonl", lr_grid=[3e-4, 3e-3]),
-    # learning rates: the pilot's choices (README, "Does RA3 help?")
-    "default": StudyPreset(5, _WORLD, pretrain_steps=350, mstep_steps=150, estep_steps=30, rlvr_steps=24, n_samples=2,
-                           k=[1, 2], learning_rates={"ntp": 3e-3, "oracle": 3e-3, "ra3": 1e-3}),
+    "pilot": StudyPreset(2, _WORLD, pretrain_steps=700, mstep_steps=150, estep_steps=30, rlvr_steps=16, n_samples=2,
+                         k=[1, 2], rlvr=False, eval_split="val.jsonl", lr_grid=[1e-3, 3e-3]),
+    # learning rates: the pilot's choices (docs/study.md, "Choosing the world and the learning rates")
+    "default": StudyPreset(5, _WORLD, pretrain_steps=700, mstep_steps=150, estep_steps=30, rlvr_steps=40, n_samples=2,
+                           k=[1, 2], learning_rates={"ntp": 3e-3, "oracle": 3e-3, "ra3": 1e-3}, rlvr_lr=3e-4),
 }
 
 
@@ -156,7 +157,8 @@ class Study:
 
     def build(self) -> None:
         p, w, out = self.p, self.world, self.out
-        world = self.add("world", ["world", "--out", str(w)] + [a for k, v in self.world_config.items() for a in (f"--world.{k}", str(v))])
+        world = self.add("world", ["world", "--out", str(w)] + [a for k, v in self.world_config.items()
+                                                  for a in (f"--world.{k}", json.dumps(v, separators=(",", ":")) if isinstance(v, (list, dict)) else str(v))])
         for s in self.bases:
             b = f"b{s}"
             base = out / b / "base"

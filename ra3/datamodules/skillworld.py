@@ -295,9 +295,9 @@ class WorldConfig:
             clauses from the mid-training distribution, so evaluation measures composition, not length.
         composition_a / composition_b: fractions of the candidate plan bigrams in A and in B (``composition``).
         n_val: programs in the validation split (``composition``).
-        rl_min_clauses: the RL split's tasks have at least this many docstring clauses (``composition``; default:
-            mid-training's distribution). Harder RL tasks put the start model's step-0 reward where GRPO learns
-            (groups with mixed outcomes) while the evaluation splits keep mid-training's shapes.
+        rl_clauses: docstring clause counts of the RL split's tasks, drawn uniformly per task (``composition``;
+            default: mid-training's distribution). Longer RL tasks put the start model's step-0 reward where GRPO
+            learns (groups with mixed outcomes) while the evaluation splits keep mid-training's shapes.
     """
 
     seed: int = 0
@@ -319,7 +319,7 @@ class WorldConfig:
     composition_a: float = 0.1
     composition_b: float = 0.1
     n_val: int = 200
-    rl_min_clauses: int | None = None
+    rl_clauses: list[int] | None = None
 
 
 class SkillWorld:
@@ -412,30 +412,28 @@ class SkillWorld:
         return "".join(name for name, held in (("A", self.plan_a), ("B", self.plan_b)) if pairs & held) or "train"
 
     def sample(self, rng: random.Random, heldout: bool | str, exclude: set[str] | frozenset[str] = frozenset(),
-               min_clauses: int = 0) -> Task:
+               clauses: int | None = None) -> Task:
         """A task of the training distribution (``heldout=False``), a held-out one (``True``: the ``bigram``
         split's evaluation task), or of held-out set ``"A"`` / ``"B"`` (``composition``; as many clauses as a
         training task drawn first). A program text in ``exclude`` is redrawn, up to ``MAX_REDRAWS`` times (a world
         with few distinct programs of some shape repeats them rather than skewing the shape distribution).
-        ``min_clauses`` (``composition``): the clause count is drawn from the training distribution above it."""
+        ``clauses`` (``composition``): this many docstring clauses instead of a count drawn from training tasks."""
         cfg = self.config
         if cfg.split == "composition":
             want = heldout if isinstance(heldout, str) else ("train" if not heldout else rng.choice("AB"))
-            for _ in range(100 * MAX_REDRAWS):
+            if clauses is None:
                 clauses = len(self._draw(rng, cfg.min_chain, cfg.max_chain).units())
-                if clauses >= min_clauses:
-                    break
-            else:
-                raise ValueError(f"no task of {cfg.min_chain}-{cfg.max_chain} skills has {min_clauses} or more clauses; "
-                                 "lower rl_min_clauses or raise max_chain")
             accept = lambda t: len(t.units()) == clauses and self.kind(t) == want  # noqa: E731
             lo, hi = cfg.min_chain, cfg.max_chain
         else:
             lo, hi = self.eval_chain if heldout else (cfg.min_chain, cfg.max_chain)
             accept = lambda t: bool(bigrams(t.steps) & self.heldout) == (bool(heldout) and bool(self.heldout))  # noqa: E731
         redraws = 0
-        while True:
+        for attempt in itertools.count():
             task = self._draw(rng, lo, hi)
+            if attempt == 1000 * MAX_REDRAWS:
+                raise ValueError(f"no {want} task of {lo}-{hi} skills has {clauses} docstring clauses: check rl_clauses, "
+                                 "max_chain and the composition fractions")
             if accept(task):
                 if not exclude or redraws >= MAX_REDRAWS or task.program()[0] not in exclude:
                     return task
@@ -488,9 +486,9 @@ def generate_split(world: SkillWorld, split: str, n: int, comment_fraction: floa
     if world.config.split == "bigram":
         kind = split in ("eval", "eval_a", "eval_b", "val")
     rows, exclude = [], set(exclude)
-    min_clauses = (world.config.rl_min_clauses or 0) if split == "rl" and world.config.split == "composition" else 0
+    rl_clauses = world.config.rl_clauses if split == "rl" and world.config.split == "composition" else None
     for i in range(n):
-        task = world.sample(rng, heldout=kind, exclude=exclude, min_clauses=min_clauses)
+        task = world.sample(rng, heldout=kind, exclude=exclude, clauses=rng.choice(rl_clauses) if rl_clauses else None)
         if split in ("eval_a", "eval_b", "val"):
             exclude.add(task.program()[0])  # held-out sets: distinct programs where the world has enough
         task.task_id = f"skillworld/{split}/{i}"

@@ -214,16 +214,15 @@ def test_composition_oracle_comments_and_solutions(tmp_path):
         assert stripped == plain["text"]
 
 
-def test_rl_min_clauses_makes_only_the_rl_split_longer(tmp_path):
+def test_rl_clauses_makes_only_the_rl_split_longer(tmp_path):
     plain, _ = _composition_world(tmp_path / "plain")
-    rows, meta = _composition_world(tmp_path / "hard", rl_min_clauses=3)
-    assert min(len(r["units"]) for r in rows["rl"]) == 3 and min(len(r["units"]) for r in plain["rl"]) == 2
+    rows, meta = _composition_world(tmp_path / "hard", rl_clauses=[3, 4])
     counts = meta["clauses"]["rl"]
-    mid = meta["clauses"]["midtrain"]  # above the cut the RL split keeps mid-training's proportions
-    assert counts["3"] > counts["4"] > 0 and mid["3"] > mid["4"]
+    assert set(counts) == {"3", "4"} and abs(counts["3"] - counts["4"]) < 0.2 * len(rows["rl"])
+    assert min(len(r["units"]) for r in plain["rl"]) == 2
     for split in ("pretrain", "midtrain", "eval_b"):
         assert rows[split] == plain[split], split
     assert all(set(zip(r["units"], r["units"][1:])) & {tuple(p) for p in meta["plan_bigrams_a"]} for r in rows["rl"])
-    with pytest.raises(ValueError, match="rl_min_clauses"):
+    with pytest.raises(ValueError, match="rl_clauses"):
         build_world(tmp_path / "bad", WorldConfig(split="composition", max_chain=3, n_pretrain=5, n_midtrain=5, n_rl=5,
-                                                   n_eval=4, n_val=2, rl_min_clauses=4))
+                                                   n_eval=4, n_val=2, rl_clauses=[4]))
