@@ -297,6 +297,10 @@ class PolicyModule(L.LightningModule):
             phase's export with ``export_adapter``) is loaded onto its base and trained further instead.
         quantization: load the base weights through bitsandbytes: ``4bit`` (nf4; with ``peft`` this is QLoRA) or
             ``8bit``. Needs ``peft`` (quantised weights do not train).
+        weights_dtype: dtype of the weights as loaded: ``float32``, ``bfloat16``, ``float16`` or ``auto`` (the
+            checkpoint's own, e.g. bf16 for most hub models). Default: ``float32`` for full fine-tuning — the optimizer
+            updates these master weights, and ``bf16-mixed`` autocasts only the compute —, ``auto`` under ``peft``
+            (the frozen base; adapters are kept in fp32).
         export_adapter: with ``peft``, export only the adapter (loads with transformers + peft) instead of the merged
             model (default: merged, so ``ra3 evaluate`` and the next phase read it as any model).
     """
@@ -324,6 +328,7 @@ class PolicyModule(L.LightningModule):
         peft: dict[str, Any] | None = None,
         quantization: str | None = None,
         export_adapter: bool = False,
+        weights_dtype: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -336,6 +341,8 @@ class PolicyModule(L.LightningModule):
         for name, value in (("fsdp_param_dtype", fsdp_param_dtype), ("fsdp_reduce_dtype", fsdp_reduce_dtype)):
             if value is not None and value not in DTYPES:
                 raise Ra3Error(f"{name} must be one of {', '.join(DTYPES)} or null, got {value!r}")
+        if weights_dtype not in (None, "auto", *DTYPES):
+            raise Ra3Error(f"weights_dtype must be one of auto, {', '.join(DTYPES)} or null; got {weights_dtype!r}")
         if learning_rate <= 0:
             raise Ra3Error(f"learning_rate must be > 0, got {learning_rate}")
         if quantization not in (None, "4bit", "8bit"):
@@ -404,13 +411,15 @@ class PolicyModule(L.LightningModule):
         from transformers import AutoModelForCausalLM
 
         hp = self.hparams
+        dtype = hp.get("weights_dtype") or ("auto" if hp.get("peft") or _is_adapter_dir(hp.model) else "float32")
         if model_config is not None:
             config = build_config(model_config, self.tokenizer)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(hp.init_seed)
-                return AutoModelForCausalLM.from_config(config, attn_implementation=hp.attn_implementation)
+                return AutoModelForCausalLM.from_config(config, attn_implementation=hp.attn_implementation,
+                                                        dtype=DTYPES.get(dtype, torch.float32))
         if not hp.get("quantization"):
-            return load_causal_lm(model, attn_implementation=hp.attn_implementation)
+            return load_causal_lm(model, attn_implementation=hp.attn_implementation, dtype=DTYPES.get(dtype, dtype))
         check_exists(model, "model")
         return _load_quantized(model, hp.quantization, torch.float32, hp.attn_implementation, "quantization")
 

@@ -85,3 +85,26 @@ def test_export_is_loadable_with_plain_transformers(world_dir, tmp_path):
     ids = tok("def solve(xs):", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, module.model(ids).logits)
+
+
+def test_weights_load_in_float32_for_full_fine_tuning_whatever_the_checkpoint_stores(tiny_model_dir, tmp_path):
+    """transformers 5 loads a checkpoint in its stored dtype (bf16 for most hub models); full fine-tuning keeps fp32
+    master weights unless told otherwise, a peft base keeps the stored dtype."""
+    from transformers import AutoModelForCausalLM
+
+    bf16_dir = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).save_pretrained(bf16_dir)
+    load_tokenizer(str(tiny_model_dir)).save_pretrained(bf16_dir)
+    assert AutoModelForCausalLM.from_pretrained(bf16_dir).dtype == torch.bfloat16  # what a plain load gives
+
+    def dtypes(module):
+        return {p.dtype for p in module.model.parameters()}
+
+    assert dtypes(MStepModule(model=str(bf16_dir))) == {torch.float32}
+    assert dtypes(MStepModule(model=str(bf16_dir), weights_dtype="auto")) == {torch.bfloat16}
+    assert dtypes(MStepModule(model=str(tiny_model_dir), weights_dtype="bfloat16")) == {torch.bfloat16}
+    lora = MStepModule(model=str(bf16_dir), peft={"r": 2})
+    frozen = {p.dtype for p in lora.model.parameters() if not p.requires_grad}
+    assert frozen == {torch.bfloat16} and {p.dtype for p in lora.model.parameters() if p.requires_grad} == {torch.float32}
+    with pytest.raises(Ra3Error, match="weights_dtype must be one of auto, bfloat16, float16, float32 or null"):
+        MStepModule(model=str(tiny_model_dir), weights_dtype="fp8")
