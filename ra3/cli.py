@@ -139,7 +139,7 @@ def _em(args: list[str]) -> None:
     parser = ArgumentParser(prog="ra3 em", description="RA3 mid-training: EM rounds of E-step, bootstrap and M-step.",
                             exit_on_error=False)
     parser.add_argument("-c", "--config", action=ActionConfigFile)
-    parser.add_argument("--seed_everything", type=int, default=0)
+    parser.add_argument("--seed_everything", type=int, default=0, help="seed of every phase (data order, sampling)")
     parser.add_argument("--out_dir", type=str, default="artifacts/ra3", help="where rounds, shards, policies and state go")
     parser.add_argument("--base_model", type=str, required=True, help="the policy to start from (HF name or directory)")
     parser.add_argument("--resume", type=bool, default=False, help="continue the EM run recorded in out_dir")
@@ -321,6 +321,11 @@ def _config(args: list[str]) -> None:
     copy = sub.add_parser("copy", help="copy a recipe to a file or folder, to edit")
     copy.add_argument("name")
     copy.add_argument("dest")
+    doc = sub.add_parser("document", help="print a recipe with every key commented from the docstrings (a comment "
+                         "already there is kept)")
+    doc.add_argument("name")
+    doc.add_argument("--write", action="store_true", help="update the file in place")
+    doc.add_argument("--check", action="store_true", help="list the keys without a comment; exit 1 if there are any")
     a = p.parse_args(args)
     if a.action == "list":
         print("\n".join(recipe_names()))
@@ -330,6 +335,22 @@ def _config(args: list[str]) -> None:
         raise Ra3Error(f"no recipe named {a.name!r}; `ra3 config list` shows {len(recipe_names())} of them")
     if a.action == "show":
         print(path.read_text(), end="")
+    elif a.action == "document":
+        from ra3.config_docs import document
+
+        text, missing = document(path)
+        if a.check:
+            bare = [line.split(":")[0].strip() for old, line in zip(path.read_text().splitlines(), text.splitlines())
+                    if old != line]
+            if bare or missing:
+                raise Ra3Error(f"{path}: keys without a comment: {', '.join(bare + missing)} "
+                               f"(`ra3 config document {a.name} --write` adds them)")
+            print(f"ra3 config: every key of {path} is documented")
+        elif a.write:
+            path.write_text(text)
+            print(f"ra3 config: documented {path}" + (f"; no docstring for {', '.join(missing)}" if missing else ""))
+        else:
+            print(text, end="")
     else:
         dest = Path(a.dest) / path.name if Path(a.dest).is_dir() else Path(a.dest)
         if dest.exists():

@@ -15,7 +15,7 @@ from ra3.modules.policy import PolicyModule
 
 
 class MStepModule(PolicyModule):
-    """Token-mean cross-entropy on ``labels`` (-100 = no loss). Logs ``mstep/loss``, ``mstep/tokens_per_s``
+    """The M-step (and NTP): token-mean cross-entropy on ``labels`` (-100 = no loss). Logs ``mstep/loss``, ``mstep/tokens_per_s``
     (tokens in the batch, padding excluded, per wall-clock second between steps), ``mstep/lr`` and
     ``val/loss``/``val/perplexity``."""
 
