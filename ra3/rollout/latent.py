@@ -252,116 +252,10 @@ class LatentRolloutEngine:
             return self._rollout(programs, config, row_generators(seeds, config.group_size))
 
     def _rollout(self, programs, config, gens: list[torch.Generator]) -> LatentRollout:
-        """Every row runs its own think/act state machine; one step feeds each unfinished row its next chunk:
-        the rest of an expert line (act; with the next lines fed ahead, checked on return), the thought head
-        (think), one sampled thought token, or — once a thought ends — the whole expert line. Rows do not wait
-        for each other's thoughts."""
-        tok, G = self.tokenizer, config.group_size
-        eos = tok.eos_token_id
-        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
-        contexts = [bos + [i for s in p.context for i in self._encode(s.text)] for p in programs]
-        lines = [[self._line(s) for s in p.lines] for p in programs]
-        rows = [_Row(b) for b in range(len(programs)) for _ in range(G)]
-        for row in rows:
-            row.text = [s.text for s in programs[row.program].context]
-        remaining = [sum(len(l.ids) for l in ls) + 1 for ls in lines]  # expert tokens + eos per program
-        per_thought = max((len(l.marker) + l.prefix for ls in lines for l in ls), default=0) + config.max_thought_tokens
-        longest = (max((len(l.ids) + l.prefix for ls in lines for l in ls), default=0) + 1) * config.lookahead  # widest chunk
-        capacity = max(len(c) + n for c, n in zip(contexts, remaining)) + config.max_thoughts * per_thought
-        cache = RaggedCache(self.model, len(rows), tok.pad_token_id, min(capacity, config.max_length) + longest)
-
-        def expert_chunk(row: _Row, first: list[int], ahead: int) -> _Chunk:
-            """``first`` (expert line t, whole or after its shared prefix) + the next line's prefix (or eos),
-            then up to ``ahead - 1`` more lines fed speculatively: each with a probe at its boundary."""
-            ls, t = lines[row.program], row.t
-            chunk = _Chunk(first + tail(ls, t), [])
-            for u in range(t + 1, min(t + ahead, len(ls))):
-                chunk.probes.append((len(chunk.tokens) - 1, u))
-                chunk.tokens += ls[u].ids[ls[u].prefix:] + tail(ls, u)
-            chunk.kinds = [EXPERT] * len(chunk.tokens)
-            return chunk
-
-        def tail(ls: list[_Line], t: int) -> list[int]:  # what follows expert line t: line t+1's prefix, or eos
-            return ls[t + 1].ids[: ls[t + 1].prefix] if t + 1 < len(ls) else [eos]
-
-        def act(row: _Row) -> None:  # expert line t is in: on to boundary t + 1
-            row.text.append(programs[row.program].lines[row.t].text)
-            row.t += 1
-            row.done = row.t == len(lines[row.program])
-
-        def think(r: int, row: _Row, line: _Line) -> None:
-            row.thought = []
-            for i in range(len(row.kinds) - line.prefix, len(row.kinds)):
-                row.kinds[i] = FORCED  # the prefix already fed belongs to the thought line
-            plan[r] = _Chunk(line.marker, [MARKER] + [FORCED] * (len(line.marker) - 1))
-
-        def decide(r: int, row: _Row, line: _Line, logp: torch.Tensor) -> bool:
-            return self._decide(row, line, logp, remaining[row.program], config, gens[r], p_seen)
-
-        plan: dict[int, _Chunk] = {}  # row -> what it is fed this step
-        for r, row in enumerate(rows):  # context + the shared prefix of line 0
-            ls = lines[row.program]
-            head = ls[0].ids[: ls[0].prefix] if ls else [eos]
-            plan[r] = _Chunk(contexts[row.program] + head, [CONTEXT] * len(contexts[row.program]) + [EXPERT] * len(head))
-            row.done = not ls
-        waiting: dict[int, _Chunk] = {}
-        age: dict[int, int] = {}
-        p_seen: list[float] = []  # p_think of every decision so far: sets how many lines to feed ahead
-        while plan or waiting:
-            for r in [r for r, chunk in plan.items() if len(chunk.tokens) > 1]:
-                waiting[r] = plan.pop(r)
-                age[r] = 0
-            if not plan or 4 * len(waiting) >= len(rows) or max(age.values(), default=0) >= _DEFER_STEPS:
-                plan.update(waiting)
-                waiting.clear()
-                age.clear()
-            else:
-                age = {r: a + 1 for r, a in age.items()}
-            fed = cache.feed({r: c.tokens for r, c in plan.items()}, {r: [o for o, _ in c.probes] for r, c in plan.items()})
-            thinking = [r for r, row in enumerate(rows)  # (a row still waiting to be fed its head must not draw)
-                        if row.thought is not None and len(row.thought) < config.max_thought_tokens and r not in waiting]
-            done, plan = plan, {}
-            for r, (lps, probe_logp) in fed.items():  # append what was fed; check the lines fed ahead
-                row, chunk = rows[r], done[r]
-                ends = [o + 1 for o, _ in chunk.probes] + [len(chunk.tokens)]
-                row.tokens += chunk.tokens[: ends[0]]
-                row.kinds += chunk.kinds[: ends[0]]
-                row.logprobs += lps[: ends[0]]
-                for j, (_, u) in enumerate(chunk.probes):
-                    line = lines[row.program][u]
-                    if decide(r, row, line, probe_logp[j]):
-                        cache.rewind(r, len(row.tokens), probe_logp[j])  # drop the lines after this boundary
-                        think(r, row, line)
-                        break
-                    act(row)
-                    row.tokens += chunk.tokens[ends[j]: ends[j + 1]]
-                    row.kinds += chunk.kinds[ends[j]: ends[j + 1]]
-                    row.logprobs += lps[ends[j]: ends[j + 1]]
-            draws = self._draw(cache, thinking, config, gens, len(self.thought_end))
-            p_mean = sum(p_seen) / len(p_seen) if p_seen else 1.0
-            ahead = _lookahead(p_mean, config.lookahead)
-            for r, row in enumerate(rows):
-                if row.done or r in waiting or r in plan:
-                    continue
-                line = lines[row.program][row.t]
-                if row.thought is None and decide(r, row, line, cache.last_logp[r]):
-                    think(r, row, line)
-                    continue
-                if row.thought is not None:
-                    nxt = draws.get(r)
-                    if nxt is not None and not self.thought_end[nxt]:
-                        row.thought.append(nxt)
-                        plan[r] = _Chunk([nxt], [THOUGHT])
-                        continue
-                    text = tok.decode(row.thought, skip_special_tokens=True).strip()
-                    row.thoughts.append((row.t, text, self.format.malformed(text, hit_max_tokens=nxt is None)))
-                    row.text.append(self.format.render(text, line.indent))
-                    plan[r] = expert_chunk(row, line.ids, ahead)
-                    row.thought = None
-                else:
-                    plan[r] = expert_chunk(row, line.ids[line.prefix:], ahead)
-                act(row)
-        return self._pack(rows, config)
+        run = _RolloutRun(self, programs, config, gens)
+        while run.plan or run.waiting:
+            run.step()
+        return self._pack(run.rows, config)
 
     @staticmethod
     def _decide(row: _Row, line: _Line, logp: torch.Tensor, remaining: int, config: LatentConfig,
@@ -424,6 +318,142 @@ class LatentRolloutEngine:
             thoughts=[r.thoughts for r in rows], texts=["".join(r.text) for r in rows],
             group_size=config.group_size, alpha=config.alpha,
         )
+
+
+class _RolloutRun:
+    """One rollout: every row runs its own think/act state machine; one :meth:`step` feeds each unfinished row its
+    next chunk — the rest of an expert line (act; with the next lines fed ahead, checked on return), the thought
+    head (think), one sampled thought token, or, once a thought ends, the whole expert line. Rows do not wait for
+    each other's thoughts; a row fed a long chunk may wait a little (:meth:`schedule`) to share a forward."""
+
+    def __init__(self, engine: LatentRolloutEngine, programs: list[ExpertProgram], config: LatentConfig,
+                 gens: list[torch.Generator]):
+        tok, G = engine.tokenizer, config.group_size
+        self.engine, self.programs, self.config, self.gens = engine, programs, config, gens
+        self.eos = tok.eos_token_id
+        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        contexts = [bos + [i for s in p.context for i in engine._encode(s.text)] for p in programs]
+        self.lines = lines = [[engine._line(s) for s in p.lines] for p in programs]
+        self.rows = [_Row(b) for b in range(len(programs)) for _ in range(G)]
+        for row in self.rows:
+            row.text = [s.text for s in programs[row.program].context]
+        self.remaining = [sum(len(l.ids) for l in ls) + 1 for ls in lines]  # expert tokens + eos per program
+        per_thought = max((len(l.marker) + l.prefix for ls in lines for l in ls), default=0) + config.max_thought_tokens
+        longest = (max((len(l.ids) + l.prefix for ls in lines for l in ls), default=0) + 1) * config.lookahead  # widest chunk
+        capacity = max(len(c) + n for c, n in zip(contexts, self.remaining)) + config.max_thoughts * per_thought
+        self.cache = RaggedCache(engine.model, len(self.rows), tok.pad_token_id, min(capacity, config.max_length) + longest)
+        self.plan: dict[int, _Chunk] = {}  # row -> what it is fed this step
+        self.waiting: dict[int, _Chunk] = {}  # rows whose (long) chunk waits to share a forward
+        self.age: dict[int, int] = {}  # steps each waiting row has waited
+        self.p_seen: list[float] = []  # p_think of every decision so far: sets how many lines to feed ahead
+        for r, row in enumerate(self.rows):  # context + the shared prefix of line 0
+            ls = lines[row.program]
+            head = ls[0].ids[: ls[0].prefix] if ls else [self.eos]
+            self.plan[r] = _Chunk(contexts[row.program] + head, [CONTEXT] * len(contexts[row.program]) + [EXPERT] * len(head))
+            row.done = not ls
+
+    # ---- one step ----------------------------------------------------------------------------------
+    def step(self) -> None:
+        self.schedule()
+        plan = self.plan
+        fed = self.cache.feed({r: c.tokens for r, c in plan.items()}, {r: [o for o, _ in c.probes] for r, c in plan.items()})
+        thinking = [r for r, row in enumerate(self.rows)  # (a row still waiting to be fed its head must not draw)
+                    if row.thought is not None and len(row.thought) < self.config.max_thought_tokens and r not in self.waiting]
+        self.plan = {}
+        for r, (lps, probe_logp) in fed.items():
+            self.absorb(r, plan[r], lps, probe_logp)
+        draws = self.engine._draw(self.cache, thinking, self.config, self.gens, len(self.engine.thought_end))
+        ahead = _lookahead(sum(self.p_seen) / len(self.p_seen) if self.p_seen else 1.0, self.config.lookahead)
+        for r, row in enumerate(self.rows):
+            if not (row.done or r in self.waiting or r in self.plan):
+                self.advance(r, row, draws.get(r), ahead)
+
+    def schedule(self) -> None:
+        """Batching only (never changes an annotation): multi-token chunks wait up to ``_DEFER_STEPS`` steps, or
+        until a quarter of the rows or nothing else is pending, so that lines share forwards."""
+        for r in [r for r, chunk in self.plan.items() if len(chunk.tokens) > 1]:
+            self.waiting[r] = self.plan.pop(r)
+            self.age[r] = 0
+        if not self.plan or 4 * len(self.waiting) >= len(self.rows) or max(self.age.values(), default=0) >= _DEFER_STEPS:
+            self.plan.update(self.waiting)
+            self.waiting.clear()
+            self.age.clear()
+        else:
+            self.age = {r: a + 1 for r, a in self.age.items()}
+
+    def absorb(self, r: int, chunk: _Chunk, lps: list[float], probe_logp) -> None:
+        """Append what row ``r`` was fed; decide at each boundary inside the chunk (lines fed ahead): at the first
+        "think", rewind the cache to that boundary and drop the rest."""
+        row = self.rows[r]
+        ends = [o + 1 for o, _ in chunk.probes] + [len(chunk.tokens)]
+        row.tokens += chunk.tokens[: ends[0]]
+        row.kinds += chunk.kinds[: ends[0]]
+        row.logprobs += lps[: ends[0]]
+        for j, (_, u) in enumerate(chunk.probes):
+            line = self.lines[row.program][u]
+            if self.decide(r, line, probe_logp[j]):
+                self.cache.rewind(r, len(row.tokens), probe_logp[j])
+                self.think(r, line)
+                return
+            self.act(row)
+            row.tokens += chunk.tokens[ends[j]: ends[j + 1]]
+            row.kinds += chunk.kinds[ends[j]: ends[j + 1]]
+            row.logprobs += lps[ends[j]: ends[j + 1]]
+
+    def advance(self, r: int, row: _Row, drawn: int | None, ahead: int) -> None:
+        """Row ``r`` is at boundary ``row.t`` (or inside a thought): decide, extend the thought with the drawn
+        token, or close it and feed the expert line (+ ``ahead`` - 1 more)."""
+        line = self.lines[row.program][row.t]
+        if row.thought is None and self.decide(r, line, self.cache.last_logp[r]):
+            self.think(r, line)
+            return
+        if row.thought is not None:
+            if drawn is not None and not self.engine.thought_end[drawn]:
+                row.thought.append(drawn)
+                self.plan[r] = _Chunk([drawn], [THOUGHT])
+                return
+            fmt = self.engine.format
+            text = self.engine.tokenizer.decode(row.thought, skip_special_tokens=True).strip()
+            row.thoughts.append((row.t, text, fmt.malformed(text, hit_max_tokens=drawn is None)))
+            row.text.append(fmt.render(text, line.indent))
+            self.plan[r] = self.expert_chunk(row, line.ids, ahead)
+            row.thought = None
+        else:
+            self.plan[r] = self.expert_chunk(row, line.ids[line.prefix:], ahead)
+        self.act(row)
+
+    # ---- the state machine's moves -----------------------------------------------------------------
+    def decide(self, r: int, line: _Line, logp: torch.Tensor) -> bool:
+        row = self.rows[r]
+        return self.engine._decide(row, line, logp, self.remaining[row.program], self.config, self.gens[r], self.p_seen)
+
+    def think(self, r: int, line: _Line) -> None:
+        row = self.rows[r]
+        row.thought = []
+        for i in range(len(row.kinds) - line.prefix, len(row.kinds)):
+            row.kinds[i] = FORCED  # the prefix already fed belongs to the thought line
+        self.plan[r] = _Chunk(line.marker, [MARKER] + [FORCED] * (len(line.marker) - 1))
+
+    def act(self, row: _Row) -> None:
+        """Expert line ``row.t`` is in: on to boundary t + 1."""
+        row.text.append(self.programs[row.program].lines[row.t].text)
+        row.t += 1
+        row.done = row.t == len(self.lines[row.program])
+
+    def tail(self, ls: list[_Line], t: int) -> list[int]:
+        """What follows expert line t: line t+1's prefix, or eos."""
+        return ls[t + 1].ids[: ls[t + 1].prefix] if t + 1 < len(ls) else [self.eos]
+
+    def expert_chunk(self, row: _Row, first: list[int], ahead: int) -> _Chunk:
+        """``first`` (expert line t, whole or after its shared prefix) + the next line's prefix (or eos), then up
+        to ``ahead - 1`` more lines fed speculatively: each with a probe at its boundary."""
+        ls, t = self.lines[row.program], row.t
+        chunk = _Chunk(first + self.tail(ls, t), [])
+        for u in range(t + 1, min(t + ahead, len(ls))):
+            chunk.probes.append((len(chunk.tokens) - 1, u))
+            chunk.tokens += ls[u].ids[ls[u].prefix:] + self.tail(ls, u)
+        chunk.kinds = [EXPERT] * len(chunk.tokens)
+        return chunk
 
 
 def decision_logprobs(logp_at_pos: torch.Tensor, marker: torch.Tensor, expert: torch.Tensor, think: torch.Tensor,
