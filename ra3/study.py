@@ -224,6 +224,23 @@ class Study:
             self._marker(stage.name).write_text(json.dumps({"seconds": self.times[stage.name]}))
         return code
 
+    def critical_path(self) -> dict[str, int]:
+        """Stage -> the most stages on any chain from it to the end (itself included). Ready stages start longest
+        chain first (a pre-training, then what waits on it), so the last base's pipeline does not run alone at
+        the end."""
+        children: dict[str, list[str]] = {n: [] for n in self.stages}
+        for n, st in self.stages.items():
+            for d in st.deps:
+                children[d].append(n)
+        depth: dict[str, int] = {}
+
+        def walk(n: str) -> int:
+            if n not in depth:
+                depth[n] = 1 + max((walk(c) for c in children[n]), default=0)
+            return depth[n]
+
+        return {n: walk(n) for n in self.stages}
+
     def plan(self) -> list[str]:
         """One line per stage in run order: done or to run, its dependencies, and the ``ra3`` command it runs."""
         self.build()
@@ -237,6 +254,7 @@ class Study:
         done = {n for n in self.stages if self._marker(n).exists()}
         pending = [n for n in self.stages if n not in done]
         total, failed, running = len(self.stages), [], {}
+        weight = self.critical_path()
         lock = threading.Condition()
         print(f"ra3 study: {len(done)}/{total} stages done already; {len(pending)} to run, {self.jobs} at a time "
               f"(logs in {self.out / 'logs'})", flush=True)
@@ -254,7 +272,7 @@ class Study:
 
         with lock:
             while pending and not failed:
-                ready = [n for n in pending if all(d in done for d in self.stages[n].deps)]
+                ready = sorted((n for n in pending if all(d in done for d in self.stages[n].deps)), key=lambda n: -weight[n])
                 while ready and len(running) < self.jobs:
                     name = ready.pop(0)
                     pending.remove(name)

@@ -74,3 +74,16 @@ def test_bad_study_settings_are_one_line_errors(tmp_path):
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and message in r.stderr.strip().splitlines()[-1], r.stderr
     assert not (tmp_path / "s" / "stages").exists()
+
+
+def test_ready_stages_start_longest_chain_first(tmp_path):
+    """Pre-trainings (the longest chains) start before a finished base's evaluations, so the last base does not
+    run its whole pipeline alone at the end; the default world's chains are world > pretrain > arm > RLVR > eval."""
+    from ra3.study import Study
+
+    study = Study(str(tmp_path / "s"), preset="default")
+    study.build()
+    depth = study.critical_path()
+    assert depth["world"] == max(depth.values())
+    assert depth["b4_pretrain"] > depth["b0_ntp"] > depth["b0_rlvr_ntp"] > depth["b0_eval_rlvr_ntp"] == 1
+    assert depth["b0_pretrain"] > depth["b0_eval_base"]
