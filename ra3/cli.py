@@ -336,17 +336,17 @@ def _config(args: list[str]) -> None:
     if a.action == "show":
         print(path.read_text(), end="")
     elif a.action == "document":
-        from ra3.config_docs import document
+        from ra3.config_docs import document, undocumented
 
-        text, missing = document(path)
         if a.check:
-            bare = [line.split(":")[0].strip() for old, line in zip(path.read_text().splitlines(), text.splitlines())
-                    if old != line]
-            if bare or missing:
-                raise Ra3Error(f"{path}: keys without a comment: {', '.join(bare + missing)} "
+            bare = undocumented(path)
+            if bare:
+                raise Ra3Error(f"{path}: keys without a comment: {', '.join(bare)} "
                                f"(`ra3 config document {a.name} --write` adds them)")
             print(f"ra3 config: every key of {path} is documented")
-        elif a.write:
+            return
+        text, missing = document(path)
+        if a.write:
             path.write_text(text)
             print(f"ra3 config: documented {path}" + (f"; no docstring for {', '.join(missing)}" if missing else ""))
         else:

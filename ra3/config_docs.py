@@ -117,5 +117,6 @@ def undocumented(recipe: str | Path, docs: dict[tuple[str, ...], str] | None = N
     """Keys of ``recipe`` that carry a value but no comment (whether or not a docstring could supply one)."""
     lines = Path(recipe).read_text().splitlines()
     new, missing = document(recipe, docs)
-    added = [".".join(path) for i, path, _ in _walk(lines) if new.splitlines()[i] != lines[i]]
+    new_lines = new.splitlines()
+    added = [".".join(path) for i, path, _ in _walk(lines) if new_lines[i] != lines[i]]
     return sorted(set(missing) | set(added))

@@ -69,7 +69,7 @@ def test_config_document_cli_writes_and_checks(tmp_path, capsys):
                               for line in open(resolve_config("skillworld/ntp")).readlines()))
     with pytest.raises(SystemExit) as exit_:
         main(["config", "document", str(recipe), "--check"])
-    assert exit_.value.code != 0 and "keys without a comment: batch_size (" in capsys.readouterr().err
+    assert exit_.value.code != 0 and "keys without a comment: data.init_args.batch_size (" in capsys.readouterr().err
     main(["config", "document", str(recipe), "--write"])
     main(["config", "document", str(recipe), "--check"])
     assert "every key of" in capsys.readouterr().out
