@@ -197,6 +197,8 @@ class CodeDataModule(L.LightningDataModule):
         ``prompts`` (RL rows), and the tokenizer of the ``tokens`` view (``tokenizer_path`` wins over it)."""
         if view not in VIEWS:
             raise Ra3Error(f"view must be one of {', '.join(VIEWS)}; got {view!r}")
+        if self.hparams.tokenizer_path:  # loaded from the path on first use
+            tokenizer = self.tokenizer
         if tokenizer is not self.tokenizer:
             self._examples = {}
         self.view, self.tokenizer = view, tokenizer

@@ -143,3 +143,11 @@ def test_rows_are_read_in_setup_and_the_phase_connects_view_and_tokenizer(tmp_pa
         only_programs.train_dataloader()
     with pytest.raises(Ra3Error, match="needs train_files .* or rl_files"):
         CodeDataModule().setup("fit")
+
+
+def test_tokenizer_path_wins_over_the_connected_tokenizer(world_dir, tokenizer):
+    dm = CodeDataModule(train_files=[str(world_dir / "midtrain.jsonl")], tokenizer_path=str(world_dir / "tokenizer"))
+    dm.setup("fit")
+    dm.connect(tokenizer)
+    dm.train_examples
+    assert dm.tokenizer is not tokenizer and dm.tokenizer.name_or_path == str(world_dir / "tokenizer")
