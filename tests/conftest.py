@@ -68,6 +68,30 @@ def shared_data():
     return SHARED_DATA
 
 
+def spawn_on_two_gloo_ranks(worker, *args) -> None:
+    """``worker(rank, port, *args)`` in 2 spawned processes that join one gloo group on a free local port; each
+    worker ends with :func:`leave_gloo_group`."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(worker, args=(port, *args), nprocs=2, join=True)
+
+
+def leave_gloo_group() -> None:
+    """Barrier, destroy the group, and exit without interpreter teardown: freeing tensors at exit while gloo's
+    threads are still joinable aborts a rank now and then ("terminate called without an active exception"; 1 run in
+    ~18 of the sharded-generation test)."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+    os._exit(0)
+
+
 TINY_LLAMA = {
     "model_type": "llama",
     "hidden_size": 32,

@@ -4,6 +4,7 @@ import random
 import pytest
 import torch
 
+from conftest import leave_gloo_group, spawn_on_two_gloo_ranks
 from ra3.metrics import PassAtK, TokenPerplexity, pass_at_k
 
 
@@ -43,18 +44,14 @@ def _ddp_worker(rank, port, out):
     metric = PassAtK(k=1)
     metric.update([5], [2]) if rank == 0 else metric.update([5, 5], [0, 5])
     out[rank] = metric.compute()["pass@1"].item()  # compute() syncs states across ranks
-    dist.destroy_process_group()
+    leave_gloo_group()
 
 
 def test_metric_syncs_across_ddp_processes():
-    import socket
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(port, out), nprocs=2, join=True)
+    spawn_on_two_gloo_ranks(_ddp_worker, out)
     expected = (pass_at_k(5, 2, 1) + 0.0 + 1.0) / 3
     assert out[0] == pytest.approx(expected) and out[1] == pytest.approx(expected)
 

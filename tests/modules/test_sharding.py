@@ -2,16 +2,14 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from conftest import TINY_LLAMA
+from conftest import TINY_LLAMA, leave_gloo_group, spawn_on_two_gloo_ranks
 
 pytestmark = pytest.mark.slow
 EXTENSIONS = os.path.join(os.path.dirname(__file__), "..", "callbacks")  # test user extensions (class_path)
@@ -183,17 +181,14 @@ def _generate_worker(rank: int, port: int, model_dir: str, out: str) -> None:
         with open(out, "w") as f:
             json.dump({"gathered": n_gathered, "per_forward": n_plain, "text": completion.text,
                        "forwards": len(completion.token_ids)}, f)
-    dist.destroy_process_group()
+    leave_gloo_group()
 
 
 def test_generation_under_sharding_gathers_each_unit_once(tiny_model_dir, tmp_path):
     """Greedy tokens from a sharded model: one all-gather per FSDP unit (2 blocks + root) inside ``gathered``,
     against one per block per forward without it (measured: 3 vs 25 for 12 tokens); same text as unsharded."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "counts.json"
-    mp.spawn(_generate_worker, args=(port, str(tiny_model_dir), str(out)), nprocs=2, join=True)
+    spawn_on_two_gloo_ranks(_generate_worker, str(tiny_model_dir), str(out))
     counts = json.loads(out.read_text())
     n_units = TINY_LLAMA["num_hidden_layers"] + 1
     assert counts["gathered"] == n_units
