@@ -7,11 +7,104 @@ the checkpoints, into the log directory and into the model's ``export_dir``.
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import os
+import re
 import sys
+import types
+import typing
 from pathlib import Path
+from typing import Any
 
 from ra3.errors import Ra3Error
+
+
+def _docstring_args(fn) -> dict[str, str]:
+    """``name: text`` entries of a Google-style ``Args:`` section (continuation lines joined)."""
+    doc, out, name, indent = inspect.getdoc(fn) or "", {}, None, None
+    lines = doc.splitlines()
+    start = next((i + 1 for i, line in enumerate(lines) if line.strip() == "Args:"), len(lines))
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        width = len(line) - len(line.lstrip())
+        m = re.match(r"\s*(\w+)(?: \([^)]*\))?: (.*)", line)
+        if m and (indent is None or width == indent):
+            name, indent = m.group(1), width
+            out[name] = m.group(2)
+        elif name:
+            out[name] += " " + line.strip()
+    return out
+
+
+class _Pairs(argparse.Action):
+    """``KEY=VALUE ...`` (repeatable) into a dict; values parsed as YAML unless the dict holds strings."""
+
+    def __init__(self, *args, as_text: bool = True, **kwargs):
+        self.as_text = as_text
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        out = dict(getattr(namespace, self.dest) or {})
+        for item in values:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                parser.error(f"{option_string} takes KEY=VALUE pairs, got {item!r}")
+            out[key] = value if self.as_text else _yaml_value(value)
+        setattr(namespace, self.dest, out)
+
+
+def _yaml_value(text: str) -> Any:
+    """YAML, with ``1e-3`` a float (YAML 1.1 reads a mantissa without a dot as a string)."""
+    import yaml
+
+    def numbers(v):
+        if isinstance(v, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", v):
+            return float(v)
+        if isinstance(v, list):
+            return [numbers(x) for x in v]
+        if isinstance(v, dict):
+            return {k: numbers(x) for k, x in v.items()}
+        return v
+
+    return numbers(yaml.safe_load(text))
+
+
+def add_parameters(p: argparse.ArgumentParser, fn, skip: tuple[str, ...] = (), **options: dict) -> list[str]:
+    """One ``--name`` option per parameter of ``fn`` (a function, or a class's ``__init__``), so a command's
+    arguments are its function's signature: default from the signature, help from the docstring's ``Args:``,
+    type from the annotation (``list[X]``: several values; ``dict``: ``KEY=VALUE`` pairs; ``bool``: a switch;
+    ``X | None``: ``X``). ``options[name]`` adds argparse keywords, ``flags`` renames. Returns the names added."""
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    hints, docs = typing.get_type_hints(target), _docstring_args(fn)
+    names = []
+    for name, param in inspect.signature(target).parameters.items():
+        if name in skip or name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        kind = hints.get(name, str)
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType) and len(args) == 1:
+            kind = args[0]
+        origin, inner = typing.get_origin(kind), typing.get_args(kind)
+        extra = dict(options.get(name, {}))
+        flags = extra.pop("flags", [f"--{name}"])
+        kw: dict[str, Any] = {"dest": name, "help": docs.get(name, "").replace("%", "%%") or None}
+        if param.default is param.empty:
+            kw["required"] = True
+        else:
+            kw["default"] = param.default
+        if origin in (list, tuple):
+            kw.update(nargs="+", type=inner[0] if inner else str)
+        elif origin is dict or kind is dict:
+            kw.update(nargs="+", action=_Pairs, metavar="KEY=VALUE", as_text=bool(inner) and inner[1] is str)
+        elif kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = kind
+        p.add_argument(*flags, **{**kw, **extra})
+        names.append(name)
+    return names
 
 
 def _lightning_cli(args: list[str] | None) -> None:
@@ -75,128 +168,38 @@ def _world(args: list[str]) -> None:
 
 
 def _evaluate(args: list[str]) -> None:
-    import argparse
-
     from ra3.datamodules.benchmarks import BENCHMARKS
     from ra3.evaluation import evaluate, format_table
+    from ra3.rollout.sampler import ENGINES
 
     p = argparse.ArgumentParser(prog="ra3 evaluate", description="pass@k of a model, or of existing samples, on code benchmarks.")
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--model", help="HF model name, exported directory, or Lightning .ckpt to generate with")
-    what.add_argument("--samples", help="score an existing samples .jsonl ({task_id, completion|solution} per line)")
-    p.add_argument("--benchmark", "--benchmarks", dest="benchmarks", nargs="+", required=True, choices=BENCHMARKS)
-    p.add_argument("--source", action="append", default=[], metavar="NAME=PATH",
-                   help="where a benchmark's data is (file, datasets dir or hub name); e.g. skillworld=artifacts/skillworld/eval.jsonl")
+    names = add_parameters(p, evaluate, skip=("progress",),
+                           benchmarks={"flags": ["--benchmark", "--benchmarks"], "choices": BENCHMARKS},
+                           sources={"flags": ["--source"], "metavar": "NAME=PATH"}, engine={"choices": ENGINES})
     p.add_argument("--data_dir", help="folder holding HumanEval.jsonl.gz / MbppPlus.jsonl (sets RA3_DATA_DIR)")
-    p.add_argument("--output_dir", default="artifacts/eval")
-    p.add_argument("--n_samples", type=int, default=1)
-    p.add_argument("--k", type=int, nargs="+", default=[1])
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top_p", type=float, default=1.0)
-    p.add_argument("--max_new_tokens", type=int, default=256)
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--limit", type=int, help="first N tasks of each benchmark only")
-    p.add_argument("--workers", type=int, help="sandbox processes in parallel (default: CPU count)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (per problem: the same samples on every run)")
-    p.add_argument("--engine", default="hf", choices=["hf", "ragged"],
-                   help="sampler: hf (model.generate) or ragged (continuous batching); the same completions")
     a = p.parse_args(args)
     if a.data_dir:
         os.environ["RA3_DATA_DIR"] = a.data_dir
-    sources = {}
-    for item in a.source:
-        name, sep, path = item.partition("=")
-        if not sep or name not in BENCHMARKS:
-            raise Ra3Error(f"--source must look like NAME=PATH with NAME one of {', '.join(BENCHMARKS)}; got {item!r}")
-        sources[name] = path
-    results = evaluate(a.benchmarks, a.output_dir, model=a.model, samples=a.samples, sources=sources,
-                       n_samples=a.n_samples, k=a.k, temperature=a.temperature, top_p=a.top_p,
-                       max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, limit=a.limit, workers=a.workers,
-                       seed=a.seed, engine=a.engine)
+    unknown = sorted(set(a.sources or {}) - set(BENCHMARKS))
+    if unknown:
+        raise Ra3Error(f"--source NAME=PATH takes NAME one of {', '.join(BENCHMARKS)}; got {', '.join(unknown)}")
+    results = evaluate(**{n: getattr(a, n) for n in names})
     print(format_table(results))
     print(f"results: {Path(a.output_dir) / 'results.json'}")
 
 
 def _em(args: list[str]) -> None:
-    """``ra3 em -c configs/skillworld/ra3.yaml [--resume]``: RA3 EM rounds (see ``ra3.callbacks.em``)."""
-    from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+    from ra3.callbacks.em import main
 
-    import lightning as L
-
-    from ra3.callbacks.em import EMCallback
-    from ra3.datamodules.code import CodeDataModule
-    from ra3.modules import EStepModule, MStepModule
-    from ra3.hf import check_exists
-    from ra3.strategies import register
-
-    register()
-
-    def module_parser(base, key):
-        p = ArgumentParser(exit_on_error=False)
-        p.add_subclass_arguments(base, key, required=True)
-        return p
-
-    parser = ArgumentParser(prog="ra3 em", description="RA3 mid-training: EM rounds of E-step, bootstrap and M-step.",
-                            exit_on_error=False)
-    parser.add_argument("-c", "--config", action=ActionConfigFile)
-    parser.add_argument("--seed_everything", type=int, default=0, help="seed of every phase (data order, sampling)")
-    parser.add_argument("--out_dir", type=str, default="artifacts/ra3", help="where rounds, shards, policies and state go")
-    parser.add_argument("--base_model", type=str, required=True, help="the policy to start from (HF name or directory)")
-    parser.add_argument("--resume", type=bool, default=False, help="continue the EM run recorded in out_dir")
-    parser.add_argument("--trainer", type=dict, default={}, help="lightning.Trainer arguments shared by every phase")
-    parser.add_argument("--wandb", type=dict | None, default={"project": "ra3", "offline": True},
-                        help="WandbLogger arguments (one run for the whole EM loop); null disables W&B")
-    parser.add_subclass_arguments(EStepModule, "estep", required=True)
-    parser.add_subclass_arguments(MStepModule, "mstep", required=True)
-    parser.add_subclass_arguments(CodeDataModule, "data", required=True)
-    parser.add_class_arguments(EMCallback, "em")
-    try:
-        cfg = parser.parse_args(args)
-    except Exception as e:  # jsonargparse ArgumentError: one line, naming the key
-        raise Ra3Error(f"bad ra3 em config: {' '.join(str(e).split())[:400]}") from None
-    check_exists(cfg.base_model, "base model")
-    EStepModule.check_hparams(**cfg.estep.init_args.as_dict())
-    L.seed_everything(cfg.seed_everything)
-    estep_parser, mstep_parser = module_parser(EStepModule, "estep"), module_parser(MStepModule, "mstep")
-
-    def factory(p, key, spec):
-        def make(policy: str):
-            spec_ = spec.clone()
-            spec_.init_args.model, spec_.init_args.model_config, spec_.init_args.tokenizer = policy, None, None
-            return p.instantiate_classes(Namespace(**{key: spec_}))[key]
-        return make
-
-    init = parser.instantiate_classes(Namespace(data=cfg.data, em=cfg.em))
-    logger = None
-    if cfg.wandb is not None:
-        from lightning.pytorch.loggers import WandbLogger
-
-        logger = WandbLogger(**{"save_dir": cfg.out_dir, "name": "em", **cfg.wandb})
-        logger.log_hyperparams(cfg.as_dict())
-    summaries = init.em.run(cfg.out_dir, cfg.base_model, factory(estep_parser, "estep", cfg.estep),
-                            factory(mstep_parser, "mstep", cfg.mstep), init.data, cfg.trainer, logger, cfg.resume)
-    if logger is not None:
-        logger.finalize("success")
-        import wandb
-
-        wandb.finish()
-    for s in summaries:
-        line = ", ".join(f"{k}={v:.4g}" for k, v in s.items() if isinstance(v, float) and k.split("/")[-1] in
-                         ("reward_mean", "thought_rate", "boundary_f1", "loss", "heldout_pass@1"))
-        print(f"round {s['round']}: {line}")
-    print(f"ra3 em: done; final policy {init.em.state.policy}")
+    main(args)
 
 
-def quickstart_parser():
-    import argparse
-
-    from ra3.quickstart import PRESETS
+def quickstart_parser() -> argparse.ArgumentParser:
+    from ra3.quickstart import PRESETS, Quickstart
 
     p = argparse.ArgumentParser(prog="ra3 quickstart", description="Skill world: base vs NTP vs RA3 mid-training, "
                                 "then RLVR from each; report, results and plots in --out. Re-running resumes.")
-    p.add_argument("--out", default="artifacts/quickstart")
-    p.add_argument("--preset", default="tiny", choices=list(PRESETS))
-    p.add_argument("--seed", type=int, default=0)
+    add_parameters(p, Quickstart, preset={"choices": list(PRESETS)})
     return p
 
 
@@ -204,40 +207,21 @@ def _quickstart(args: list[str]) -> None:
     from ra3.quickstart import Quickstart
 
     a = quickstart_parser().parse_args(args)
-    Quickstart(a.out, a.preset, a.seed).run()
+    Quickstart(**vars(a)).run()
     print(open(Path(a.out) / "report.md").read())
     print(f"ra3 quickstart: report {Path(a.out) / 'report.md'}, results {Path(a.out) / 'results.json'}")
 
 
 def _study(args: list[str]) -> None:
-    import argparse
-
     from ra3.study import PRESETS, Study
 
     p = argparse.ArgumentParser(prog="ra3 study", description="Does RA3 beat NTP? NTP, oracle and RA3 mid-training, then "
                                 "RLVR from each, over several pre-training seeds (bases), with paired 95 %% confidence "
                                 "intervals; report, results and plots in --out. Re-running resumes.")
-    p.add_argument("--out", default="artifacts/study")
-    p.add_argument("--preset", default="default", choices=list(PRESETS))
-    p.add_argument("--bases", type=int, help="number of pre-training seeds (default: the preset's)")
-    p.add_argument("--first_seed", type=int, default=0, help="bases are seeds first_seed, first_seed + 1, ...")
-    p.add_argument("--jobs", type=int, help="stages run in parallel, one thread each (default: the preset's)")
-    p.add_argument("--world", nargs="*", default=[], metavar="KEY=VALUE", help="WorldConfig overrides, e.g. surfaces=1")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="preset overrides (YAML values), e.g. rlvr_steps=40 'lr_grid=[3e-4, 3e-3]'")
+    names = add_parameters(p, Study, preset={"choices": list(PRESETS)}, settings={"flags": ["--set"]})
     p.add_argument("--dry_run", action="store_true", help="print each stage (done or not, dependencies, command); run nothing")
     a = p.parse_args(args)
-
-    def pairs(items: list[str], flag: str) -> dict:
-        out = {}
-        for item in items:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise Ra3Error(f"{flag} takes KEY=VALUE pairs, got {item!r}")
-            out[key] = __import__("yaml").safe_load(value)
-        return out
-
-    study = Study(a.out, a.preset, a.bases, a.jobs, a.first_seed, pairs(a.world, "--world"), pairs(a.set, "--set"))
+    study = Study(**{n: getattr(a, n) for n in names})
     if a.dry_run:
         print("\n".join(study.plan()))
         return

@@ -148,7 +148,7 @@ def format_table(results: dict[str, dict]) -> str:
 
 def evaluate(
     benchmarks: list[str],
-    output_dir: str,
+    output_dir: str = "artifacts/eval",
     model: str | None = None,
     samples: str | None = None,
     sources: dict[str, str] | None = None,
@@ -165,9 +165,29 @@ def evaluate(
     seed: int = 0,
     engine: str = "hf",
 ) -> dict[str, dict]:
-    """Evaluate a model (``model``: HF name or directory) or score existing ``samples`` on ``benchmarks``.
-    ``seed``: sampling seed (per problem, so a run is reproducible). ``engine``: ``hf`` (``model.generate``)
-    or ``ragged`` (continuous batching); both give the same completions."""
+    """Evaluate a model or score existing samples on ``benchmarks``; writes ``results.json`` and the samples with
+    their verdicts to ``output_dir``; returns each benchmark's summary (pass@k, statuses).
+
+    Args:
+        benchmarks: benchmark names (``humaneval``, ``mbpp``, ``mbppplus``, ``skillworld``).
+        output_dir: where results.json and the scored samples go.
+        model: HF model name, exported directory, or Lightning .ckpt to generate with.
+        samples: score an existing samples .jsonl ({task_id, completion|solution} per line) instead.
+        sources: where a benchmark's data is (file, datasets dir or hub name), by benchmark name; e.g.
+            skillworld=artifacts/skillworld/eval.jsonl.
+        n_samples: completions per task.
+        k: the k of pass@k (each <= n_samples).
+        temperature: sampling temperature (0: greedy).
+        top_p: nucleus sampling mass.
+        max_new_tokens: longest completion.
+        batch_size: prompts per generation batch.
+        limit: first N tasks of each benchmark only.
+        workers: sandbox processes in parallel (default: CPU count).
+        cache_dir: where ground-truth verdicts of the benchmarks' own solutions are cached.
+        progress: show progress bars.
+        seed: sampling seed (per problem: the same samples on every run).
+        engine: sampler: hf (model.generate) or ragged (continuous batching); the same completions.
+    """
     from ra3.rollout.generate import SamplingConfig
     from ra3.rollout.sampler import make_engine
 

@@ -54,7 +54,15 @@ PRESETS = {
 
 
 class Quickstart:
-    def __init__(self, out: str, preset: str, seed: int = 0):
+    """The quickstart's stages (see the module docstring).
+
+    Args:
+        out: the run's folder (re-running with the same folder resumes).
+        preset: sizes (``tiny``: the CPU quickstart; ``test``: CI).
+        seed: seed of the world, the pre-training and every phase.
+    """
+
+    def __init__(self, out: str = "artifacts/quickstart", preset: str = "tiny", seed: int = 0):
         if preset not in PRESETS:
             from ra3.errors import Ra3Error
 

@@ -52,6 +52,7 @@ class StudyPreset:
     lr_grid: list[float] = field(default_factory=list)  # also run every arm at these M-step LRs (the pilot's choice)
     rounds: int = 1
     rlvr_lr: float = 1e-4
+    rlvr_beta: float = 0.0  # weight of RLVR's KL to its start policy
     rlvr_prompts: int = 8
     batch_size: int = 8
     k: list[int] = field(default_factory=lambda: [1])
@@ -88,9 +89,19 @@ class Stage:
 
 
 class Study:
-    """Builds the stage graph of a study and runs it (see the module docstring)."""
+    """Builds the stage graph of a study and runs it (see the module docstring).
 
-    def __init__(self, out: str, preset: str = "default", bases: int | None = None, jobs: int | None = None,
+    Args:
+        out: the study's folder (re-running with the same folder resumes).
+        preset: sizes: ``default`` (5 bases), ``pilot`` (chooses learning rates on val.jsonl) or ``test`` (CI).
+        bases: number of pre-training seeds (default: the preset's).
+        jobs: stages run in parallel, one thread each (default: the preset's).
+        first_seed: bases are seeds first_seed, first_seed + 1, ...
+        world: WorldConfig overrides, e.g. surfaces=1.
+        settings: preset overrides (YAML values), e.g. rlvr_steps=40 'lr_grid=[3e-4, 3e-3]'.
+    """
+
+    def __init__(self, out: str = "artifacts/study", preset: str = "default", bases: int | None = None, jobs: int | None = None,
                  first_seed: int = 0, world: dict[str, Any] | None = None, settings: dict[str, Any] | None = None):
         if preset not in PRESETS:
             raise Ra3Error(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -197,7 +208,8 @@ class Study:
                         self.evaluate(f"{b}_rlsplit_ntp", policies[arm], [f"{b}_{arm}"], "rl.jsonl")
                     continue
                 rl = self.fit(f"{b}_rlvr_{arm}", "rlvr.yaml", s,
-                              {"init_from": str(policies[arm]), "export_dir": str(out / b / f"rlvr_{arm}"), "learning_rate": p.rlvr_lr},
+                              {"init_from": str(policies[arm]), "export_dir": str(out / b / f"rlvr_{arm}"), "learning_rate": p.rlvr_lr,
+                               "beta": p.rlvr_beta},
                               {"rl_files": [str(w / "rl.jsonl")], "program_batch_size": p.rlvr_prompts, "seed": s},
                               p.rlvr_steps, [f"{b}_{arm}"], csv=True, val=False, mid_checkpoint=True)
                 if p.mid_rlvr_eval is None or arm in p.mid_rlvr_eval:

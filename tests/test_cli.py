@@ -74,3 +74,53 @@ def test_missing_tokenizer_is_one_line_error_before_training(tmp_path):
         "ra3: error: tokenizer path 'artifacts/skillworld/tokenizer' is not a directory (did the phase that writes it run?)"
     )
     assert not (tmp_path / "artifacts/skillworld/runs").exists()
+
+
+def test_command_options_come_from_the_function_signature():
+    """``add_parameters``: one option per parameter, help from the docstring's Args, type from the annotation."""
+    import argparse
+
+    from ra3.cli import add_parameters
+
+    def command(name: str, sizes: list[int] | None = None, pairs: dict[str, str] | None = None,
+                values: dict[str, object] | None = None, fast: bool = False, rate: float = 1e-3, hidden: int = 0):
+        """Does nothing.
+
+        Args:
+            name: what to call it; a sentence that goes on
+                over two lines.
+            sizes: several ints.
+        """
+
+    p = argparse.ArgumentParser()
+    names = add_parameters(p, command, skip=("hidden",), pairs={"flags": ["--pair"]})
+    assert names == ["name", "sizes", "pairs", "values", "fast", "rate"]
+    a = p.parse_args(["--name", "x", "--sizes", "1", "2", "--pair", "a=b=c", "--pair", "d=e", "--values", "lr=1e-3",
+                      "grid=[1e-3, 3e-3]", "n=2", "--fast"])
+    assert (a.name, a.sizes, a.fast, a.rate) == ("x", [1, 2], True, 1e-3)
+    assert a.pairs == {"a": "b=c", "d": "e"}  # strings as given
+    assert a.values == {"lr": 1e-3, "grid": [1e-3, 3e-3], "n": 2}  # YAML, with 1e-3 a float
+    helps = {act.dest: act.help for act in p._actions}
+    assert helps["name"] == "what to call it; a sentence that goes on over two lines." and helps["sizes"] == "several ints."
+    with pytest.raises(SystemExit):
+        p.parse_args([])  # name has no default: required
+    with pytest.raises(SystemExit):
+        p.parse_args(["--name", "x", "--pair", "novalue"])
+
+
+def test_evaluate_study_and_quickstart_options_are_their_signatures():
+    import inspect
+
+    from ra3 import cli
+    from ra3.evaluation import evaluate
+    from ra3.quickstart import Quickstart
+    from ra3.study import Study
+
+    help_text = subprocess.run([sys.executable, "-m", "ra3.cli", "evaluate", "--help"], capture_output=True, text=True).stdout
+    for name in inspect.signature(evaluate).parameters:
+        flag = {"benchmarks": "--benchmark", "sources": "--source"}.get(name, f"--{name}")
+        assert (flag in help_text) == (name != "progress"), name
+    quick = {a.dest for a in cli.quickstart_parser()._actions} - {"help"}
+    assert quick == set(inspect.signature(Quickstart).parameters)
+    assert "--first_seed" in subprocess.run([sys.executable, "-m", "ra3.cli", "study", "--help"], capture_output=True,
+                                            text=True).stdout and "first_seed" in inspect.signature(Study).parameters

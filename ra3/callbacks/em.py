@@ -11,6 +11,9 @@ atomically at every phase transition and also stored in every Lightning checkpoi
 (every ``checkpoint_every_n_steps``). ``ra3 em ... --resume`` after a crash (even ``kill -9``) re-enters
 the recorded phase: a training phase continues from its ``last.ckpt``, a bootstrap from its first
 missing part, so no bootstrapped row is lost or duplicated.
+
+This file is the whole EM driver: the state (``EMState``), the phases (``EMCallback.run``), the per-phase
+module factories and the ``ra3 em`` command (``main``: its parser is the config's schema).
 """
 
 from __future__ import annotations
@@ -196,6 +199,8 @@ class EMCallback(L.Callback):
                 from ra3.bootstrap import bootstrap
 
                 t0 = time.time()
+                # the bootstrap's engine and reward are the E-step's: a fresh E-step module on the exported policy,
+                # unsharded on every rank (ranks split the parts), also after a resume into this phase
                 module = make_estep(self.state.policy)
                 datamodule.use_train_files(corpus)
                 datamodule.setup("fit")
@@ -278,3 +283,83 @@ class EMCallback(L.Callback):
         with SandboxPool() as pool:
             summary, _ = score_samples(problems, samples, pool, [1])
         return {"heldout_pass@1": summary.get("pass@1", 0.0)}
+
+
+# ---- the `ra3 em` command ------------------------------------------------------------------------------
+def phase_factory(spec, key: str, base) -> Callable[[str], Any]:
+    """``make(policy)`` -> a fresh ``base`` subclass instance (``estep`` or ``mstep`` config ``spec``) that starts from
+    the save_pretrained directory ``policy`` (so ``model_config`` and ``tokenizer`` are dropped: the policy has them)."""
+    from jsonargparse import ArgumentParser, Namespace
+
+    module_parser = ArgumentParser(exit_on_error=False)
+    module_parser.add_subclass_arguments(base, key, required=True)
+
+    def make(policy: str):
+        one = spec.clone()
+        one.init_args.model, one.init_args.model_config, one.init_args.tokenizer = policy, None, None
+        return module_parser.instantiate_classes(Namespace(**{key: one}))[key]
+
+    return make
+
+
+def parser():
+    """The ``ra3 em`` config: shared settings, ``estep``/``mstep`` modules, ``data`` and ``em`` (this callback)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from ra3.datamodules.code import CodeDataModule
+    from ra3.modules import EStepModule, MStepModule
+
+    p = ArgumentParser(prog="ra3 em", description="RA3 mid-training: EM rounds of E-step, bootstrap and M-step.",
+                       exit_on_error=False)
+    p.add_argument("-c", "--config", action=ActionConfigFile)
+    p.add_argument("--seed_everything", type=int, default=0, help="seed of every phase (data order, sampling)")
+    p.add_argument("--out_dir", type=str, default="artifacts/ra3", help="where rounds, shards, policies and state go")
+    p.add_argument("--base_model", type=str, required=True, help="the policy to start from (HF name or directory)")
+    p.add_argument("--resume", type=bool, default=False, help="continue the EM run recorded in out_dir")
+    p.add_argument("--trainer", type=dict, default={}, help="lightning.Trainer arguments shared by every phase")
+    p.add_argument("--wandb", type=dict | None, default={"project": "ra3", "offline": True},
+                   help="WandbLogger arguments (one run for the whole EM loop); null disables W&B")
+    p.add_subclass_arguments(EStepModule, "estep", required=True)
+    p.add_subclass_arguments(MStepModule, "mstep", required=True)
+    p.add_subclass_arguments(CodeDataModule, "data", required=True)
+    p.add_class_arguments(EMCallback, "em")
+    return p
+
+
+def main(args: list[str]) -> None:
+    """``ra3 em -c configs/skillworld/ra3.yaml [--resume true]``: parse, build the phases' factories, run the rounds."""
+    from jsonargparse import Namespace
+
+    from ra3.errors import Ra3Error
+    from ra3.hf import check_exists
+    from ra3.modules import EStepModule, MStepModule
+    from ra3.strategies import register
+
+    register()
+    p = parser()
+    try:
+        cfg = p.parse_args(args)
+    except Exception as e:  # jsonargparse ArgumentError: one line, naming the key
+        raise Ra3Error(f"bad ra3 em config: {' '.join(str(e).split())[:400]}") from None
+    check_exists(cfg.base_model, "base model")
+    EStepModule.check_hparams(**cfg.estep.init_args.as_dict())
+    L.seed_everything(cfg.seed_everything)
+    init = p.instantiate_classes(Namespace(data=cfg.data, em=cfg.em))
+    logger = None
+    if cfg.wandb is not None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        logger = WandbLogger(**{"save_dir": cfg.out_dir, "name": "em", **cfg.wandb})
+        logger.log_hyperparams(cfg.as_dict())
+    summaries = init.em.run(cfg.out_dir, cfg.base_model, phase_factory(cfg.estep, "estep", EStepModule),
+                            phase_factory(cfg.mstep, "mstep", MStepModule), init.data, cfg.trainer, logger, cfg.resume)
+    if logger is not None:
+        logger.finalize("success")
+        import wandb
+
+        wandb.finish()
+    for s in summaries:
+        line = ", ".join(f"{k}={v:.4g}" for k, v in s.items() if isinstance(v, float) and k.split("/")[-1] in
+                         ("reward_mean", "thought_rate", "boundary_f1", "loss", "heldout_pass@1"))
+        print(f"round {s['round']}: {line}")
+    print(f"ra3 em: done; final policy {init.em.state.policy}")

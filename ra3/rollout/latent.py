@@ -257,36 +257,6 @@ class LatentRolloutEngine:
             run.step()
         return self._pack(run.rows, config)
 
-    @staticmethod
-    def _decide(row: _Row, line: _Line, logp: torch.Tensor, remaining: int, config: LatentConfig,
-                gen: torch.Generator, p_seen: list[float]) -> bool:
-        """Sample think/act at the boundary before ``line`` (rule in the module docstring); records the decision
-        in ``row.decisions`` and its p_think in ``p_seen``. Not eligible (no decision): False."""
-        if not line.marker:
-            return False
-        room = len(row.tokens) + remaining + len(line.marker) + config.max_thought_tokens + line.prefix
-        if len(row.thoughts) >= config.max_thoughts or room > config.max_length:
-            return False
-        row.n_boundaries += 1
-        p_think = ((1.0 - config.alpha) * torch.sigmoid(logp[line.marker[0]] - logp[line.ids[line.prefix]])).cpu()
-        choose = bool(torch.rand((), generator=gen) < p_think) if p_think > 0 else False
-        lp = torch.log(p_think) if choose else torch.log1p(-p_think)
-        row.decisions.append((len(row.tokens) - 1, line.marker[0], line.ids[line.prefix], choose, float(lp)))
-        p_seen.append(float(p_think))
-        return choose
-
-    @staticmethod
-    def _draw(cache: RaggedCache, thinking: list[int], config: LatentConfig,
-              gens: list[torch.Generator], vocab: int) -> dict[int, int]:
-        """Next thought token of each row in ``thinking``, sampled at ``config.temperature`` among the tokenizer's
-        ``vocab`` ids (models often pad their embedding past the tokenizer, e.g. Qwen2.5: 151,936 vs 151,665)."""
-        if not thinking:
-            return {}
-        cdf = torch.softmax(cache.last_logp[thinking, :vocab] / max(config.temperature, 1e-6), -1).cumsum(-1)
-        u = torch.stack([torch.rand((), generator=gens[r]) for r in thinking]).to(cdf.device)  # inverse-CDF sampling
-        picks = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp(max=cdf.shape[1] - 1)[:, 0]
-        return dict(zip(thinking, picks.tolist()))
-
     def _pack(self, rows: list[_Row], config: LatentConfig) -> LatentRollout:
         N, S = len(rows), max(len(r.tokens) for r in rows)
         D = max((len(r.decisions) for r in rows), default=0) or 1
@@ -362,7 +332,7 @@ class _RolloutRun:
         self.plan = {}
         for r, (lps, probe_logp) in fed.items():
             self.absorb(r, plan[r], lps, probe_logp)
-        draws = self.engine._draw(self.cache, thinking, self.config, self.gens, len(self.engine.thought_end))
+        draws = self.draw(thinking)
         ahead = _lookahead(sum(self.p_seen) / len(self.p_seen) if self.p_seen else 1.0, self.config.lookahead)
         for r, row in enumerate(self.rows):
             if not (row.done or r in self.waiting or r in self.plan):
@@ -424,8 +394,32 @@ class _RolloutRun:
 
     # ---- the state machine's moves -----------------------------------------------------------------
     def decide(self, r: int, line: _Line, logp: torch.Tensor) -> bool:
-        row = self.rows[r]
-        return self.engine._decide(row, line, logp, self.remaining[row.program], self.config, self.gens[r], self.p_seen)
+        """Sample think/act for row ``r`` at the boundary before ``line`` (rule in the module docstring); records the
+        decision in ``row.decisions`` and its p_think in ``p_seen``. Not eligible (no decision): False."""
+        row, config = self.rows[r], self.config
+        if not line.marker:
+            return False
+        room = len(row.tokens) + self.remaining[row.program] + len(line.marker) + config.max_thought_tokens + line.prefix
+        if len(row.thoughts) >= config.max_thoughts or room > config.max_length:
+            return False
+        row.n_boundaries += 1
+        p_think = ((1.0 - config.alpha) * torch.sigmoid(logp[line.marker[0]] - logp[line.ids[line.prefix]])).cpu()
+        choose = bool(torch.rand((), generator=self.gens[r]) < p_think) if p_think > 0 else False
+        lp = torch.log(p_think) if choose else torch.log1p(-p_think)
+        row.decisions.append((len(row.tokens) - 1, line.marker[0], line.ids[line.prefix], choose, float(lp)))
+        self.p_seen.append(float(p_think))
+        return choose
+
+    def draw(self, thinking: list[int]) -> dict[int, int]:
+        """Next thought token of each row in ``thinking``, sampled at ``config.temperature`` among the tokenizer's
+        ids (models often pad their embedding past the tokenizer, e.g. Qwen2.5: 151,936 vs 151,665)."""
+        if not thinking:
+            return {}
+        vocab = len(self.engine.thought_end)
+        cdf = torch.softmax(self.cache.last_logp[thinking, :vocab] / max(self.config.temperature, 1e-6), -1).cumsum(-1)
+        u = torch.stack([torch.rand((), generator=self.gens[r]) for r in thinking]).to(cdf.device)  # inverse-CDF sampling
+        picks = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp(max=cdf.shape[1] - 1)[:, 0]
+        return dict(zip(thinking, picks.tolist()))
 
     def think(self, r: int, line: _Line) -> None:
         row = self.rows[r]
