@@ -84,14 +84,14 @@ def collect(study) -> dict[str, Any]:
         res["pass@1"][m] = {}
         for which in SETS:
             per_base = {b: _mean(sub) for b, s in scores[m].items() if (sub := _subset(s, which))}
-            if len(per_base) >= 2:
+            if per_base:  # one base: a mean without a t interval
                 res["pass@1"][m][which] = {"per_base": per_base, **mean_ci(list(per_base.values()))}
     for a, b_ in (("oracle", "ntp"), ("ra3", "ntp"), ("oracle", "ra3"), ("rlvr_ra3", "rlvr_ntp"), ("rlvr_oracle", "rlvr_ntp")):
         res["paired"][f"{a}-{b_}"] = {}
         for which in SETS:
             sa = {b: sub for b, s in scores[a].items() if (sub := _subset(s, which))}
             sb = {b: sub for b, s in scores[b_].items() if (sub := _subset(s, which))}
-            if len(set(sa) & set(sb)) >= 2:
+            if set(sa) & set(sb):  # one base: no t interval; the bootstrap is then over tasks only
                 t = paired_difference({b: _mean(v) for b, v in sa.items()}, {b: _mean(v) for b, v in sb.items()})
                 res["paired"][f"{a}-{b_}"][which] = {"t": t, "boot": bootstrap_difference(sa, sb)}
     o, r = res["paired"].get("oracle-ntp", {}).get("all"), res["paired"].get("ra3-ntp", {}).get("all")
@@ -233,7 +233,7 @@ def write_report(study, wall_s: float) -> dict[str, Any]:
     for name, d in res["paired"].items():
         if "all" in d:
             t = d["all"]["t"]
-            excl = "yes" if t["lo"] > 0 or t["hi"] < 0 else "no"
+            excl = "n/a (1 base)" if t["n"] < 2 else "yes" if t["lo"] > 0 or t["hi"] < 0 else "no"
             L.append(f"| {name} | {_fmt(t)} | {_fmt(d['all']['boot'])} | {_fmt(d.get('A', {}).get('t'))} | "
                      f"{_fmt(d.get('B', {}).get('t'))} | {excl} |")
     if "ra3_share_of_oracle_gain" in res:

@@ -68,7 +68,7 @@ def test_study_end_to_end_survives_sigkill(tmp_path):
 def test_bad_study_settings_are_one_line_errors(tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline"}
     for extra, message in ((["--set", "rlvr_stepz=3"], "unknown study setting 'rlvr_stepz'"),
-                           (["--bases", "1"], "at least 2 bases"),
+                           (["--bases", "0"], "at least 1 base"),
                            (["--preset", "huge"], "invalid choice")):
         r = subprocess.run([sys.executable, "-m", "ra3.cli", "study", "--out", str(tmp_path / "s"), *extra], env=env,
                            capture_output=True, text=True, timeout=120)
@@ -87,3 +87,60 @@ def test_ready_stages_start_longest_chain_first(tmp_path):
     assert depth["world"] == max(depth.values())
     assert depth["b4_pretrain"] > depth["b0_ntp"] > depth["b0_rlvr_ntp"] > depth["b0_eval_rlvr_ntp"] == 1
     assert depth["b0_pretrain"] > depth["b0_eval_base"]
+
+
+def test_a_lone_pretraining_takes_every_lane_and_the_scheduler_counts_lanes(tmp_path, monkeypatch):
+    """One base: its pre-training runs with ``jobs`` threads (nothing else is ready then); several bases: one each.
+    The scheduler never runs more threads than ``jobs``."""
+    import threading
+
+    import ra3.study_report
+    from ra3.study import Study, Stage
+
+    one, five = Study(str(tmp_path / "a"), preset="pilot"), Study(str(tmp_path / "b"), preset="default")
+    one.build(), five.build()
+    assert one.stages["b0_pretrain"].threads == 2 and five.stages["b0_pretrain"].threads == 1
+    assert all(st.threads == 1 for n, st in one.stages.items() if n != "b0_pretrain")
+
+    study = Study(str(tmp_path / "c"), preset="test", jobs=2)
+    graph = {"w": Stage("w", [], [], 1), "big": Stage("big", [], ["w"], 2), "x": Stage("x", [], ["w"], 1),
+             "y": Stage("y", [], ["w"], 1), "z": Stage("z", [], ["big"], 1)}
+    lanes, peak, lock = [0], [0], threading.Lock()
+
+    def fake_run(stage):
+        with lock:
+            lanes[0] += stage.threads
+            peak[0] = max(peak[0], lanes[0])
+        time.sleep(0.05)
+        with lock:
+            lanes[0] -= stage.threads
+        study.times[stage.name] = 0.05
+        return 0
+
+    monkeypatch.setattr(study, "build", lambda: study.stages.update(graph))
+    monkeypatch.setattr(study, "_run_stage", fake_run)
+    monkeypatch.setattr(ra3.study_report, "write_report", lambda s, wall_s: {})
+    study.run()
+    assert set(study.times) == set(graph) and peak[0] == 2
+
+
+def test_one_base_reports_means_and_a_task_bootstrap(tmp_path):
+    """With one base there is no t interval (nan, shown as a mean) but the paired bootstrap still resamples tasks."""
+    from ra3.study import Study
+    from ra3.study_report import collect
+
+    study = Study(str(tmp_path / "s"), preset="test", bases=1)
+    passes = {"base": [1, 0, 0, 0], "ntp": [1, 1, 0, 0], "oracle": [1, 1, 1, 0], "ra3": [1, 1, 1, 1]}
+    for model, verdicts in passes.items():
+        d = study.out / "eval" / f"b0_eval_{model}"
+        d.mkdir(parents=True)
+        rows = [{"task_id": f"skillworld/eval_a/{i}", "status": "passed" if v else "failed", "passed": bool(v)}
+                for i, v in enumerate(verdicts)]
+        (d / "eval_results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = collect(study)
+    assert res["pass@1"]["ntp"]["all"]["mean"] == 0.5 and res["pass@1"]["ntp"]["all"]["n"] == 1
+    assert res["pass@1"]["ntp"]["all"]["half"] != res["pass@1"]["ntp"]["all"]["half"]  # nan
+    d = res["paired"]["oracle-ntp"]["all"]
+    assert d["t"]["mean"] == 0.25 and d["t"]["n"] == 1
+    assert d["boot"]["lo"] == 0.0 and 0.25 < d["boot"]["hi"] <= 1.0  # 4 tasks resampled
+    assert "ra3_share_of_oracle_gain" not in res
