@@ -14,7 +14,7 @@ then RLVR (GRPO, unit-test reward) from each on the RL split (held-out compositi
 on ``eval.jsonl`` (new instances of A, and compositions B seen nowhere). Every stage is an ordinary ``ra3``
 command with an override file in ``<out>/configs``, logged to ``<out>/logs/<stage>.log``; a stage whose
 ``stages/<stage>.done`` exists is skipped, so a re-run resumes. Independent stages run in parallel processes
-with one thread each (``jobs``). ``results.json``, ``report.md`` and plots come from :mod:`ra3.study_report`.
+with one thread each (``jobs`` lanes; a study of one base pre-trains it on every lane). ``results.json``, ``report.md`` and plots come from :mod:`ra3.study_report`.
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ class Study:
         out: the study's folder (re-running with the same folder resumes).
         preset: sizes: ``default`` (5 bases), ``pilot`` (chooses learning rates on val.jsonl) or ``test`` (CI).
         bases: number of pre-training seeds (default: the preset's).
-        jobs: stages run in parallel, one thread each (default: the preset's).
+        jobs: lanes: stages run in parallel, one thread each (a lone base's pre-training takes every lane; default:
+            the preset's).
         first_seed: bases are seeds first_seed, first_seed + 1, ...
         world: WorldConfig overrides, e.g. surfaces=1.
         settings: preset overrides (YAML values), e.g. rlvr_steps=40 'lr_grid=[3e-4, 3e-3]'.
