@@ -10,7 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LEAVES = ["ra3.hf", "ra3.rows", "ra3.stats", "ra3.sources", "ra3.dataprep", "ra3.evaluation", "ra3.rewards", "ra3.execution",
           "ra3.rollout.generate", "ra3.rollout.sampler", "ra3.rollout.latent", "ra3.rollout.ragged",
-          "ra3.datamodules.benchmarks", "ra3.datamodules.skillworld", "ra3.datamodules.segments", "ra3.modules.sharding"]
+          "ra3.datamodules.benchmarks", "ra3.datamodules.skillworld", "ra3.datamodules.segments", "ra3.modules.sharding",
+          "ra3.modules.rl"]
 # the floors above the data, rollout and execution layers: those layers never import them
 UPPER = ("ra3.modules", "ra3.callbacks", "ra3.cli", "ra3.bootstrap", "ra3.quickstart", "ra3.study", "ra3.strategies",
          "ra3.consolidate")

@@ -27,23 +27,10 @@ from ra3.datamodules.segments import encode_segments
 from ra3.errors import Ra3Error
 from ra3.metrics import boundary_scores, names_skill
 from ra3.modules.policy import PolicyModule
+from ra3.modules.rl import group_advantages, policy_gradient_loss
 from ra3.rollout.generate import sample_seed
 from ra3.rollout.latent import (LatentConfig, LatentRollout, LatentRolloutEngine, ThoughtFormat, decision_logprobs,
                                 program_from_row)
-
-
-def group_advantages(rewards: torch.Tensor, group_size: int, kind: str = "rloo", scale: bool = False) -> torch.Tensor:
-    """(N,) rewards in consecutive groups of ``group_size`` -> (N,) advantages (zero for constant groups)."""
-    r = rewards.view(-1, group_size)
-    if kind == "rloo":
-        adv = (r - (r.sum(1, keepdim=True) - r) / (group_size - 1))
-    elif kind == "mean":
-        adv = r - r.mean(1, keepdim=True)
-    else:
-        raise Ra3Error(f"advantage must be 'rloo' or 'mean', got {kind!r}")
-    if scale:
-        adv = adv / (r.std(1, keepdim=True) + 1e-6)
-    return adv.reshape(-1)
 
 
 class EStepModule(PolicyModule):
@@ -167,10 +154,10 @@ class EStepModule(PolicyModule):
         old = torch.cat([rollout.token_logprobs[:, 1:][thought], rollout.decision_logprob[has]])
         adv = torch.cat([advantages[:, None].expand_as(thought)[thought], advantages[:, None].expand_as(has)[has]])
         new = self.latent_logprobs(self.model, rollout)
-        ratio = torch.exp(new - old)
-        clipped = ratio.clamp(1 - hp.clip_epsilon, 1 + hp.clip_epsilon)
-        loss = self.global_token_mean(-torch.min(ratio * adv, clipped * adv).sum(), torch.tensor(float(len(adv)), device=adv.device))
-        stats = {"clip_frac": ((ratio - clipped).abs() > 1e-6).float().mean().detach()}
+        # every latent action is its own one-token "completion": the token-level mean over the batch (dapo)
+        loss, clip_frac = policy_gradient_loss(new[:, None], old[:, None], adv, torch.ones_like(new[:, None]), "dapo",
+                                               hp.clip_epsilon, hp.clip_epsilon, 1, mean=self.global_token_mean)
+        stats = {"clip_frac": clip_frac.detach()}
         if self.reference is not None:
             with torch.no_grad():
                 ref = self.latent_logprobs(self.reference, rollout)

@@ -6,7 +6,7 @@ import torch
 from ra3.datamodules import CodeDataModule
 from ra3.errors import Ra3Error
 from ra3.modules import EStepModule
-from ra3.modules.estep import group_advantages
+from ra3.modules.rl import group_advantages
 
 from conftest import TINY_LLAMA
 
@@ -65,3 +65,20 @@ def test_ppo_epochs_and_reference_kl(world_dir):
     m = trainer.callback_metrics
     assert m["estep/kl"] >= 0 and 0 <= m["estep/clip_frac"] <= 1
     assert 0 <= m["estep/boundary_f1"] <= 1 and m["estep/expert_nll_without_thoughts"] > 0
+
+
+def test_estep_surrogate_is_the_shared_clipped_surrogate_over_latent_actions():
+    """The E-step's loss — the token-level mean over every latent action of ``-min(r A, clip(r) A)`` — is
+    ``policy_gradient_loss`` with each action a one-token completion (``dapo``): same loss, clip fraction, gradient."""
+    from ra3.modules.rl import policy_gradient_loss
+
+    torch.manual_seed(0)
+    new = torch.randn(50, requires_grad=True)
+    old, adv, eps = new.detach() + 0.3 * torch.randn(50), torch.randn(50), 0.2
+    ratio = torch.exp(new - old)
+    clipped = ratio.clamp(1 - eps, 1 + eps)
+    flat = -torch.min(ratio * adv, clipped * adv).sum() / 50
+    loss, clip = policy_gradient_loss(new[:, None], old[:, None], adv, torch.ones(50, 1), "dapo", eps, eps, 1)
+    assert torch.equal(loss, flat) and 0 < clip.item() < 1
+    assert clip.item() == ((ratio - clipped).abs() > 1e-6).float().mean().item()
+    assert torch.equal(torch.autograd.grad(loss, new)[0], torch.autograd.grad(flat, new)[0])

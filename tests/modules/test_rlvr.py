@@ -5,7 +5,7 @@ import torch
 from ra3.datamodules import CodeDataModule
 from ra3.errors import Ra3Error
 from ra3.modules import RLVRModule
-from ra3.modules.rlvr import policy_gradient_loss, rl_advantages
+from ra3.modules.rl import policy_gradient_loss, rl_advantages
 from ra3.rewards import FormatReward, UnitTestReward, WeightedSum
 
 
