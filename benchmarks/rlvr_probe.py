@@ -32,19 +32,22 @@ def main(argv: list[str]) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--setting", default="rlvr_beta", help="the study setting to vary")
     p.add_argument("--values", nargs="+", required=True, help="its values (YAML)")
-    p.add_argument("--first_seed", type=int, default=100)
+    p.add_argument("--preset", default="pilot", help="the pilot's preset (`test` for a quick check of this script)")
     p.add_argument("--set", nargs="*", default=[], help="more study settings for every variant (KEY=VALUE)")
     a = p.parse_args(argv)
     pilot, out = Path(a.pilot), Path(a.out)
     if not (pilot / "stages" / "world.done").exists():
         sys.exit(f"rlvr_probe: {pilot} is not a finished pilot study (no stages/world.done)")
+    seeds = sorted(int(d.name[1:]) for d in pilot.glob("b*") if (d / "base").is_dir())
+    if not seeds:
+        sys.exit(f"rlvr_probe: no pre-trained bases in {pilot}")
     table = {}
     for value in a.values:
         run = out / f"{a.setting}_{value}"
-        if not run.exists():
-            shutil.copytree(pilot, run, ignore=shutil.ignore_patterns("runs"))
-        cmd = [sys.executable, "-m", "ra3.cli", "study", "--preset", "pilot", "--out", str(run),
-               "--first_seed", str(a.first_seed), "--set", "rlvr=true", "arms=[ntp, ra3]", "mid_rlvr_eval=[]",
+        if not run.exists():  # the pilot's mid-training, without any RLVR it may have run
+            shutil.copytree(pilot, run, ignore=shutil.ignore_patterns("runs", "*rlvr*"))
+        cmd = [sys.executable, "-m", "ra3.cli", "study", "--preset", a.preset, "--out", str(run), "--first_seed",
+               str(seeds[0]), "--bases", str(len(seeds)), "--set", "rlvr=true", "arms=[ntp, ra3]", "mid_rlvr_eval=[]",
                f"{a.setting}={value}", *a.set]
         print("==", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
