@@ -1,22 +1,29 @@
 """A batched KV cache in which every row has its own length (no Lightning): the E-step's latent rollout and the
-``RaggedEngine`` sampler both feed it. Rows are fed chunks of any length; nothing is padded inside the cache."""
+``RaggedEngine`` sampler both feed it. Rows are fed chunks of any length; nothing is padded, neither inside the
+cache nor in the model's matmuls: a feed is one packed forward (batch 1, the chunks' tokens side by side) whose
+attention (``ragged_attention_forward``) reads each chunk's row of the cache."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from transformers.cache_utils import Cache
+
+ATTENTION = "ra3_ragged"
 
 
 @contextmanager
 def ragged_attention(model):
-    """Eval mode and an attention implementation that takes the ragged 4-D mask (flash/flex kernels do not:
-    switched to sdpa), both restored afterwards."""
+    """Eval mode and the ragged attention implementation (``ATTENTION``), both restored afterwards."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION, ragged_attention_forward)
     attn, was_training = model.config._attn_implementation, model.training
     model.eval()
-    if attn not in ("sdpa", "eager"):
-        model.config._attn_implementation = "sdpa"
+    model.config._attn_implementation = ATTENTION
     try:
         yield model
     finally:
@@ -24,42 +31,78 @@ def ragged_attention(model):
         model.config._attn_implementation = attn
 
 
+@dataclass
+class _Group:
+    """Chunks whose attention is one SDPA call, indices fixed per feed: ``query`` (m | N, W) positions in the
+    feed's queries (a short chunk repeats its last token; ``T``, one past the last, is a zero query), ``rows``
+    (m,) the cache rows to gather or None (the call runs over every cache row: no gather of K/V, rows outside
+    the group get zero queries), ``kv_len`` keys read per row, ``mask`` (m | N, 1, W, kv_len), and the output's
+    real tokens: flat (row, j) positions ``take`` written to the feed's tokens ``put``."""
+
+    query: torch.Tensor
+    rows: torch.Tensor | None
+    kv_len: int
+    mask: torch.Tensor
+    take: torch.Tensor
+    put: torch.Tensor
+
+
+def ragged_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, ragged=None, **kwargs):
+    """Attention of a packed feed. ``query`` (1, H, T, D): the feed's T tokens; ``key``/``value``: the layer's whole
+    cache buffers (N, Hkv, C, D) returned by ``RaggedKV.update``; ``ragged``: the feed's groups (``RaggedCache``).
+    Returns (1, T, H, D) as transformers' attention functions do."""
+    if ragged is None:
+        raise RuntimeError(f"{type(module).__name__} does not pass its forward's keyword arguments to the attention "
+                           "function; ragged rollouts need a model that does (Llama, Qwen2, Mistral, ...)")
+    _, h, t, d = query.shape
+    q = torch.cat([query[0].transpose(0, 1), query.new_zeros(1, h, d)])  # (T + 1, H, D): the last, a zero query
+    out = q.new_empty((t, h, d))
+    gqa = key.shape[1] != h
+    for g in ragged:
+        k, v = key[:, :, : g.kv_len], value[:, :, : g.kv_len]
+        if g.rows is not None:
+            k, v = k.index_select(0, g.rows), v.index_select(0, g.rows)
+        o = F.scaled_dot_product_attention(q[g.query].transpose(1, 2), k, v, attn_mask=g.mask, scale=scaling,
+                                           enable_gqa=gqa)  # (m | N, H, W, D)
+        out.index_copy_(0, g.put, o.transpose(1, 2).reshape(-1, h, d).index_select(0, g.take))
+    return out[None], None
+
+
 class RaggedCache:
     """A batched KV cache in which every row has its own length (row r's slots ``[0, lengths[r])`` are real).
 
-    A ``feed`` appends a chunk to any subset of rows, each chunk of its own length, without padding the cache:
-    rows are grouped by chunk length into forwards, each writing K/V at its rows' own offsets (own position
-    ids) and attending through a 4-D mask (slot s visible to chunk token j of row r iff s <= lengths[r] + j).
-    Works with any model whose attention calls ``Cache.update`` and takes a prepared 4-D mask (sdpa or
-    eager attention; other implementations are switched to sdpa while the cache is in use).
+    A ``feed`` appends a chunk to any subset of rows, each chunk of its own length, in one forward over the
+    chunks' tokens packed side by side (own position ids); each token's K/V is written at its row's next slot,
+    and attention reads, per group of chunks of similar width, the groups' rows up to their longest (slot s
+    visible to chunk token j of row r iff s <= lengths[r] + j). Works with any model whose attention layers call
+    ``Cache.update`` and the transformers attention interface with the forward's keyword arguments (Llama, Qwen2,
+    Mistral, ...); the attention implementation is switched to ``ATTENTION`` while the cache is in use
+    (``ragged_attention``). Plain scaled dot-product attention: no sliding window, soft-capping or sinks.
     """
 
     def __init__(self, model, n_rows: int, pad_id: int, capacity: int):
         self.model, self.pad_id = model, pad_id
         self.n_forwards = 0
+        self.groups = {"every_row": 0, "gathered": 0}  # attention calls per layer, by kind
         self.device = next(model.parameters()).device
         self.lengths = torch.zeros(n_rows, dtype=torch.long, device=self.device)
         self.last_logp: torch.Tensor | None = None  # (N, V) fp32 log-probs after each row's last real token
         self.kv = RaggedKV(n_rows, capacity)
         self.cache_kwarg = _cache_kwarg(model)
-        # eager attention adds the mask to its scores (float), sdpa takes a boolean one
-        self.mask_dtype = next(model.parameters()).dtype if model.config._attn_implementation == "eager" else None
+        self._mask4d = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=self.device)  # "prepared": no mask is built
 
     def feed(self, chunks: dict[int, list[int]], probes: dict[int, list[int]] | None = None, token_logprobs: bool = True
              ) -> dict[int, tuple[list[float], torch.Tensor | None]]:
         """Append ``chunks[r]`` to row r. Returns, per row, the log-prob of every appended token given its
         prefix, and the (P, V) next-token log-probs after the chunk offsets ``probes[r]`` (None without).
-        Rows are grouped into forwards by chunk length (``buckets``), so one long line does not pad every
-        decoding row. ``token_logprobs=False`` (a sampler): the LM head runs on each row's last fed position
-        only, ``last_logp`` is all that is updated, and the per-token lists come back empty."""
+        ``token_logprobs=False`` (a sampler): the LM head runs on each row's last fed position only,
+        ``last_logp`` is all that is updated, and the per-token lists come back empty."""
         probes = probes or {}
-        order = sorted(chunks, key=lambda r: len(chunks[r]))
-        out: dict[int, tuple[list[float], torch.Tensor | None]] = {}
-        for group in buckets([len(chunks[r]) for r in order]):
-            rows = [order[i] for i in group]
-            out.update(zip(rows, self._forward(rows, [chunks[r] for r in rows], [probes.get(r) for r in rows],
-                                               token_logprobs)))
-        return out
+        rows = [r for r in sorted(chunks, key=lambda r: len(chunks[r])) if chunks[r]]
+        if not rows:
+            return {r: ([], None) for r in chunks}
+        out = dict(zip(rows, self._forward(rows, [chunks[r] for r in rows], [probes.get(r) for r in rows], token_logprobs)))
+        return {r: out.get(r, ([], None)) for r in chunks}
 
     def reset(self, row: int) -> None:
         """Empty row ``row`` (its slot is reused for a new sequence; the old K/V is never visible again)."""
@@ -73,63 +116,73 @@ class RaggedCache:
 
     @torch.no_grad()
     def _forward(self, rows: list[int], chunks: list[list[int]], probes: list[list[int] | None], token_logprobs: bool):
-        n_rows = self.lengths.shape[0]
-        if 2 * len(rows) >= n_rows:
-            # a forward over every row beats gathering most of the cache; the other rows feed padding
-            # (their garbage K/V lands past their length, never visible, overwritten by their next chunk)
-            given = {r: (c, p) for r, c, p in zip(rows, chunks, probes)}
-            everyone = [given.get(r, ([], None)) for r in range(n_rows)]
-            out = self._forward_rows(list(range(n_rows)), [c for c, _ in everyone], [p for _, p in everyone],
-                                     token_logprobs)
-            return [out[r] for r in rows]
-        return self._forward_rows(rows, chunks, probes, token_logprobs)
-
-    def _forward_rows(self, rows: list[int], chunks: list[list[int]], probes: list[list[int] | None],
-                      token_logprobs: bool):
+        """One packed forward over ``chunks`` (ascending length) of ``rows``."""
+        if self.model.config._attn_implementation != ATTENTION:
+            raise RuntimeError("RaggedCache feeds run inside `with ragged_attention(model):`")
         self.n_forwards += 1
-        m, width = len(rows), max(map(len, chunks))
-        ids = torch.tensor([c + [self.pad_id] * (width - len(c)) for c in chunks], dtype=torch.long, device=self.device)
-        n = torch.tensor([len(c) for c in chunks], device=self.device)
-        index = torch.tensor(rows, device=self.device)
-        slots = self.lengths[index, None] + torch.arange(width, device=self.device)  # (m, W) = position ids
-        kv_len = int(slots.max()) + 1
-        self.kv.prepare(index, slots, kv_len, all_rows=m == self.lengths.shape[0])
-        visible = torch.arange(kv_len, device=self.device) <= slots[:, :, None]  # (m, W, L)
-        mask = visible[:, None]
-        if self.mask_dtype is not None:
-            mask = torch.zeros(mask.shape, dtype=self.mask_dtype, device=self.device).masked_fill_(
-                ~mask, torch.finfo(self.mask_dtype).min)
-        fed = n > 0
+        dev, n_rows = self.device, self.lengths.shape[0]
+        widths = [len(c) for c in chunks]
+        width_t = torch.tensor(widths, device=dev)
+        starts = [0]
+        for w in widths:
+            starts.append(starts[-1] + w)
+        total = starts[-1]
+        ids = torch.tensor([t for c in chunks for t in c], dtype=torch.long, device=dev)
+        index = torch.tensor(rows, device=dev)
+        token_row = torch.repeat_interleave(index, width_t)
+        start = torch.tensor(starts[:-1], device=dev)
+        offset = torch.arange(total, device=dev) - torch.repeat_interleave(start, width_t)
+        position = self.lengths[token_row] + offset  # (T,) each token's slot in its row = its position id
+        self.kv.prepare(token_row, position)
+        groups = []
+        for group in buckets(widths):
+            a, b = group[0], group[-1] + 1
+            width, members, n = widths[b - 1], index[a:b], width_t[a:b, None]
+            j = torch.arange(width, device=dev)
+            tokens = torch.where(j < n, start[a:b, None] + j, total)  # (m, W); past a chunk's end: the zero query
+            kv_len = int((self.lengths[members] + n[:, 0]).max())
+            valid = (j < n).flatten().nonzero()[:, 0]
+            if 2 * (b - a) >= n_rows:  # over every row: gathering most of the cache costs more than zero queries
+                query = torch.full((n_rows, width), total, dtype=torch.long, device=dev)
+                query[members] = tokens
+                base, gather, take = self.lengths, None, (members[:, None] * width + j).flatten()[valid]
+            else:
+                query, base, gather, take = tokens, self.lengths[members], members, valid
+            self.groups["gathered" if gather is not None else "every_row"] += 1
+            mask = (torch.arange(kv_len, device=dev) <= (base[:, None] + j)[:, :, None])[:, None]  # (m | N, 1, W, L)
+            groups.append(_Group(query, gather, kv_len, mask, take, tokens.flatten()[valid]))
         keep = {}
-        if not token_logprobs:  # the LM head on each row's last fed token only: (m', V) logits
-            last = torch.zeros((m, width), dtype=torch.bool, device=self.device)
-            last[fed.nonzero()[:, 0], n[fed] - 1] = True
-            keep = {"logits_to_keep": last}
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=slots, use_cache=True,
-                            **{self.cache_kwarg: self.kv}, **keep).logits
+        last = torch.tensor(starts[1:], device=dev) - 1  # (m,) packed position of each chunk's last token
+        if not token_logprobs:
+            keep["logits_to_keep"] = last
+        logits = self.model(input_ids=ids[None], attention_mask=self._mask4d, position_ids=position[None], use_cache=True,
+                            ragged=groups, **{self.cache_kwarg: self.kv}, **keep).logits[0]  # (T | m, V)
         if not self.kv.buffers:
             raise RuntimeError(f"{type(self.model).__name__} does not store its keys/values through the transformers "
-                               "Cache API; ragged rollouts need a model that does (Llama, Qwen2, Mistral, GPT-2, ...)")
+                               "Cache API; ragged rollouts need a model that does (Llama, Qwen2, Mistral, ...)")
         if self.last_logp is None:
-            self.last_logp = torch.zeros(self.lengths.shape[0], logits.shape[-1], dtype=torch.float32, device=self.device)
+            self.last_logp = torch.zeros(n_rows, logits.shape[-1], dtype=torch.float32, device=dev)
         if not token_logprobs:
-            self.last_logp[index[fed]] = torch.log_softmax(logits.reshape(-1, logits.shape[-1]).float(), -1)
-            self.lengths[index] += n
-            return [([], None)] * m
-        logp = torch.log_softmax(logits.float(), -1)  # (m, W, V)
-        # log-prob of token j comes from the position before it: the row's previous last position for j = 0
-        prev = torch.cat([self.last_logp[index, None], logp[:, :-1]], 1)
-        token_lp = prev.gather(2, ids[:, :, None]).squeeze(2).tolist()
-        self.last_logp[index[fed]] = logp[fed, n[fed] - 1]
-        self.lengths[index] += n
-        return [(lp[: len(c)], logp[i, p] if p else None) for i, (lp, c, p) in enumerate(zip(token_lp, chunks, probes))]
+            self.last_logp[index] = torch.log_softmax(logits.float(), -1)
+            self.lengths[index] += width_t
+            return [([], None)] * len(rows)
+        logp = torch.log_softmax(logits.float(), -1)  # (T, V)
+        # log-prob of token t comes from the position before it: the row's previous last position for a chunk's first
+        before = torch.cat([logp, self.last_logp[index]])
+        source = torch.arange(-1, total - 1, device=dev)
+        source[start] = total + torch.arange(len(rows), device=dev)
+        token_lp = before[source, ids].tolist()
+        self.last_logp[index] = logp[last]
+        self.lengths[index] += width_t
+        return [(token_lp[a: a + w], logp[[a + o for o in p]] if p else None)
+                for a, w, p in zip(starts, widths, probes)]
 
 
-def buckets(lengths: list[int], overhead: int = 64) -> list[range]:
-    """Split ascending chunk lengths into contiguous groups minimising padded slots (sum of group size x
-    longest chunk) + ``overhead`` slots per forward (the fixed cost of a forward, measured ~64 token-slots on CPU)."""
+def buckets(lengths: list[int], overhead: int = 16) -> list[range]:
+    """Split ascending chunk lengths into contiguous groups minimising padded query slots (sum of group size x
+    longest chunk) + ``overhead`` slots per group (the fixed cost of one attention call)."""
     n = len(lengths)
-    if not n or lengths[0] == lengths[-1]:  # one length (every row decoding): one forward
+    if not n or lengths[0] == lengths[-1]:  # one length (every row decoding): one group
         return [range(n)] if n else []
     best, cut = [0] + [float("inf")] * n, [0] * (n + 1)
     for j in range(1, n + 1):
@@ -145,21 +198,24 @@ def buckets(lengths: list[int], overhead: int = 64) -> list[range]:
 
 
 class RaggedKV(Cache):
-    """The transformers ``Cache`` behind ``_RaggedCache``: per layer, K/V buffers (N, H, C, D); ``update``
-    writes a forward's (m, H, W, D) states at the slots ``prepare`` set and returns its rows' (m, H, L, D)."""
+    """The transformers ``Cache`` behind ``RaggedCache``: per layer, K/V buffers (N, Hkv, C, D); ``update`` writes
+    a packed forward's (1, Hkv, T, D) states at the (row, slot) of each token that ``prepare`` set and returns the
+    layer's whole buffers (``ragged_attention_forward`` reads the rows it needs)."""
 
     def __init__(self, n_rows: int, capacity: int):
         super().__init__(layers=[])
         self.n_rows, self.capacity = n_rows, capacity
         self.buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.kv_len = 0
 
-    def prepare(self, index: torch.Tensor, slots: torch.Tensor, kv_len: int, all_rows: bool) -> None:
-        self.index, self.slots, self.kv_len, self.all_rows = index, slots, kv_len, all_rows
-        if kv_len > self.capacity:  # grow every buffer (rare: the capacity is an upper bound of the rollout)
-            self.capacity = max(kv_len, 2 * self.capacity)
+    def prepare(self, rows: torch.Tensor, slots: torch.Tensor) -> None:
+        self.rows, self.slots, self.flat = rows, slots, None
+        self.kv_len = int(slots.max()) + 1
+        if self.kv_len > self.capacity:  # grow every buffer (rare: the capacity is an upper bound of the rollout)
+            self.capacity = max(self.kv_len, 2 * self.capacity)
             for i, (k, v) in self.buffers.items():
                 pad = (0, 0, 0, self.capacity - k.shape[2])
-                self.buffers[i] = (torch.nn.functional.pad(k, pad), torch.nn.functional.pad(v, pad))
+                self.buffers[i] = (F.pad(k, pad), F.pad(v, pad))
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         if layer_idx not in self.buffers:
@@ -167,12 +223,13 @@ class RaggedKV(Cache):
             shape = (self.n_rows, h, self.capacity, d)
             self.buffers[layer_idx] = (key_states.new_zeros(shape), value_states.new_zeros(shape))
         keys, values = self.buffers[layer_idx]
-        rows = self.index[:, None]
-        keys[rows, :, self.slots] = key_states.transpose(1, 2)
-        values[rows, :, self.slots] = value_states.transpose(1, 2)
-        if self.all_rows:
-            return keys[:, :, : self.kv_len], values[:, :, : self.kv_len]
-        return keys[:, :, : self.kv_len].index_select(0, self.index), values[:, :, : self.kv_len].index_select(0, self.index)
+        if self.flat is None or self.flat[0] != keys.shape:  # (T * Hkv,) rows of the (N * Hkv * C, D) buffer views
+            n, h, c, d = keys.shape
+            self.flat = keys.shape, ((self.rows * h)[:, None] + torch.arange(h, device=keys.device)) * c + self.slots[:, None]
+        index = self.flat[1].flatten()
+        keys.view(-1, keys.shape[-1]).index_copy_(0, index, key_states[0].transpose(0, 1).reshape(-1, keys.shape[-1]))
+        values.view(-1, values.shape[-1]).index_copy_(0, index, value_states[0].transpose(0, 1).reshape(-1, values.shape[-1]))
+        return keys, values
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.kv_len if self.buffers else 0

@@ -67,6 +67,7 @@ class RaggedEngine:
         backend = getattr(tok, "backend_tokenizer", None)  # a fast tokenizer's own decode: ~4x less overhead
         decode = (lambda ids: backend.decode(ids, skip_special_tokens=True)) if backend is not None else \
             (lambda ids: tok.decode(ids, skip_special_tokens=True))
+        stopped = lambda text: any(x in text for x in config.stop)  # noqa: E731
         owner: list[int | None] = [None] * n_slots
         new: dict[int, list[int]] = {}
         done: dict[int, Completion] = {}
@@ -92,8 +93,7 @@ class RaggedEngine:
                     ids = new[j]
                     ids.append(t)
                     self.stats["decoded_tokens"] += 1
-                    if (t == tok.eos_token_id or len(ids) >= config.max_new_tokens
-                            or (config.stop and any(x in decode(ids[-tail:]) for x in config.stop))):
+                    if t == tok.eos_token_id or len(ids) >= config.max_new_tokens or (config.stop and stopped(decode(ids[-tail:]))):
                         done[j] = make_completion(tok, ids, config.stop)
                         owner[s] = None
                     else:
