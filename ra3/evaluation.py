@@ -163,7 +163,7 @@ def evaluate(
     cache_dir: str | None = None,
     progress: bool = True,
     seed: int = 0,
-    engine: str = "hf",
+    engine: str = "ragged",
 ) -> dict[str, dict]:
     """Evaluate a model or score existing samples on ``benchmarks``; writes ``results.json`` and the samples with
     their verdicts to ``output_dir``; returns each benchmark's summary (pass@k, statuses).
@@ -186,7 +186,7 @@ def evaluate(
         cache_dir: where ground-truth verdicts of the benchmarks' own solutions are cached.
         progress: show progress bars.
         seed: sampling seed (per problem: the same samples on every run).
-        engine: sampler: hf (model.generate) or ragged (continuous batching); the same completions.
+        engine: sampler: ragged (continuous batching) or hf (model.generate); the same completions.
     """
     from ra3.rollout.generate import SamplingConfig
     from ra3.rollout.sampler import make_engine

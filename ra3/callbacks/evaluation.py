@@ -35,13 +35,13 @@ class PassAtKCallback(L.Callback):
         batch_size: generation batch size.
         table_rows: samples per W&B table (0 = no table).
         workers: sandbox processes.
-        engine: sampler, ``hf`` (``model.generate``) or ``ragged`` (continuous batching); the same completions.
+        engine: sampler, ``ragged`` (continuous batching) or ``hf`` (``model.generate``); the same completions.
     """
 
     def __init__(self, benchmark: str = "skillworld", source: str | None = None, n_samples: int = 1,
                  k: list[int] | None = None, temperature: float = 0.0, max_new_tokens: int = 256,
                  limit: int | None = None, every_n_val: int = 1, batch_size: int = 32, table_rows: int = 20,
-                 workers: int | None = None, engine: str = "hf"):
+                 workers: int | None = None, engine: str = "ragged"):
         self.benchmark, self.source, self.n_samples = benchmark, source, n_samples
         self.ks = k or [1]
         self.sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)

@@ -64,9 +64,8 @@ class RLVRModule(PolicyModule):
         sandbox_workers: parallel sandbox processes (default: CPU count).
         table_every_n_steps: W&B table of prompts/completions/rewards this often (0 = never).
         reference_quantization: load the frozen reference (``beta > 0``) in bitsandbytes ``8bit`` or ``4bit``.
-        rollout_engine: ``hf`` (``model.generate`` on padded batches), ``ragged`` (continuous batching over a
-            ragged KV cache, ``ra3.rollout.sampler``: the same completions; slower than ``hf`` on small CPU models,
-            see the README) or ``vllm`` (GPU, ``pip install 'ra3[vllm]'``; weights synced into vLLM after every
+        rollout_engine: ``ragged`` (continuous batching over a ragged KV cache, ``ra3.rollout.sampler``),
+            ``hf`` (``model.generate`` on padded batches; the same completions) or ``vllm`` (GPU, ``pip install 'ra3[vllm]'``; weights synced into vLLM after every
             update; experimental, never run).
         vllm_kwargs: arguments of ``vllm.LLM`` (e.g. ``gpu_memory_utilization``).
     """
@@ -80,7 +79,7 @@ class RLVRModule(PolicyModule):
                  format_weight: float = 0.0, reward_funcs: list[str | dict[str, Any]] | None = None,
                  reward_weights: list[float] | None = None, generation_batch_size: int = 64, max_grad_norm: float = 1.0,
                  sandbox_workers: int | None = None, table_every_n_steps: int = 50,
-                 reference_quantization: str | None = None, rollout_engine: str = "hf",
+                 reference_quantization: str | None = None, rollout_engine: str = "ragged",
                  vllm_kwargs: dict[str, Any] | None = None, **kwargs):
         if rollout_engine not in ("ragged", "hf", "vllm"):
             raise Ra3Error(f"rollout_engine must be 'ragged', 'hf' or 'vllm', got {rollout_engine!r}")
@@ -237,7 +236,8 @@ class RLVRModule(PolicyModule):
         if not with_entropy:
             return logp, None
         entropy = torch.zeros_like(logp)
-        entropy[target] = -(logp_all.exp() * logp_all).sum(-1)
+        with torch.no_grad():
+            entropy[target] = -(logp_all.exp() * logp_all).sum(-1)
         return logp, entropy
 
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
@@ -252,10 +252,16 @@ class RLVRModule(PolicyModule):
         if hp.mask_truncated:
             mask &= ~truncated[:, None]
         with torch.no_grad():
-            old_logp, entropy = self.token_logprobs(self.model, input_ids, attention, completion, with_entropy=True)
+            # one update per batch: the sampling policy is the policy being updated, so the graded forward below
+            # gives old_logp too (as TRL does); several updates need it fixed first
+            old_logp = entropy = None
+            if hp.ppo_epochs > 1:
+                old_logp, entropy = self.token_logprobs(self.model, input_ids, attention, completion, with_entropy=True)
             ref_logp = self.token_logprobs(self.reference, input_ids, attention, completion)[0] if self.reference is not None else None
-        for _ in range(hp.ppo_epochs):
-            logp, _ = self.token_logprobs(self.model, input_ids, attention, completion)
+        for epoch in range(hp.ppo_epochs):
+            logp, epoch_entropy = self.token_logprobs(self.model, input_ids, attention, completion, with_entropy=epoch == 0 and old_logp is None)
+            if old_logp is None:
+                old_logp, entropy = logp.detach(), epoch_entropy.detach()
             loss, clip_frac = policy_gradient_loss(logp, old_logp, advantages, mask, hp.loss_type, hp.epsilon,
                                                    self.eps_high, hp.max_new_tokens, mean=self.global_token_mean)
             kl = None

@@ -67,11 +67,13 @@ class RaggedEngine:
         backend = getattr(tok, "backend_tokenizer", None)  # a fast tokenizer's own decode: ~4x less overhead
         decode = (lambda ids: backend.decode(ids, skip_special_tokens=True)) if backend is not None else \
             (lambda ids: tok.decode(ids, skip_special_tokens=True))
-        stopped = lambda text: any(x in text for x in config.stop)  # noqa: E731
+        stops = config.stop
+        stopped = lambda text: any(x in text for x in stops)  # noqa: E731
         owner: list[int | None] = [None] * n_slots
         new: dict[int, list[int]] = {}
         done: dict[int, Completion] = {}
-        self.stats = {"steps": 0, "decoded_tokens": 0, "prefill_tokens": 0}
+        eos, cap = tok.eos_token_id, config.max_new_tokens
+        steps = decoded = prefilled = 0
         with ragged_attention(model):
             cache = RaggedCache(model, n_slots, tok.pad_token_id, capacity)
             feed: dict[int, list[int]] = {}
@@ -82,23 +84,23 @@ class RaggedEngine:
                         owner[s], new[j] = j, []
                         cache.reset(s)
                         feed[s] = items[j][1]
-                        self.stats["prefill_tokens"] += len(items[j][1])
+                        prefilled += len(items[j][1])
                 cache.feed(feed, token_logprobs=False)
-                self.stats["steps"] += 1
+                steps += 1
                 active = sorted(feed)
                 picks = self._sample(cache.last_logp[active], [owner[s] for s in active], gens, config)
+                decoded += len(active)
                 feed = {}
                 for s, t in zip(active, picks):
-                    j = owner[s]
-                    ids = new[j]
+                    ids = new[owner[s]]
                     ids.append(t)
-                    self.stats["decoded_tokens"] += 1
-                    if t == tok.eos_token_id or len(ids) >= config.max_new_tokens or (config.stop and stopped(decode(ids[-tail:]))):
-                        done[j] = make_completion(tok, ids, config.stop)
+                    if t == eos or len(ids) >= cap or (stops and stopped(decode(ids[-tail:]))):
+                        done[owner[s]] = make_completion(tok, ids, config.stop)
                         owner[s] = None
                     else:
                         feed[s] = [t]
-            self.stats["forwards"] = cache.n_forwards
+            self.stats = {"steps": steps, "decoded_tokens": decoded, "prefill_tokens": prefilled,
+                          "forwards": cache.n_forwards}
         out: list[list[Completion]] = [[] for _ in prompts]
         for j, (i, _) in enumerate(items):
             out[i].append(done[j])
