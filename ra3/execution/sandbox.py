@@ -200,25 +200,17 @@ class LocalSandbox:
         proc.wait()
         if self.bwrap and uid is None:
             return  # the PID namespace died with bwrap
-        import psutil
-
         # Repeat until the slot is empty: a process caught mid-fork may leave a child behind, and killed
         # orphans stay zombies until init reaps them — they still count against the uid's RLIMIT_NPROC, so
         # the next job on this slot could not fork until they are gone.
         for _ in range(300):
-            left = 0
-            for p in psutil.process_iter(["uids", "status"]):
-                try:
-                    if uid is not None:
-                        mine = p.info["uids"] is not None and p.info["uids"].real == uid
-                    else:
-                        mine = p.environ().get("RA3_SANDBOX_TOKEN") == token
-                    if mine:
-                        if p.info["status"] != psutil.STATUS_ZOMBIE:
-                            p.kill()
-                        left += 1
-                except (psutil.Error, OSError):
-                    pass
+            left = _processes_of(uid) if uid is not None else _processes_with_token(token)
+            for pid, zombie in left:
+                if not zombie:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
             if not left:
                 return
             time.sleep(0.01)
@@ -274,6 +266,39 @@ class LocalSandbox:
         return ExecutionResult(status, statuses, outputs, times, detail[:500],
                                streams["stdout"].decode(errors="replace"), streams["stderr"].decode(errors="replace"),
                                duration, self.name, self.missing_protections, job.job_id)
+
+
+def _processes_of(uid: int) -> list[tuple[int, bool]]:
+    """(pid, is_zombie) of every process whose real uid is ``uid``, read from /proc/<pid>/status (readable for
+    every process, non-dumpable ones included): ~1 ms for a hundred processes, 5x less than psutil's sweep."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/status", "rb") as f:
+                status = f.read(2048)
+        except OSError:  # exited meanwhile
+            continue
+        state = status.find(b"\nState:\t")
+        uids = status.find(b"\nUid:\t")
+        if uids >= 0 and int(status[uids + 6: status.index(b"\t", uids + 6)]) == uid:
+            found.append((int(entry.name), status[state + 8: state + 9] == b"Z"))
+    return found
+
+
+def _processes_with_token(token: str) -> list[tuple[int, bool]]:
+    """(pid, is_zombie) of every process whose environment holds ``RA3_SANDBOX_TOKEN=token`` (no uid to tell them by)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["status"]):
+        try:
+            if p.environ().get("RA3_SANDBOX_TOKEN") == token:
+                found.append((p.pid, p.info["status"] == psutil.STATUS_ZOMBIE))
+        except (psutil.Error, OSError):
+            pass
+    return found
 
 
 def _parse_records(data: bytes, nonce: str) -> list[dict]:
