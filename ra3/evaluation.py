@@ -16,7 +16,7 @@ import logging
 import os
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ra3.datamodules.benchmarks import Problem, load_benchmark
 from ra3.errors import Ra3Error
@@ -38,17 +38,15 @@ def task_counts(rows: list[dict]) -> dict[str, tuple[int, int]]:
 
 
 def score_samples(problems: list[Problem], samples: list[dict], pool: SandboxPool, ks: Iterable[int] = (1,),
-                  on_result=None) -> tuple[dict[str, Any], list[dict]]:
+                  on_result=None, results: list | None = None) -> tuple[dict[str, Any], list[dict]]:
     """Run ``samples`` (dicts with ``task_id`` and ``completion`` or ``solution``) and compute pass@k.
+    ``results``: their execution results when already run (``evaluate`` runs each as soon as it is sampled).
 
     Returns ``(summary, rows)``: ``summary`` has ``pass@k`` for each k that every scored task has enough
     samples for, ``n_tasks``, ``n_samples`` and ``status_counts``; ``rows`` one dict per sample."""
     by_id = {p.task_id: p for p in problems}
-    jobs = []
-    for s in samples:
-        p = by_id[s["task_id"]]
-        jobs.append(p.job(p.program(completion=s.get("completion"), solution=s.get("solution"))))
-    results = pool.run_many(jobs, on_result=on_result)
+    if results is None:
+        results = pool.run_many([sample_job(by_id[s["task_id"]], s) for s in samples], on_result=on_result)
     rows = [{"task_id": s["task_id"], "status": r.status.value, "passed": r.passed,
              "fraction_passed": r.fraction_passed, "detail": r.detail} for s, r in zip(samples, results)]
     counts = task_counts(rows)
@@ -109,28 +107,62 @@ def read_samples(path: str | os.PathLike, problems: list[Problem]) -> list[dict]
     return samples
 
 
-def generate_samples(engine, problems: list[Problem], n_samples: int, sampling, seed: int | None = 0) -> list[dict]:
-    """``n_samples`` completions per problem, as sample rows (``completion`` and the full ``solution``).
-    Sampling is seeded per problem (its task id and ``seed``): the same samples on every run, whatever the
-    batching; ``seed=None`` draws from the global RNG instead."""
+def sample_job(problem: Problem, sample: dict):
+    """The sandbox job of one sample row (its ``completion`` in the problem's program, or its whole ``solution``)."""
+    return problem.job(problem.program(completion=sample.get("completion"), solution=sample.get("solution")))
+
+
+def generate_samples(engine, problems: list[Problem], n_samples: int, sampling, seed: int | None = 0,
+                     on_sample: Callable[[int, dict], None] | None = None) -> list[dict]:
+    """``n_samples`` completions per problem, as sample rows (``completion`` and the full ``solution``), problem
+    by problem. Sampling is seeded per problem (its task id and ``seed``): the same samples on every run, whatever
+    the batching; ``seed=None`` draws from the global RNG instead. ``on_sample(index, row)`` is called as each
+    row is final (``index``: its place in the returned list), so it can be scored while sampling goes on."""
     from dataclasses import replace
 
     from ra3.rollout.generate import sample_seed
 
-    samples = []
-    by_stop: dict[tuple, list[Problem]] = defaultdict(list)
-    for p in problems:
-        by_stop[tuple(p.stop)].append(p)
-    generated: dict[str, list] = {}
+    samples: list[dict | None] = [None] * (len(problems) * n_samples)
+    by_stop: dict[tuple, list[int]] = defaultdict(list)
+    for i, p in enumerate(problems):
+        by_stop[tuple(p.stop)].append(i)
     for stop, group in by_stop.items():
         config = replace(sampling, stop=list(stop) + list(sampling.stop))
-        seeds = None if seed is None else [sample_seed(p.task_id, 0, seed) for p in group]
-        for p, completions in zip(group, engine.generate([p.prompt for p in group], n_samples, config, seeds=seeds)):
-            generated[p.task_id] = completions
-    for p in problems:
-        for c in generated[p.task_id]:
-            samples.append({"task_id": p.task_id, "completion": c.text, "solution": p.program(completion=c.text)})
+        seeds = None if seed is None else [sample_seed(problems[i].task_id, 0, seed) for i in group]
+
+        def done(g: int, k: int, completion, group=group) -> None:
+            p, index = problems[group[g]], group[g] * n_samples + k
+            samples[index] = {"task_id": p.task_id, "completion": completion.text,
+                              "solution": p.program(completion=completion.text)}
+            if on_sample is not None:
+                on_sample(index, samples[index])
+
+        engine.generate([problems[i].prompt for i in group], n_samples, config, seeds=seeds, on_done=done)
     return samples
+
+
+def sample_and_score(engine, problems: list[Problem], n_samples: int, sampling, pool: SandboxPool,
+                     ks: Iterable[int] = (1,), seed: int | None = 0, on_result=None, overlap: bool | None = None
+                     ) -> tuple[dict[str, Any], list[dict], list[dict]]:
+    """``generate_samples`` then ``score_samples``. ``overlap``: run each sample in the sandbox as soon as the engine
+    finishes it (default: when the model is not on the CPU — on CPU the sandbox's processes take the cores the
+    sampler's threads wait on: measured 19.5 s vs 15.9 s for a 400-sample skill-world evaluation on 2 cores).
+    Returns ``(summary, rows, samples)``."""
+    if overlap is None:
+        overlap = next(engine.model.parameters()).device.type != "cpu" if hasattr(engine, "model") else False
+    if not overlap:
+        samples = generate_samples(engine, problems, n_samples, sampling, seed)
+        return (*score_samples(problems, samples, pool, ks, on_result=on_result), samples)
+    by_id, running = {p.task_id: p for p in problems}, {}
+
+    def run(index: int, row: dict) -> None:
+        running[index] = future = pool.submit(sample_job(by_id[row["task_id"]], row))
+        if on_result is not None:
+            future.add_done_callback(lambda f: on_result(index, f.result()))
+
+    samples = generate_samples(engine, problems, n_samples, sampling, seed, on_sample=run)
+    summary, rows = score_samples(problems, samples, pool, ks, results=[running[i].result() for i in range(len(samples))])
+    return summary, rows, samples
 
 
 def format_table(results: dict[str, dict]) -> str:
@@ -212,12 +244,14 @@ def evaluate(
             if sampler is not None:
                 sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                           batch_size=batch_size)
-                bench_samples = generate_samples(sampler, problems, n_samples, sampling, seed)
+                bar = _progress(len(problems) * n_samples, f"sampling and running {name}") if progress else None
+                summary, rows, bench_samples = sample_and_score(sampler, problems, n_samples, sampling, pool, ks, seed,
+                                                                on_result=(lambda i, r: bar.update(1)) if bar else None)
             else:
                 bench_samples = read_samples(samples, problems)
-            bar = _progress(len(bench_samples), f"running {name}") if progress else None
-            summary, rows = score_samples(problems, bench_samples, pool, ks,
-                                          on_result=(lambda i, r: bar.update(1)) if bar else None)
+                bar = _progress(len(bench_samples), f"running {name}") if progress else None
+                summary, rows = score_samples(problems, bench_samples, pool, ks,
+                                              on_result=(lambda i, r: bar.update(1)) if bar else None)
             if bar:
                 bar.close()
             results[name] = summary

@@ -122,3 +122,26 @@ def test_sampled_evaluation_is_reproducible_and_batch_independent(tiny_model_dir
     first = texts(0)
     assert texts(0, batch_size=3) == first and texts(0) == first
     assert texts(1) != first
+
+
+def test_sampling_overlapped_with_the_sandbox_scores_the_same(tiny_model_dir, world_dir):
+    """``sample_and_score`` with each sample run as soon as it is sampled (the default on GPU) and run after all
+    sampling (the default on CPU): the same samples, rows and summary, every result reported once."""
+    from ra3.datamodules.benchmarks import load_skillworld
+    from ra3.evaluation import load_policy, sample_and_score
+    from ra3.execution import SandboxPool
+    from ra3.rollout.generate import SamplingConfig
+    from ra3.rollout.sampler import RaggedEngine
+
+    engine = RaggedEngine(*load_policy(str(tiny_model_dir)))
+    problems = load_skillworld(str(world_dir / "eval.jsonl"))[:6]
+    sampling = SamplingConfig(max_new_tokens=24, temperature=1.0, batch_size=4, stop=["e"])
+    runs = {}
+    with SandboxPool(workers=2) as pool:
+        for overlap in (False, True):
+            seen = []
+            runs[overlap] = sample_and_score(engine, problems, 2, sampling, pool, [1, 2], overlap=overlap,
+                                             on_result=lambda i, r: seen.append(i))
+            assert sorted(seen) == list(range(12))
+    assert runs[True] == runs[False]
+    assert len({s["completion"] for s in runs[True][2]}) > 1

@@ -274,14 +274,15 @@ class EMCallback(L.Callback):
     def _evaluate(self, policy: Path) -> dict[str, float]:
         """Greedy pass@1 of the exported ``policy`` (loaded unsharded, on rank 0)."""
         from ra3.datamodules.benchmarks import load_benchmark
-        from ra3.evaluation import generate_samples, load_policy, score_samples
+        from ra3.evaluation import load_policy, sample_and_score
         from ra3.execution import SandboxPool
-        from ra3.rollout.generate import HFEngine, SamplingConfig
+        from ra3.rollout.generate import SamplingConfig
+        from ra3.rollout.sampler import RaggedEngine
 
         problems = load_benchmark("skillworld", self.eval_source)[: self.eval_limit]
-        samples = generate_samples(HFEngine(*load_policy(str(policy))), problems, 1, SamplingConfig(max_new_tokens=200))
         with SandboxPool() as pool:
-            summary, _ = score_samples(problems, samples, pool, [1])
+            summary, _, _ = sample_and_score(RaggedEngine(*load_policy(str(policy))), problems, 1,
+                                             SamplingConfig(max_new_tokens=200), pool, [1])
         return {"heldout_pass@1": summary.get("pass@1", 0.0)}
 
 

@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ra3.datamodules.benchmarks import load_benchmark
-from ra3.evaluation import generate_samples, score_samples, task_counts
+from ra3.evaluation import sample_and_score, task_counts
 from ra3.execution import SandboxPool
 from ra3.metrics import PassAtK
 from ra3.rollout.generate import SamplingConfig
@@ -76,8 +76,7 @@ class PassAtKCallback(L.Callback):
         engine = make_engine(self.engine, pl_module.model, pl_module.tokenizer)
         gather = pl_module.generation() if hasattr(pl_module, "generation") else contextlib.nullcontext()
         with gather:  # sharded: full weights once, so ranks generating different amounts never wait on each other
-            samples = generate_samples(engine, self._problems, self.n_samples, self.sampling)
-        _, rows = score_samples(self._problems, samples, self._pool, self.ks)
+            _, rows, samples = sample_and_score(engine, self._problems, self.n_samples, self.sampling, self._pool, self.ks)
         metric = PassAtK(self.ks).to(pl_module.device)
         counts = task_counts(rows)
         if counts:

@@ -8,7 +8,7 @@ segmentation rule (``ra3.datamodules.segments``), exactly as in training.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
@@ -45,9 +45,16 @@ class Completion:
     ended_by_eos: bool = False
 
 
+OnDone = Callable[[int, int, Completion], None]
+
+
 class RolloutEngine(Protocol):
-    def generate(self, prompts: list[str], n: int, config: SamplingConfig,
-                 seeds: list[int] | None = None) -> list[list[Completion]]: ...
+    """``generate`` returns ``n`` completions per prompt; ``on_done(i, k, completion)``, when given, is called as
+    completion k of prompt i is final (as soon as it is for ``RaggedEngine``; per batch or at the end for the
+    others), so scoring can start while sampling goes on."""
+
+    def generate(self, prompts: list[str], n: int, config: SamplingConfig, seeds: list[int] | None = None,
+                 on_done: OnDone | None = None) -> list[list[Completion]]: ...
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
@@ -104,9 +111,9 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int = 1, config: SamplingConfig | None = None,
-                 seeds: list[int] | None = None) -> list[list[Completion]]:
+                 seeds: list[int] | None = None, on_done: OnDone | None = None) -> list[list[Completion]]:
         """``n`` completions per prompt. With ``seeds`` (one per prompt) every completion is drawn from its own
-        generator, so it does not depend on batching (nor on the rank it runs on)."""
+        generator, so it does not depend on batching (nor on the rank it runs on). ``on_done``: after each batch."""
         config = config or SamplingConfig()
         tok, model = self.tokenizer, self.model
         device = next(model.parameters()).device
@@ -145,6 +152,8 @@ class HFEngine:
                 generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
                 for b, j in enumerate(chunk):
                     results[j] = make_completion(tok, generated[b, width:].tolist(), config.stop)
+                    if on_done is not None:
+                        on_done(flat[j][0], j % n, results[j])
         finally:
             model.train(was_training)
         for j, (i, _) in enumerate(flat):

@@ -21,8 +21,8 @@ from collections import deque
 import torch
 
 from ra3.errors import Ra3Error
-from ra3.rollout.generate import (Completion, HFEngine, SamplingConfig, SeededSampling, encode_prompt, make_completion,
-                                  row_generators)
+from ra3.rollout.generate import (Completion, HFEngine, OnDone, SamplingConfig, SeededSampling, encode_prompt,
+                                  make_completion, row_generators)
 from ra3.rollout.ragged import RaggedCache, ragged_attention
 
 ENGINES = ("ragged", "hf")
@@ -52,7 +52,7 @@ class RaggedEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int = 1, config: SamplingConfig | None = None,
-                 seeds: list[int] | None = None) -> list[list[Completion]]:
+                 seeds: list[int] | None = None, on_done: OnDone | None = None) -> list[list[Completion]]:
         config = config or SamplingConfig()
         tok, model = self.tokenizer, self.model
         device = next(model.parameters()).device
@@ -95,8 +95,11 @@ class RaggedEngine:
                     ids = new[owner[s]]
                     ids.append(t)
                     if t == eos or len(ids) >= cap or (stops and stopped(decode(ids[-tail:]))):
-                        done[owner[s]] = make_completion(tok, ids, config.stop)
+                        j = owner[s]
+                        done[j] = make_completion(tok, ids, config.stop)
                         owner[s] = None
+                        if on_done is not None:
+                            on_done(items[j][0], j % n, done[j])
                     else:
                         feed[s] = [t]
             self.stats = {"steps": steps, "decoded_tokens": decoded, "prefill_tokens": prefilled,

@@ -36,7 +36,7 @@ class VLLMEngine:
         self.llm = vllm.LLM(model=str(model_path), **kwargs)
 
     def generate(self, prompts: list[str], n: int, config: SamplingConfig,
-                 seeds: list[int] | None = None) -> list[list[Completion]]:
+                 seeds: list[int] | None = None, on_done=None) -> list[list[Completion]]:
         def params(seed):
             return self.vllm.SamplingParams(n=n, temperature=config.temperature, top_p=config.top_p,
                                             max_tokens=config.max_new_tokens, seed=seed)
@@ -57,6 +57,8 @@ class VLLMEngine:
                 if stopped:
                     ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
                 group.append(Completion(text, ids, ended_by_eos or stopped, ended_by_eos))
+                if on_done is not None:
+                    on_done(len(result), len(group) - 1, group[-1])
             result.append(group)
         return result
 
