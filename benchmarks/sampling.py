@@ -1,12 +1,14 @@
 """Sampling throughput: ``RaggedEngine`` (continuous batching) vs ``model.generate`` (``HFEngine``, dynamic and static
-KV cache), same model, prompts, seeds and slot/batch size, in one run.
+KV cache), same model, prompts, seeds and slot/batch size, in one run, rounds interleaved.
 
-The model is a tiny Llama *pre-trained* on the skill world for ``--pretrain_steps`` (random weights rarely stop
-early, which hides what continuous batching buys); prompts are skill-world RL prompts, with the evaluation's stop
-strings. Prints the completion-length distribution, new tokens/s and completions/s of each sampler, the ratios,
-and whether the samplers produced the same completions.
+The setting of the skill-world evaluations (``ra3 evaluate`` in the study and the quickstart): the held-out
+prompts, 2 samples each at temperature 0.8, 200 new tokens at most, the benchmark's stop strings. The model is a
+skill-world base: ``--model DIR`` (e.g. a study's ``b0/ntp``, with ``--prompts DIR/../world/eval.jsonl``), or a tiny
+Llama pre-trained here for ``--pretrain_steps`` (random weights rarely stop early, which hides what continuous
+batching buys). Prints the completion-length distribution, new tokens/s and completions/s of each sampler, the
+paired ratios, and whether the samplers produced the same completions.
 
-    python benchmarks/sampling.py [--pretrain_steps 300] [--prompts 64] [--n 4] [--max_new_tokens 128] [--threads 2]
+    python benchmarks/sampling.py [--model DIR --prompts FILE] [--n 2] [--max_new_tokens 200] [--batch 64] [--threads 2]
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ STOP = ["\ndef ", "\nclass ", "\nprint(", "\nassert"]  # the skill-world benchma
 
 
 def pretrained_base(root: Path, steps: int):
-    """A tiny Llama trained ``steps`` M-step steps on the skill world's pre-training split; (model, tokenizer, rl rows)."""
+    """A tiny Llama trained ``steps`` M-step steps on the skill world's pre-training split; (model, tokenizer, world dir)."""
     import lightning as L
 
     from ra3.datamodules import CodeDataModule
@@ -39,14 +41,14 @@ def pretrained_base(root: Path, steps: int):
     from ra3.datamodules.tokenizer import train_bpe_tokenizer
     from ra3.modules import MStepModule
 
-    paths = build_world(root / "world", WorldConfig(n_pretrain=4000, n_midtrain=10, n_rl=400, n_eval=10))
+    paths = build_world(root / "world", WorldConfig(n_pretrain=4000, n_midtrain=10, n_rl=400, n_eval=200))
     train_bpe_tokenizer([paths["pretrain"]], root / "tokenizer")
     module = MStepModule(tokenizer=str(root / "tokenizer"), model_config=TINY, learning_rate=2e-3, warmup_steps=20)
     if steps:
         L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                   enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0).fit(
             module, CodeDataModule(train_files=[str(paths["pretrain"])], max_length=512, batch_size=8))
-    return module.model.eval(), module.tokenizer, [json.loads(line) for line in open(paths["rl"])]
+    return module.model.eval(), module.tokenizer, root / "world"
 
 
 def main() -> None:
@@ -54,21 +56,36 @@ def main() -> None:
     from ra3.rollout.sampler import RaggedEngine
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="a skill-world base (default: pre-train one here)")
+    ap.add_argument("--prompts", help="a skill-world split (.jsonl) whose prompts are sampled (default: the eval split)")
     ap.add_argument("--pretrain_steps", type=int, default=300)
-    ap.add_argument("--prompts", type=int, default=64)
-    ap.add_argument("--n", type=int, default=4, help="samples per prompt")
-    ap.add_argument("--max_new_tokens", type=int, default=128)
-    ap.add_argument("--batch", type=int, default=32, help="slots of RaggedEngine = batch size of generate")
-    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--limit", type=int, default=200, help="prompts at most")
+    ap.add_argument("--n", type=int, default=2, help="samples per prompt")
+    ap.add_argument("--max_new_tokens", type=int, default=200)
+    ap.add_argument("--batch", type=int, default=64, help="slots of RaggedEngine = batch size of generate")
+    ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as root:
-        model, tok, rows = pretrained_base(Path(root), args.pretrain_steps)
+        if args.model:
+            from ra3.hf import load_causal_lm, load_tokenizer
+
+            model, tok, world = load_causal_lm(args.model).eval(), load_tokenizer(args.model), None
+            origin = args.model
+        else:
+            model, tok, world = pretrained_base(Path(root), args.pretrain_steps)
+            origin = f"tiny Llama pre-trained {args.pretrain_steps} steps here"
+        source = args.prompts or (world / "eval.jsonl" if world else None)
+        if source is None:
+            ap.error("--model needs --prompts (a skill-world split, e.g. the study's world/eval.jsonl)")
+        rows = [json.loads(line) for line in open(source)]
+    model = model.to(args.device)
     setup_s = time.perf_counter() - t0
-    prompts = [r["prompt"] for r in rows[: args.prompts]]
+    prompts = [r["prompt"] for r in rows[: args.limit]]
     seeds = [sample_seed(p, 0) for p in prompts]
     config = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, stop=STOP, batch_size=args.batch)
     samplers = {
@@ -90,9 +107,9 @@ def main() -> None:
     ours = outputs["RaggedEngine (continuous batching)"]
     lengths = sorted(len(c.token_ids) for cs in ours for c in cs)
     capped = sum(not c.finished for cs in ours for c in cs)
-    print(f"model: tiny Llama ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M), pre-trained {args.pretrain_steps} steps "
-          f"(setup {setup_s:.0f} s); {len(prompts)} prompts x {args.n} samples, slots/batch {args.batch}, "
-          f"max_new_tokens {args.max_new_tokens}, temperature {args.temperature}, threads {args.threads}")
+    print(f"model: {origin} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; setup {setup_s:.0f} s); "
+          f"{len(prompts)} prompts x {args.n} samples, slots/batch {args.batch}, "
+          f"max_new_tokens {args.max_new_tokens}, temperature {args.temperature}, threads {args.threads}, device {args.device}")
     print(f"completion lengths (tokens): min {lengths[0]}, median {statistics.median(lengths):.0f}, mean "
           f"{statistics.mean(lengths):.1f}, p90 {lengths[int(0.9 * (len(lengths) - 1))]}, max {lengths[-1]}; "
           f"{capped} of {len(lengths)} hit the cap")
@@ -106,8 +123,8 @@ def main() -> None:
         print(f"RaggedEngine / {base}: median x{statistics.median(ratios):.2f} (rounds: "
               f"{', '.join(f'{r:.2f}' for r in ratios)})")
     st = samplers["RaggedEngine (continuous batching)"].stats
-    print(f"RaggedEngine: {st['steps']} steps, {st['forwards']} forwards ({st['forwards'] / st['steps']:.2f} per step: "
-          f"prefills share a step's forwards with decoding rows or get their own, by the padding they would cost)")
+    print(f"RaggedEngine: {st['steps']} steps = packed forwards (new rows' prompts ride with the decoding rows), "
+          f"{st['decoded_tokens']} tokens decoded, {st['prefill_tokens']} prompt tokens")
     same = sum(a.token_ids == b.token_ids for xs, ys in zip(ours, outputs["generate, dynamic cache (HFEngine)"]) for a, b in zip(xs, ys))
     print(f"same completions as generate (dynamic cache): {same} of {len(lengths)}")
 

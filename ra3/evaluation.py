@@ -196,6 +196,7 @@ def evaluate(
     progress: bool = True,
     seed: int = 0,
     engine: str = "ragged",
+    device: str | None = None,
 ) -> dict[str, dict]:
     """Evaluate a model or score existing samples on ``benchmarks``; writes ``results.json`` and the samples with
     their verdicts to ``output_dir``; returns each benchmark's summary (pass@k, statuses).
@@ -219,6 +220,8 @@ def evaluate(
         progress: show progress bars.
         seed: sampling seed (per problem: the same samples on every run).
         engine: sampler: ragged (continuous batching) or hf (model.generate); the same completions.
+        device: where the model samples (default: cuda when there is a GPU, else cpu); off the CPU, samples run in
+            the sandbox while sampling goes on.
     """
     from ra3.rollout.generate import SamplingConfig
     from ra3.rollout.sampler import make_engine
@@ -233,7 +236,12 @@ def evaluate(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     sources = sources or {}
-    sampler = make_engine(engine, *load_policy(model)) if model is not None else None
+    sampler = None
+    if model is not None:
+        import torch
+
+        policy, tokenizer = load_policy(model)
+        sampler = make_engine(engine, policy.to(device or ("cuda" if torch.cuda.is_available() else "cpu")), tokenizer)
     results: dict[str, dict] = {}
     all_samples, all_rows = [], []
     with SandboxPool(workers=workers) as pool:
