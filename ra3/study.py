@@ -122,8 +122,7 @@ class Study:
         self.jobs = jobs or self.p.jobs
         self.world_config = {**self.p.world, **(world or {})}
         self.world = self.out / "world"
-        self.env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "TOKENIZERS_PARALLELISM": "false",
-                    "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        self.env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "TOKENIZERS_PARALLELISM": "false"}
         self.stages: dict[str, Stage] = {}
         self.times: dict[str, float] = {}
         (self.out / "configs").mkdir(parents=True, exist_ok=True)

@@ -311,7 +311,7 @@ class _RolloutRun:
         per_thought = max((len(l.marker) + l.prefix for ls in lines for l in ls), default=0) + config.max_thought_tokens
         longest = (max((len(l.ids) + l.prefix for ls in lines for l in ls), default=0) + 1) * config.lookahead  # widest chunk
         capacity = max(len(c) + n for c, n in zip(contexts, self.remaining)) + config.max_thoughts * per_thought
-        self.cache = RaggedCache(engine.model, len(self.rows), tok.pad_token_id, min(capacity, config.max_length) + longest)
+        self.cache = RaggedCache(engine.model, len(self.rows), min(capacity, config.max_length) + longest)
         self.plan: dict[int, _Chunk] = {}  # row -> what it is fed this step
         self.waiting: dict[int, _Chunk] = {}  # rows whose (long) chunk waits to share a forward
         self.age: dict[int, int] = {}  # steps each waiting row has waited

@@ -82,8 +82,8 @@ class RaggedCache:
     (``ragged_attention``). Plain scaled dot-product attention: no sliding window, soft-capping or sinks.
     """
 
-    def __init__(self, model, n_rows: int, pad_id: int, capacity: int):
-        self.model, self.pad_id = model, pad_id
+    def __init__(self, model, n_rows: int, capacity: int):
+        self.model = model
         self.n_forwards = 0
         self.groups = {"every_row": 0, "gathered": 0}  # attention calls per layer, by kind
         self.device = next(model.parameters()).device

@@ -78,7 +78,7 @@ class RaggedEngine:
         eos, cap = tok.eos_token_id, config.max_new_tokens
         steps = decoded = prefilled = 0
         with ragged_attention(model):
-            cache = RaggedCache(model, n_slots, tok.pad_token_id, capacity)
+            cache = RaggedCache(model, n_slots, capacity)
             feed: dict[int, list[int]] = {}
             while pending or feed:
                 for s in range(n_slots):  # refill free slots

@@ -159,7 +159,7 @@ def test_ragged_cache_matches_a_full_forward_for_any_feed_pattern(policy):
     model = policy.model.eval()
     gen = torch.Generator().manual_seed(0)
     V, n_rows = model.config.vocab_size, 6
-    cache = RaggedCache(model, n_rows, pad_id=0, capacity=4)
+    cache = RaggedCache(model, n_rows, capacity=4)
     seqs, lps = [[] for _ in range(n_rows)], [[] for _ in range(n_rows)]
     rewound = 0
     with ragged_attention(model):

@@ -29,7 +29,7 @@ def _feed(model, lean: bool, monkeypatch):
         monkeypatch.setattr(ragged, "_plain_decoder", lambda m: (None, None))
     gen = torch.Generator().manual_seed(0)
     seqs = [torch.randint(3, 50, (n,), generator=gen).tolist() for n in (5, 9, 3, 7)]
-    cache = RaggedCache(model, len(seqs), pad_id=0, capacity=4)
+    cache = RaggedCache(model, len(seqs), capacity=4)
     lps = [[] for _ in seqs]
     with ragged_attention(model):
         for step in range(4):
@@ -57,4 +57,4 @@ def test_packed_feeds_equal_a_fresh_forward_and_the_lean_forward_equals_the_mode
 def test_feeds_outside_the_ragged_attention_context_are_refused():
     model = _model("llama")
     with pytest.raises(RuntimeError, match="inside `with ragged_attention"):
-        RaggedCache(model, 1, 0, 4).feed({0: [3, 4]})
+        RaggedCache(model, 1, 4).feed({0: [3, 4]})
