@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ra3.io import peak_rss_of_stages, write_stage_marker
 
 CONFIGS = Path(__file__).resolve().parent / "configs" / "skillworld"
 
@@ -88,8 +89,7 @@ class Quickstart:
 
             raise Ra3Error(f"quickstart stage '{name}' failed (exit {proc.returncode}); fix it and re-run: finished stages are kept")
         self.times[name] = time.time() - t0
-        marker.parent.mkdir(exist_ok=True)
-        marker.write_text(json.dumps({"seconds": self.times[name]}))
+        write_stage_marker(marker, self.times[name])
         print(f"== {name}: {self.times[name]:.0f} s", flush=True)
 
     def overrides(self, name: str, data: dict[str, Any]) -> str:
@@ -167,4 +167,4 @@ class Quickstart:
     def report(self) -> dict[str, Any]:
         from ra3.report import write_report
 
-        return write_report(self.out, self.preset, peak_rss_mb=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+        return write_report(self.out, self.preset, peak_rss_mb=peak_rss_of_stages(self.out / "stages"))

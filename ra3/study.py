@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from ra3.errors import Ra3Error
+from ra3.io import write_stage_marker
 from ra3.quickstart import CONFIGS
 
 ARMS = ("ntp", "oracle", "ra3")
@@ -235,8 +236,7 @@ class Study:
                                   env={**self.env, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}).returncode
         if code == 0:
             self.times[stage.name] = time.time() - t0
-            self._marker(stage.name).parent.mkdir(exist_ok=True)
-            self._marker(stage.name).write_text(json.dumps({"seconds": self.times[stage.name]}))
+            write_stage_marker(self._marker(stage.name), self.times[stage.name])
         return code
 
     def critical_path(self) -> dict[str, int]:

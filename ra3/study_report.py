@@ -10,12 +10,12 @@ from __future__ import annotations
 import csv
 import json
 import platform
-import resource
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+from ra3.io import peak_rss_of_stages
 from ra3.report import rlvr_curve
 from ra3.stats import bootstrap_difference, curve_auc, mean_ci, paired_difference, steps_to_reach, trailing_mean
 
@@ -207,7 +207,7 @@ def write_report(study, wall_s: float) -> dict[str, Any]:
     out = study.out
     res = collect(study)
     res.update(date=time.strftime("%Y-%m-%d"), machine=f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores",
-               wall_s=wall_s, peak_rss_mb=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+               wall_s=wall_s, peak_rss_mb=peak_rss_of_stages(out / "stages"))
     made = plots(out, res)
     with open(out / "per_task.csv", "w", newline="") as f:
         cols = ["task_id", "set", "base", *ARMS]

@@ -80,3 +80,18 @@ def test_quickstart_end_to_end_with_interruptions(installed_wheel, tmp_path):
     report = (out / "report.md").read_text()
     assert "| ra3 |" in report and "![passk](passk.png)" in report
     assert list((out / "wandb" / "wandb").glob("offline-run-*")) or list((out / "wandb").glob("**/offline-run-*"))
+
+
+def test_the_peak_rss_of_a_resumed_run_counts_the_stages_an_earlier_run_finished(tmp_path):
+    """Stage markers carry the peak RSS of their run, so a run that resumes after them still reports it."""
+    import sys
+
+    from ra3.io import peak_rss_of_stages, write_stage_marker
+
+    subprocess.run([sys.executable, "-c", "x = bytearray(300 << 20)"], check=True)  # a 300 MB child
+    write_stage_marker(tmp_path / "stages" / "big.done", 1.0)
+    marked = json.loads((tmp_path / "stages" / "big.done").read_text())
+    assert marked["seconds"] == 1.0 and marked["peak_rss_mb"] > 300
+    assert peak_rss_of_stages(tmp_path / "stages") >= marked["peak_rss_mb"]
+    (tmp_path / "stages" / "big.done").write_text(json.dumps({"seconds": 1.0, "peak_rss_mb": 5000.0}))
+    assert peak_rss_of_stages(tmp_path / "stages") == 5000.0  # an earlier run's stage, larger than this run's

@@ -65,8 +65,8 @@ class RLVRModule(PolicyModule):
         table_every_n_steps: W&B table of prompts/completions/rewards this often (0 = never).
         reference_quantization: load the frozen reference (``beta > 0``) in bitsandbytes ``8bit`` or ``4bit``.
         rollout_engine: ``ragged`` (continuous batching over a ragged KV cache, ``ra3.rollout.sampler``),
-            ``hf`` (``model.generate`` on padded batches; the same completions) or ``vllm`` (GPU, ``pip install 'ra3[vllm]'``; weights synced into vLLM after every
-            update; experimental, never run).
+            ``hf`` (``model.generate`` on padded batches; the same completions) or ``vllm`` (GPU,
+            ``pip install 'ra3[vllm]'``; weights synced into vLLM after every update; experimental, never run).
         vllm_kwargs: arguments of ``vllm.LLM`` (e.g. ``gpu_memory_utilization``).
     """
 
@@ -259,7 +259,8 @@ class RLVRModule(PolicyModule):
                 old_logp, entropy = self.token_logprobs(self.model, input_ids, attention, completion, with_entropy=True)
             ref_logp = self.token_logprobs(self.reference, input_ids, attention, completion)[0] if self.reference is not None else None
         for epoch in range(hp.ppo_epochs):
-            logp, epoch_entropy = self.token_logprobs(self.model, input_ids, attention, completion, with_entropy=epoch == 0 and old_logp is None)
+            first = epoch == 0 and old_logp is None
+            logp, epoch_entropy = self.token_logprobs(self.model, input_ids, attention, completion, with_entropy=first)
             if old_logp is None:
                 old_logp, entropy = logp.detach(), epoch_entropy.detach()
             loss, clip_frac = policy_gradient_loss(logp, old_logp, advantages, mask, hp.loss_type, hp.epsilon,

@@ -71,7 +71,10 @@ class RaggedEngine:
         decode = (lambda ids: backend.decode(ids, skip_special_tokens=True)) if backend is not None else \
             (lambda ids: tok.decode(ids, skip_special_tokens=True))
         stops = config.stop
-        stopped = lambda text: any(x in text for x in stops)  # noqa: E731
+
+        def stopped(text: str) -> bool:
+            return any(x in text for x in stops)
+
         owner: list[int | None] = [None] * n_slots
         new: dict[int, list[int]] = {}
         done: dict[int, Completion] = {}
