@@ -249,17 +249,17 @@ def evaluate(
             problems = load_benchmark(name, sources.get(name), pool=pool, cache_dir=cache_dir)
             if limit is not None:
                 problems = problems[:limit]
+            bench_samples = read_samples(samples, problems) if sampler is None else None
+            total = len(problems) * n_samples if sampler is not None else len(bench_samples)
+            bar = _progress(total, f"running {name}") if progress else None
+            on_result = (lambda i, r: bar.update(1)) if bar else None
             if sampler is not None:
                 sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                           batch_size=batch_size)
-                bar = _progress(len(problems) * n_samples, f"sampling and running {name}") if progress else None
                 summary, rows, bench_samples = sample_and_score(sampler, problems, n_samples, sampling, pool, ks, seed,
-                                                                on_result=(lambda i, r: bar.update(1)) if bar else None)
+                                                                on_result=on_result)
             else:
-                bench_samples = read_samples(samples, problems)
-                bar = _progress(len(bench_samples), f"running {name}") if progress else None
-                summary, rows = score_samples(problems, bench_samples, pool, ks,
-                                              on_result=(lambda i, r: bar.update(1)) if bar else None)
+                summary, rows = score_samples(problems, bench_samples, pool, ks, on_result=on_result)
             if bar:
                 bar.close()
             results[name] = summary

@@ -62,7 +62,7 @@ def _dumps(value) -> str:
 
 
 class _Scan:  # the parse settings json.loads would give its C scanner
-    strict, object_hook, object_pairs_hook, parse_float, parse_int, memo = True, None, None, float, int, {}
+    strict, object_hook, object_pairs_hook, parse_float, parse_int = True, None, None, float, int
     parse_constant = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}.__getitem__
 
 

@@ -258,11 +258,11 @@ class RLVRModule(PolicyModule):
             if hp.ppo_epochs > 1:
                 old_logp, entropy = self.token_logprobs(self.model, input_ids, attention, completion, with_entropy=True)
             ref_logp = self.token_logprobs(self.reference, input_ids, attention, completion)[0] if self.reference is not None else None
-        for epoch in range(hp.ppo_epochs):
-            first = epoch == 0 and old_logp is None
-            logp, epoch_entropy = self.token_logprobs(self.model, input_ids, attention, completion, with_entropy=first)
+        for _ in range(hp.ppo_epochs):
+            logp, epoch_entropy = self.token_logprobs(self.model, input_ids, attention, completion,
+                                                      with_entropy=old_logp is None)
             if old_logp is None:
-                old_logp, entropy = logp.detach(), epoch_entropy.detach()
+                old_logp, entropy = logp.detach(), epoch_entropy
             loss, clip_frac = policy_gradient_loss(logp, old_logp, advantages, mask, hp.loss_type, hp.epsilon,
                                                    self.eps_high, hp.max_new_tokens, mean=self.global_token_mean)
             kl = None

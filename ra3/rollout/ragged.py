@@ -5,6 +5,7 @@ attention (``ragged_attention_forward``) reads each chunk's row of the cache."""
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -84,7 +85,6 @@ class RaggedCache:
 
     def __init__(self, model, n_rows: int, capacity: int):
         self.model = model
-        self.n_forwards = 0
         self.groups = {"every_row": 0, "gathered": 0}  # attention calls per layer, by kind
         self.device = next(model.parameters()).device
         self.lengths = torch.zeros(n_rows, dtype=torch.long, device=self.device)
@@ -92,7 +92,7 @@ class RaggedCache:
         self.kv = RaggedKV(n_rows, capacity)
         self.cache_kwarg = _cache_kwarg(model)
         self._mask4d = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=self.device)  # "prepared": no mask is built
-        self.decoder, self.lm_head = _plain_decoder(model)
+        self.decoder = _plain_decoder(model)  # (decoder, lm_head, rotary) of a plain decoder stack, else None
 
     def feed(self, chunks: dict[int, list[int]], probes: dict[int, list[int]] | None = None, token_logprobs: bool = True
              ) -> dict[int, tuple[list[float], torch.Tensor | None]]:
@@ -122,7 +122,6 @@ class RaggedCache:
         """One packed forward over ``chunks`` (ascending length) of ``rows``."""
         if self.model.config._attn_implementation != ATTENTION:
             raise RuntimeError("RaggedCache feeds run inside `with ragged_attention(model):`")
-        self.n_forwards += 1
         dev, n_rows = self.device, self.lengths.shape[0]
         widths = [len(c) for c in chunks]
         width_t = torch.tensor(widths, device=dev)
@@ -154,16 +153,14 @@ class RaggedCache:
             self.groups["gathered" if gather is not None else "every_row"] += 1
             mask = (torch.arange(kv_len, device=dev) <= (base[:, None] + j)[:, :, None])[:, None]  # (m | N, 1, W, L)
             groups.append(_Group(query, gather, kv_len, mask, take, tokens.flatten()[valid]))
-        keep = {}
         last = torch.tensor(starts[1:], device=dev) - 1  # (m,) packed position of each chunk's last token
-        if not token_logprobs:
-            keep["logits_to_keep"] = last
+        keep = None if token_logprobs else last  # a sampler: the LM head on each chunk's last token only
         if self.decoder is not None:
-            logits = _decoder_forward(self.decoder, self.lm_head, ids[None], position[None], self.kv, groups,
-                                      keep.get("logits_to_keep"))[0]
+            logits = _decoder_forward(*self.decoder, ids[None], position[None], self.kv, groups, keep)[0]
         else:
             logits = self.model(input_ids=ids[None], attention_mask=self._mask4d, position_ids=position[None],
-                                use_cache=True, ragged=groups, **{self.cache_kwarg: self.kv}, **keep).logits[0]  # (T | m, V)
+                                use_cache=True, ragged=groups, **{self.cache_kwarg: self.kv},
+                                **({} if keep is None else {"logits_to_keep": keep})).logits[0]  # (T | m, V)
         if not self.kv.buffers:
             raise RuntimeError(f"{type(self.model).__name__} does not store its keys/values through the transformers "
                                "Cache API; ragged rollouts need a model that does (Llama, Qwen2, Mistral, ...)")
@@ -233,8 +230,9 @@ class RaggedKV(Cache):
         keys, values = self.buffers[layer_idx]
         if self.flat is None or self.flat[0] != keys.shape:  # (T * Hkv,) rows of the (N * Hkv * C, D) buffer views
             n, h, c, d = keys.shape
-            self.flat = keys.shape, ((self.rows * h)[:, None] + torch.arange(h, device=keys.device)) * c + self.slots[:, None]
-        index = self.flat[1].flatten()
+            rows = (self.rows * h)[:, None] + torch.arange(h, device=keys.device)
+            self.flat = keys.shape, (rows * c + self.slots[:, None]).flatten()
+        index = self.flat[1]
         keys.view(-1, keys.shape[-1]).index_copy_(0, index, key_states[0].transpose(0, 1).reshape(-1, keys.shape[-1]))
         values.view(-1, values.shape[-1]).index_copy_(0, index, value_states[0].transpose(0, 1).reshape(-1, values.shape[-1]))
         return keys, values
@@ -251,22 +249,19 @@ PLAIN_DECODERS = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
 
 
 def _plain_decoder(model):
-    """(the inner decoder, lm_head) of a model in ``PLAIN_DECODERS`` (under peft too), else (None, None): those are run
-    by ``_decoder_forward``, the same modules in the same order as their transformers forward minus its per-call
+    """(the inner decoder, lm_head, its modeling file's ``apply_rotary_pos_emb``) of a model in ``PLAIN_DECODERS``
+    (under peft too), else None: those are run by ``_decoder_forward``, the same modules in the same order as their transformers forward minus its per-call
     overhead (~3 ms a forward on CPU for a 4-layer model, as much as the model's compute at 64 rows)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     # FSDP2 wraps a module's class as FSDP<class>(FSDPModule, class); its units are unsharded while sampling
     cls = next(c for c in type(inner).__mro__ if not (c.__name__.startswith("FSDP") and c.__module__.startswith("torch.")))
     if cls.__name__ not in PLAIN_DECODERS or not cls.__module__.startswith("transformers."):
-        return None, None
-    return inner.model, inner.lm_head
+        return None
+    return inner.model, inner.lm_head, sys.modules[cls.__module__].apply_rotary_pos_emb
 
 
-def _decoder_forward(decoder, lm_head, ids, position_ids, kv, groups, keep):
+def _decoder_forward(decoder, lm_head, rotate, ids, position_ids, kv, groups, keep):
     """Logits (1, T | len(keep), V) of a packed feed, for the ``PLAIN_DECODERS``."""
-    import sys
-
-    rotate = sys.modules[type(decoder).__module__].apply_rotary_pos_emb
     h = decoder.embed_tokens(ids)
     cos, sin = decoder.rotary_emb(h, position_ids=position_ids)
     shape = (*ids.shape, -1)

@@ -108,8 +108,7 @@ class RaggedEngine:
                             on_done(items[j][0], j % n, done[j])
                     else:
                         feed[s] = [t]
-            self.stats = {"steps": steps, "decoded_tokens": decoded, "prefill_tokens": prefilled,
-                          "forwards": cache.n_forwards}
+            self.stats = {"steps": steps, "decoded_tokens": decoded, "prefill_tokens": prefilled}
         out: list[list[Completion]] = [[] for _ in prompts]
         for j, (i, _) in enumerate(items):
             out[i].append(done[j])

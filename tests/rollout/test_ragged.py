@@ -26,7 +26,7 @@ def _feed(model, lean: bool, monkeypatch):
     """Rows of 5, 9, 3 and 7 tokens fed 3 at a time over 4 feeds (rows drop out as they end; chunk widths differ);
     returns the per-row token log-probs and whether the lean forward ran."""
     if not lean:
-        monkeypatch.setattr(ragged, "_plain_decoder", lambda m: (None, None))
+        monkeypatch.setattr(ragged, "_plain_decoder", lambda m: None)
     gen = torch.Generator().manual_seed(0)
     seqs = [torch.randint(3, 50, (n,), generator=gen).tolist() for n in (5, 9, 3, 7)]
     cache = RaggedCache(model, len(seqs), capacity=4)
