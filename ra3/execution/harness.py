@@ -183,10 +183,140 @@ class _Opaque:
 
 
 def main():
-    result_fd = int(sys.argv[1])
+    if sys.argv[1] == "--serve":
+        serve(int(sys.argv[2]), sys.argv[3])
+        return
     with open("job.json") as f:
         job = _loads(f.read())
     os.remove("job.json")
+    run_job(job, int(sys.argv[1]))
+
+
+def serve(sock_fd, job_root):
+    """A warm interpreter that runs jobs in forked children: ``--serve <sock_fd> <job_root>``.
+
+    Per job the host sends one JSON line ``{"wall": s, "uid": int | None, "kill_all": bool}`` on the socket with
+    four descriptors: the job (a memfd holding ``job.json``'s text), the program's stdout, its stderr and the
+    result pipe. The child starts its own session in a fresh directory under ``job_root``, drops to ``uid`` (the
+    server runs as root then: the program can neither signal nor trace it), and runs ``run_job``; the server
+    waits ``wall`` seconds at most, kills it, with ``kill_all`` every other process in this PID namespace too,
+    deletes the directory, and answers ``{"status": exit status (-signal), "timed_out": bool}``. A child is a
+    fork of this process, which never ran a program: every job starts from the same clean state."""
+    import select
+    import shutil
+    import socket
+
+    sock = socket.socket(fileno=sock_fd)
+    os.makedirs(job_root, mode=0o711, exist_ok=True)
+    keep = {os.path.abspath(job_root), os.path.dirname(os.path.abspath(__file__))}
+    n = 0
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, 1 << 12, 4)
+        except OSError:
+            return
+        if not msg:  # the host closed the channel
+            return
+        head = _loads(msg.decode())
+        n += 1
+        work = f"{job_root}/job{n}"
+        os.mkdir(work, 0o700)
+        uid = head["uid"]
+        if uid is not None:
+            os.chown(work, uid, uid)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                sock.close()
+                _job_child(fds, work, uid)
+            finally:
+                os._exit(0)
+        for fd in fds:
+            os.close(fd)
+        try:
+            pidfd = os.pidfd_open(pid)
+            timed_out = not select.select([pidfd], [], [], head["wall"])[0]
+            os.close(pidfd)
+        except (AttributeError, OSError):  # no pidfd (Linux < 5.3): poll
+            deadline = time.monotonic() + head["wall"]
+            while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None and time.monotonic() < deadline:
+                time.sleep(0.002)
+            timed_out = time.monotonic() >= deadline
+        if timed_out:
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        if head["kill_all"]:
+            _kill_namespace()
+        shutil.rmtree(work, onerror=_force_remove)
+        for folder in head["clear"]:  # what the program wrote in the namespace's other scratch folders
+            for entry in os.listdir(folder) if os.path.isdir(folder) else ():
+                path = os.path.join(folder, entry)
+                if path in keep:
+                    continue
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, onerror=_force_remove)
+                else:
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
+        sock.sendall((_dumps({"status": status, "timed_out": timed_out}) + "\n").encode())
+
+
+def _job_child(fds, work, uid):
+    payload, out, err, result = fds
+    os.setsid()
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    os.close(out)
+    os.close(err)
+    os.chdir(work)
+    os.environ["HOME"] = work
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    with os.fdopen(payload, "rb") as f:
+        job = _loads(f.read().decode())
+    run_job(job, result)
+    sys.stdout.flush()
+
+
+def _kill_namespace():
+    """Kill every process of this PID namespace but its init and this server, and wait until they are gone
+    (a zombie still counts against the uid's process limit)."""
+    me = os.getpid()
+    for _ in range(1500):
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            pass
+        if not [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me)]:
+            return
+        time.sleep(0.002)
+
+
+def _force_remove(function, path, excinfo):
+    """``rmtree``'s error hook: a directory the program made unwritable is made writable again."""
+    try:
+        os.chmod(os.path.dirname(path), 0o700)
+        os.chmod(path, 0o700)
+        function(path)
+    except OSError:
+        pass
+
+
+def run_job(job, result_fd):
+    """Run ``job`` (``job.json``'s content) in this process, reporting on ``result_fd``."""
     nonce = job.pop("nonce")
     out = os.fdopen(result_fd, "w", buffering=1)
 

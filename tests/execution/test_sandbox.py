@@ -12,9 +12,13 @@ import pytest
 
 from ra3.execution import Job, LocalSandbox, SandboxPool, Status, TestCase
 
-BACKENDS = [
-    pytest.param("bwrap", marks=pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap not installed")),
-    "none",
+NO_BWRAP = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap not installed")
+NO_SERVER = pytest.mark.skipif(os.geteuid() != 0, reason="a fork server without bwrap needs root")
+BACKENDS = [  # (isolation, fork_server): jobs forked from a warm harness server, or a fresh interpreter each
+    pytest.param(("bwrap", True), marks=NO_BWRAP, id="bwrap-fork_server"),
+    pytest.param(("bwrap", False), marks=NO_BWRAP, id="bwrap-spawn"),
+    pytest.param(("none", True), marks=NO_SERVER, id="none-fork_server"),
+    pytest.param(("none", False), id="none-spawn"),
 ]
 PROBE_DIR = Path(__file__).resolve().parent  # outside /tmp: a write here would touch the host
 
@@ -25,7 +29,8 @@ def job(program, tests=("assert True",), timeout=2.0, **kw):
 
 @pytest.fixture(params=BACKENDS, scope="module")
 def pool(request):
-    with SandboxPool(LocalSandbox(isolation=request.param), workers=2) as p:
+    isolation, fork_server = request.param
+    with SandboxPool(LocalSandbox(isolation=isolation, fork_server=fork_server), workers=2) as p:
         yield p
 
 
@@ -68,7 +73,9 @@ def test_fork_bomb_is_contained(pool):
     r = run_one(pool, job("import os\nwhile True:\n    os.fork()", timeout=2.0))
     assert r.status in (Status.ERROR, Status.TIMEOUT, Status.KILLED)
     time.sleep(0.2)
-    assert not [p for p in psutil.process_iter(["cmdline"]) if "harness.py" in " ".join(p.info["cmdline"] or [])]
+    harness = [p for p in psutil.process_iter(["cmdline", "name"])
+               if "harness.py" in " ".join(p.info["cmdline"] or []) and p.info["name"] != "bwrap"]
+    assert len(harness) == len(pool.sandbox._servers)  # the idle servers only (a fork shows its server's command line)
     from ra3.execution.sandbox import MAX_SLOTS, UID_BASE
     running = [p for p in psutil.process_iter(["uids", "status"])
                if UID_BASE <= p.info["uids"].real < UID_BASE + MAX_SLOTS and p.info["status"] != psutil.STATUS_ZOMBIE]
@@ -272,3 +279,38 @@ def test_concurrent_pools_never_share_a_slot_or_kill_each_others_jobs():
         with SandboxPool(workers=1) as c:
             assert not set(c._leases) & (set(a._leases) | set(b._leases))
     assert a._leases == {} and b._leases == {}  # locks released
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_jobs_on_one_slot_see_nothing_of_each_other(backend):
+    """One slot runs job after job (from one warm server, or fresh interpreters): files a job wrote in its
+    directory, in the namespace's /tmp and /dev/shm (bwrap), and its changes to the interpreter are gone for the next."""
+    isolation, fork_server = backend
+    scratch = ["/tmp/ra3-left", "/dev/shm/ra3-left"] if isolation == "bwrap" else []
+    writer = "import builtins, os\nbuiltins.LEFT = 1\nos.environ['LEFT'] = '1'\nopen('left', 'w').write('x')\n" + "".join(
+        f"try:\n    open({p!r}, 'w').write('x')\nexcept OSError:\n    pass\n" for p in scratch)
+    reader = job("import builtins, os\nseen = [p for p in ['left', *%r] if os.path.exists(p)]" % scratch,
+                 ["assert not hasattr(builtins, 'LEFT')", "assert 'LEFT' not in os.environ", "assert seen == []"])
+    with SandboxPool(LocalSandbox(isolation=isolation, fork_server=fork_server), workers=1) as pool:
+        first, second = pool.run_many([job(writer), reader])
+    assert first.status == Status.PASSED
+    assert second.status == Status.PASSED, second.detail
+
+
+@pytest.mark.skipif(os.geteuid() != 0 and shutil.which("bwrap") is None, reason="a fork server needs root or bwrap")
+def test_a_dead_fork_server_is_replaced():
+    with SandboxPool(LocalSandbox(fork_server=True), workers=1) as pool:
+        assert pool.run_many([job("x = 1")])[0].status == Status.PASSED
+        (server,) = pool.sandbox._servers.values()
+        os.killpg(server.proc.pid, 9)
+        server.proc.wait()
+        assert [r.status for r in pool.run_many([job("x = 1") for _ in range(3)])] == [Status.PASSED] * 3
+        assert pool.sandbox._servers and server not in pool.sandbox._servers.values()
+    assert not server.folder.exists()
+
+
+def test_pools_stop_their_fork_servers():
+    with SandboxPool(workers=2) as pool:
+        pool.run_many([job("x = 1") for _ in range(4)])
+        servers = list(getattr(pool.sandbox, "_servers", {}).values())
+    assert all(s.proc.poll() is not None and not s.folder.exists() for s in servers)
