@@ -83,21 +83,41 @@ def row_generators(seeds: list[int], n: int, device: str | torch.device = "cpu")
     return [torch.Generator(device=device).manual_seed((s * 1_000_003 + j) % (2**63)) for s in seeds for j in range(n)]
 
 
+class UniformStream:
+    """A row's uniform noise, ``vocab`` numbers a token, drawn from its generator ``block`` tokens at a time (one
+    call instead of one per token per row). On CPU the numbers are those of one ``torch.rand(vocab)`` a token: a
+    generator's stream does not depend on how it is cut."""
+
+    def __init__(self, generator: torch.Generator):
+        self.generator, self.buffer, self.pos = generator, None, 0
+
+    def next(self, vocab: int) -> torch.Tensor:
+        """The next (vocab,) uniforms in [0, 1)."""
+        if self.buffer is None or self.pos + vocab > self.buffer.numel():
+            block = max(1, min(64, (1 << 18) // vocab))  # at most ~1 MB a row
+            self.buffer = torch.rand(block * vocab, generator=self.generator, device=self.generator.device)
+            self.pos = 0
+        self.pos += vocab
+        return self.buffer[self.pos - vocab: self.pos]
+
+
 class SeededSampling:
     """A logits processor that turns greedy decoding into sampling with one generator per row (Gumbel-max:
-    argmax(logits / T + Gumbel noise) is a draw from softmax(logits / T), after the top-p cut)."""
+    argmax(logits / T + Gumbel noise) is a draw from softmax(logits / T), after the top-p cut). ``generators``:
+    one ``torch.Generator`` or ``UniformStream`` per row (a stream keeps its place across processors)."""
 
-    def __init__(self, generators: list[torch.Generator], temperature: float, top_p: float):
+    def __init__(self, generators: list[torch.Generator | UniformStream], temperature: float, top_p: float):
         from transformers import TopPLogitsWarper
 
-        self.generators, self.temperature = generators, temperature
+        self.streams = [g if isinstance(g, UniformStream) else UniformStream(g) for g in generators]
+        self.temperature = temperature
         self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         scores = scores.float() / self.temperature
         if self.top_p is not None:
             scores = self.top_p(input_ids, scores)
-        u = torch.stack([torch.rand(scores.shape[-1], generator=g, device=g.device) for g in self.generators]).to(scores.device)
+        u = torch.stack([s.next(scores.shape[-1]) for s in self.streams]).to(scores.device)
         return scores - torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
 
 

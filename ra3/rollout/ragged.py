@@ -55,11 +55,16 @@ def ragged_attention_forward(module, query, key, value, attention_mask, scaling=
     if ragged is None:
         raise RuntimeError(f"{type(module).__name__} does not pass its forward's keyword arguments to the attention "
                            "function; ragged rollouts need a model that does (Llama, Qwen2, Mistral, ...)")
-    _, h, t, d = query.shape
-    q = torch.cat([query[0].transpose(0, 1), query.new_zeros(1, h, d)])  # (T + 1, H, D): the last, a zero query
+    return _attend(query[0].transpose(0, 1), key, value, ragged, scaling)[None], None
+
+
+def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, groups: list[_Group], scaling) -> torch.Tensor:
+    """(T, H, D) attention outputs of a feed's (T, H, D) queries over the cache buffers (N, Hkv, C, D)."""
+    t, h, d = query.shape
+    q = torch.cat([query, query.new_zeros(1, h, d)])  # (T + 1, H, D): the last, a zero query
     out = None  # (T, H, D) in the attention's dtype (under autocast: not the queries')
     gqa = key.shape[1] != h
-    for g in ragged:
+    for g in groups:
         k, v = key[:, :, : g.kv_len], value[:, :, : g.kv_len]
         if g.rows is not None:
             k, v = k.index_select(0, g.rows), v.index_select(0, g.rows)
@@ -68,7 +73,7 @@ def ragged_attention_forward(module, query, key, value, attention_mask, scaling=
         o = o.transpose(1, 2).reshape(-1, h, d).index_select(0, g.take)
         out = o.new_empty((t, h, d)) if out is None else out
         out.index_copy_(0, g.put, o)
-    return out[None], None
+    return out
 
 
 class RaggedCache:
@@ -223,18 +228,22 @@ class RaggedKV(Cache):
                 self.buffers[i] = (F.pad(k, pad), F.pad(v, pad))
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        return self.write(layer_idx, key_states[0].transpose(0, 1), value_states[0].transpose(0, 1))
+
+    def write(self, layer_idx: int, keys_thd: torch.Tensor, values_thd: torch.Tensor):
+        """Store a feed's (T, Hkv, D) keys and values of layer ``layer_idx``; returns its (N, Hkv, C, D) buffers."""
         if layer_idx not in self.buffers:
-            _, h, _, d = key_states.shape
+            _, h, d = keys_thd.shape
             shape = (self.n_rows, h, self.capacity, d)
-            self.buffers[layer_idx] = (key_states.new_zeros(shape), value_states.new_zeros(shape))
+            self.buffers[layer_idx] = (keys_thd.new_zeros(shape), values_thd.new_zeros(shape))
         keys, values = self.buffers[layer_idx]
         if self.flat is None or self.flat[0] != keys.shape:  # (T * Hkv,) rows of the (N * Hkv * C, D) buffer views
             n, h, c, d = keys.shape
             rows = (self.rows * h)[:, None] + torch.arange(h, device=keys.device)
             self.flat = keys.shape, (rows * c + self.slots[:, None]).flatten()
-        index = self.flat[1]
-        keys.view(-1, keys.shape[-1]).index_copy_(0, index, key_states[0].transpose(0, 1).reshape(-1, keys.shape[-1]))
-        values.view(-1, values.shape[-1]).index_copy_(0, index, value_states[0].transpose(0, 1).reshape(-1, values.shape[-1]))
+        index, d = self.flat[1], keys.shape[-1]
+        keys.view(-1, d).index_copy_(0, index, keys_thd.reshape(-1, d))
+        values.view(-1, d).index_copy_(0, index, values_thd.reshape(-1, d))
         return keys, values
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -246,35 +255,47 @@ class RaggedKV(Cache):
 
 # decoder stacks whose forward is exactly embed -> rotary -> [x + attn(norm(x)), x + mlp(norm(x))] -> norm -> lm_head
 PLAIN_DECODERS = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
+RMS_NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm"}  # weight * x * rsqrt(mean(x^2) + eps), = F.rms_norm in fp32
 
 
 def _plain_decoder(model):
-    """(the inner decoder, lm_head, its modeling file's ``apply_rotary_pos_emb``) of a model in ``PLAIN_DECODERS``
-    (under peft too), else None: those are run by ``_decoder_forward``, the same modules in the same order as their transformers forward minus its per-call
-    overhead (~3 ms a forward on CPU for a 4-layer model, as much as the model's compute at 64 rows)."""
+    """(the inner decoder, lm_head, its modeling file's ``rotate_half``) of a model in ``PLAIN_DECODERS`` (under peft
+    and FSDP2 too), else None: those are run by ``_decoder_forward``, the same computation as their transformers
+    forward minus its per-call overhead (~3 ms a forward on CPU for a 4-layer model, as much as the model's compute
+    at 64 rows)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     # FSDP2 wraps a module's class as FSDP<class>(FSDPModule, class); its units are unsharded while sampling
     cls = next(c for c in type(inner).__mro__ if not (c.__name__.startswith("FSDP") and c.__module__.startswith("torch.")))
     if cls.__name__ not in PLAIN_DECODERS or not cls.__module__.startswith("transformers."):
         return None
-    return inner.model, inner.lm_head, sys.modules[cls.__module__].apply_rotary_pos_emb
+    return inner.model, inner.lm_head, sys.modules[cls.__module__].rotate_half
 
 
-def _decoder_forward(decoder, lm_head, rotate, ids, position_ids, kv, groups, keep):
-    """Logits (1, T | len(keep), V) of a packed feed, for the ``PLAIN_DECODERS``."""
+def _norm(norm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)``; one fused op for an fp32 RMSNorm (bit-identical: tests/rollout/test_ragged.py)."""
+    if x.dtype == torch.float32 and norm.weight.dtype == torch.float32 and type(norm).__name__ in RMS_NORMS:
+        return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
+    return norm(x)
+
+
+def _decoder_forward(decoder, lm_head, rotate_half, ids, position_ids, kv, groups, keep):
+    """Logits (1, T | len(keep), V) of a packed feed, for the ``PLAIN_DECODERS``: heads stay (T, H, D) throughout
+    (the layout of the cache writes and of ``_attend``), queries and keys are rotated in one pass."""
     h = decoder.embed_tokens(ids)
-    cos, sin = decoder.rotary_emb(h, position_ids=position_ids)
-    shape = (*ids.shape, -1)
+    cos, sin = (x[0, :, None] for x in decoder.rotary_emb(h, position_ids=position_ids))  # (T, 1, D)
+    t = ids.shape[1]
     for layer in decoder.layers[: decoder.config.num_hidden_layers]:
         att = layer.self_attn
-        x = layer.input_layernorm(h)
-        heads = (*ids.shape, -1, att.head_dim)
-        q, k = rotate(att.q_proj(x).view(heads).transpose(1, 2), att.k_proj(x).view(heads).transpose(1, 2), cos, sin)
-        keys, values = kv.update(k, att.v_proj(x).view(heads).transpose(1, 2), att.layer_idx)
-        o, _ = ragged_attention_forward(att, q, keys, values, None, scaling=att.scaling, ragged=groups)
-        h = h + att.o_proj(o.reshape(shape).contiguous())
-        h = h + layer.mlp(layer.post_attention_layernorm(h))
-    h = decoder.norm(h)
+        x = _norm(layer.input_layernorm, h)
+        q = att.q_proj(x).view(t, -1, att.head_dim)
+        qk = torch.cat([q, att.k_proj(x).view(t, -1, att.head_dim)], 1)  # (T, H + Hkv, D)
+        qk = qk * cos + rotate_half(qk) * sin
+        n = q.shape[1]
+        keys, values = kv.write(att.layer_idx, qk[:, n:], att.v_proj(x).view(t, -1, att.head_dim))
+        o = _attend(qk[:, :n], keys, values, groups, att.scaling)
+        h = h + att.o_proj(o.reshape(1, t, -1))
+        h = h + layer.mlp(_norm(layer.post_attention_layernorm, h))
+    h = _norm(decoder.norm, h)
     return lm_head(h if keep is None else h[:, keep])
 
 

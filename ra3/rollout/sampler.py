@@ -24,8 +24,8 @@ from collections import deque
 import torch
 
 from ra3.errors import Ra3Error
-from ra3.rollout.generate import (Completion, HFEngine, OnDone, SamplingConfig, SeededSampling, encode_prompt,
-                                  make_completion, row_generators)
+from ra3.rollout.generate import (Completion, HFEngine, OnDone, SamplingConfig, SeededSampling, UniformStream,
+                                  encode_prompt, make_completion, row_generators)
 from ra3.rollout.ragged import RaggedCache, ragged_attention
 
 ENGINES = ("ragged", "hf")
@@ -62,7 +62,8 @@ class RaggedEngine:
         items = [(i, encode_prompt(tok, p)) for i, p in enumerate(prompts) for _ in range(n)]
         if not items:
             return [[] for _ in prompts]
-        gens = row_generators(seeds, n, device) if seeds is not None and config.temperature > 0 else None
+        gens = [UniformStream(g) for g in row_generators(seeds, n, device)] \
+            if seeds is not None and config.temperature > 0 else None
         pending = deque(sorted(range(len(items)), key=lambda j: -len(items[j][1])))  # long prompts first
         n_slots = max(1, min(self.slots or config.batch_size, len(items)))
         capacity = max(len(ids) for _, ids in items) + config.max_new_tokens
@@ -115,7 +116,7 @@ class RaggedEngine:
         return out
 
     @staticmethod
-    def _sample(logp: torch.Tensor, rows: list[int], gens: list[torch.Generator] | None, config: SamplingConfig) -> list[int]:
+    def _sample(logp: torch.Tensor, rows: list[int], gens: list[UniformStream] | None, config: SamplingConfig) -> list[int]:
         """Next token of each row from its (V,) log-probs: argmax (temperature 0), Gumbel-max with the rows' own
         generators (seeded, as ``HFEngine``), or multinomial from the global RNG."""
         if config.temperature <= 0:
