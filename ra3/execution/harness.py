@@ -207,6 +207,7 @@ def serve(sock_fd, job_root):
     import socket
 
     sock = socket.socket(fileno=sock_fd)
+    _set_dumpable(0)  # no process of the programs' uid may trace this one or read its memory (non-root bwrap)
     os.makedirs(job_root, mode=0o711, exist_ok=True)
     keep = {os.path.abspath(job_root), os.path.dirname(os.path.abspath(__file__))}
     n = 0
@@ -280,10 +281,20 @@ def _job_child(fds, work, uid):
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
+    _set_dumpable(1)  # as after exec: the program's /proc/self is its own
     with os.fdopen(payload, "rb") as f:
         job = _loads(f.read().decode())
     run_job(job, result)
     sys.stdout.flush()
+
+
+def _set_dumpable(flag):
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, flag, 0, 0, 0)  # PR_SET_DUMPABLE
+    except (OSError, AttributeError):
+        pass
 
 
 def _kill_namespace():

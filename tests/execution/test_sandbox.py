@@ -314,3 +314,15 @@ def test_pools_stop_their_fork_servers():
         pool.run_many([job("x = 1") for _ in range(4)])
         servers = list(getattr(pool.sandbox, "_servers", {}).values())
     assert all(s.proc.poll() is not None and not s.folder.exists() for s in servers)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b.values[0][1]])
+def test_a_program_cannot_read_its_servers_memory(backend):
+    """A program cannot open its fork server's memory (as root: another uid; under a non-root bwrap, where both share
+    a uid, the server is not dumpable)."""
+    isolation, fork_server = backend
+    program = ("import os\ntry:\n    open(f'/proc/{os.getppid()}/mem', 'rb').read(1)\n    server_readable = True\n"
+               "except OSError:\n    server_readable = False\n")
+    with SandboxPool(LocalSandbox(isolation=isolation, fork_server=fork_server), workers=1) as pool:
+        r = pool.run_many([job(program, ["assert not server_readable"])])[0]
+    assert r.status == Status.PASSED, r.detail
