@@ -4,7 +4,7 @@ Same tiny Llama (same initial weights), same skill-world RL prompts, same group 
 max_new_tokens, temperature, loss (``grpo``, beta 0) and the same reward function (``ra3.rewards.
 UnitTestReward`` in the sandbox — TRL's reward protocol is the one ra3 uses). Steps/s after ``--warmup``.
 
-    python benchmarks/rlvr_throughput.py [--steps 12] [--prompts 8] [--group 4] [--max_new_tokens 64] [--pretrain_steps 300]
+    python benchmarks/rlvr_throughput.py [--steps 12] [--prompts 8] [--group 4] [--max_new_tokens 64] [--pretrain_steps 300] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -102,17 +103,26 @@ def main() -> None:
     ap.add_argument("--max_new_tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pretrain_steps", type=int, default=300, help="0 = random weights")
+    ap.add_argument("--repeats", type=int, default=1, help="interleaved rounds (this machine's speed drifts between runs)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    runs = {"trl": lambda rl, model: run_trl(rl, model, a), "ragged": lambda rl, model: run_ra3(rl, model, a, "ragged"),
+            "hf": lambda rl, model: run_ra3(rl, model, a, "hf")}
+    rates: dict[str, list[float]] = {k: [] for k in runs}
     with tempfile.TemporaryDirectory() as root:
         rl, model = build(Path(root), a.pretrain_steps)
-        trl = run_trl(rl, model, a)
-        ours = run_ra3(rl, model, a, "ragged")
-        hf = run_ra3(rl, model, a, "hf")
-    print(f"prompts/step={a.prompts} G={a.group} max_new_tokens={a.max_new_tokens} steps={a.steps} (warmup {a.warmup}) threads={a.threads}")
-    print(f"TRL GRPOTrainer                     : {trl:6.3f} steps/s")
-    print(f"ra3 RLVRModule, RaggedEngine          : {ours:6.3f} steps/s   x{ours / trl:.2f} vs TRL (target >= 1.5x)")
-    print(f"ra3 RLVRModule, HFEngine (generate)   : {hf:6.3f} steps/s   x{hf / trl:.2f} vs TRL")
+        for r in range(a.repeats):
+            for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+                rates[name].append(runs[name](rl, model))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    paired = {k: sorted(x / t for x, t in zip(rates[k], rates["trl"])) for k in ("ragged", "hf")}
+    print(f"prompts/step={a.prompts} G={a.group} max_new_tokens={a.max_new_tokens} steps={a.steps} (warmup {a.warmup}) "
+          f"threads={a.threads} repeats={a.repeats} (medians; paired ratios per round)")
+    print(f"TRL GRPOTrainer                       : {med['trl']:6.3f} steps/s")
+    print(f"ra3 RLVRModule, RaggedEngine          : {med['ragged']:6.3f} steps/s   x{statistics.median(paired['ragged']):.2f} vs TRL "
+          f"(rounds {', '.join(f'{x:.2f}' for x in paired['ragged'])}; target >= 1.5x)")
+    print(f"ra3 RLVRModule, HFEngine (generate)   : {med['hf']:6.3f} steps/s   x{statistics.median(paired['hf']):.2f} vs TRL "
+          f"(rounds {', '.join(f'{x:.2f}' for x in paired['hf'])})")
 
 
 if __name__ == "__main__":

@@ -104,9 +104,9 @@ class LocalSandbox:
             missing += ["separate uid (the program can signal this user's processes)", "process-count limit"]
         self.missing_protections = tuple(missing)
         self.name = "bwrap" if self.bwrap else "local"
-        can_serve = self.drop_uid or self.bwrap is not None
+        can_serve = (self.drop_uid or self.bwrap is not None) and hasattr(os, "memfd_create") and hasattr(socket, "send_fds")
         if fork_server and not can_serve:
-            raise ValueError("fork_server=True needs root (the children drop to a slot uid) or bwrap (a PID namespace)")
+            raise ValueError("fork_server=True needs Linux, and root (the children drop to a slot uid) or bwrap (a PID namespace)")
         self.fork_server = can_serve if fork_server is None else fork_server
         self._servers: dict[int, _Server] = {}
         if missing and self.name not in _warned:
