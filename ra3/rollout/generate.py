@@ -84,19 +84,19 @@ def row_generators(seeds: list[int], n: int, device: str | torch.device = "cpu")
 
 
 class UniformStream:
-    """A row's uniform noise, ``vocab`` numbers a token, drawn from its generator ``block`` tokens at a time (one
-    call instead of one per token per row). On CPU the numbers are those of one ``torch.rand(vocab)`` a token: a
-    generator's stream does not depend on how it is cut."""
+    """A row's Gumbel noise ``-log(-log(u))``, ``vocab`` numbers a token, its uniforms ``u`` drawn from the row's
+    generator ``block`` tokens at a time (one call, not one a token a row). On CPU the uniforms are those of one
+    ``torch.rand(vocab)`` a token: a generator's stream does not depend on how it is cut."""
 
     def __init__(self, generator: torch.Generator):
         self.generator, self.buffer, self.pos = generator, None, 0
 
     def next(self, vocab: int) -> torch.Tensor:
-        """The next (vocab,) uniforms in [0, 1)."""
+        """The next (vocab,) Gumbel draws."""
         if self.buffer is None or self.pos + vocab > self.buffer.numel():
             block = max(1, min(64, (1 << 18) // vocab))  # at most ~1 MB a row
-            self.buffer = torch.rand(block * vocab, generator=self.generator, device=self.generator.device)
-            self.pos = 0
+            u = torch.rand(block * vocab, generator=self.generator, device=self.generator.device)
+            self.buffer, self.pos = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7))), 0
         self.pos += vocab
         return self.buffer[self.pos - vocab: self.pos]
 
@@ -117,8 +117,7 @@ class SeededSampling:
         scores = scores.float() / self.temperature
         if self.top_p is not None:
             scores = self.top_p(input_ids, scores)
-        u = torch.stack([s.next(scores.shape[-1]) for s in self.streams]).to(scores.device)
-        return scores - torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
+        return scores + torch.stack([s.next(scores.shape[-1]) for s in self.streams]).to(scores.device)
 
 
 class HFEngine:

@@ -38,14 +38,16 @@ class _Group:
     feed's queries (a short chunk repeats its last token; ``T``, one past the last, is a zero query), ``rows``
     (m,) the cache rows to gather or None (the call runs over every cache row: no gather of K/V, rows outside
     the group get zero queries), ``kv_len`` keys read per row, ``mask`` (m | N, 1, W, kv_len), and the output's
-    real tokens: flat (row, j) positions ``take`` written to the feed's tokens ``put``."""
+    real tokens: flat (row, j) positions ``take`` written to the feed's tokens ``put``. ``query``, ``take`` and
+    ``put`` are None when the feed is one token for each cache row in row order (most decoding steps): the
+    queries are then the feed's tokens as they are, and so are the outputs."""
 
-    query: torch.Tensor
+    query: torch.Tensor | None
     rows: torch.Tensor | None
     kv_len: int
     mask: torch.Tensor
-    take: torch.Tensor
-    put: torch.Tensor
+    take: torch.Tensor | None
+    put: torch.Tensor | None
 
 
 def ragged_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, ragged=None, **kwargs):
@@ -61,9 +63,14 @@ def ragged_attention_forward(module, query, key, value, attention_mask, scaling=
 def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, groups: list[_Group], scaling) -> torch.Tensor:
     """(T, H, D) attention outputs of a feed's (T, H, D) queries over the cache buffers (N, Hkv, C, D)."""
     t, h, d = query.shape
+    gqa = key.shape[1] != h
+    if groups[0].query is None:  # one token per cache row, in row order
+        o = F.scaled_dot_product_attention(query[:, None].transpose(1, 2), key[:, :, : groups[0].kv_len],
+                                           value[:, :, : groups[0].kv_len], attn_mask=groups[0].mask, scale=scaling,
+                                           enable_gqa=gqa)  # (N, H, 1, D)
+        return o.transpose(1, 2).reshape(t, h, d)
     q = torch.cat([query, query.new_zeros(1, h, d)])  # (T + 1, H, D): the last, a zero query
     out = None  # (T, H, D) in the attention's dtype (under autocast: not the queries')
-    gqa = key.shape[1] != h
     for g in groups:
         k, v = key[:, :, : g.kv_len], value[:, :, : g.kv_len]
         if g.rows is not None:
@@ -91,6 +98,7 @@ class RaggedCache:
     def __init__(self, model, n_rows: int, capacity: int):
         self.model = model
         self.groups = {"every_row": 0, "gathered": 0}  # attention calls per layer, by kind
+        self.in_order = 0  # feeds of one token per row in row order (no query or output gathers)
         self.device = next(model.parameters()).device
         self.lengths = torch.zeros(n_rows, dtype=torch.long, device=self.device)
         self.last_logp: torch.Tensor | None = None  # (N, V) fp32 log-probs after each row's last real token
@@ -142,7 +150,12 @@ class RaggedCache:
         position = self.lengths[token_row] + offset  # (T,) each token's slot in its row = its position id
         self.kv.prepare(token_row, position)
         groups = []
-        for group in buckets(widths):
+        if total == n_rows == len(rows) and rows == list(range(n_rows)):  # one token per row, in row order
+            mask = (torch.arange(int(position.max()) + 1, device=dev) <= position[:, None])[:, None, None]  # (N, 1, 1, L)
+            groups.append(_Group(None, None, mask.shape[-1], mask, None, None))
+            self.groups["every_row"] += 1
+            self.in_order += 1
+        for group in buckets(widths) if not groups else ():
             a, b = group[0], group[-1] + 1
             width, members, n = widths[b - 1], index[a:b], width_t[a:b, None]
             j = torch.arange(width, device=dev)
@@ -159,7 +172,7 @@ class RaggedCache:
             mask = (torch.arange(kv_len, device=dev) <= (base[:, None] + j)[:, :, None])[:, None]  # (m | N, 1, W, L)
             groups.append(_Group(query, gather, kv_len, mask, take, tokens.flatten()[valid]))
         last = torch.tensor(starts[1:], device=dev) - 1  # (m,) packed position of each chunk's last token
-        keep = None if token_logprobs else last  # a sampler: the LM head on each chunk's last token only
+        keep = None if token_logprobs or total == len(rows) else last  # a sampler: the LM head on each chunk's last token
         if self.decoder is not None:
             logits = _decoder_forward(*self.decoder, ids[None], position[None], self.kv, groups, keep)[0]
         else:

@@ -23,19 +23,23 @@ def _model(model_type):
 
 
 def _feed(model, lean: bool, monkeypatch):
-    """Rows of 5, 9, 3 and 7 tokens fed 3 at a time over 4 feeds (rows drop out as they end; chunk widths differ);
-    returns the per-row token log-probs and whether the lean forward ran."""
+    """Rows of 5, 9, 3 and 7 tokens fed 3 at a time over 4 feeds (rows drop out as they end; chunk widths differ),
+    then 3 more tokens each, one per row per feed in row order (as most decoding steps are); returns the per-row
+    token log-probs and whether the lean forward ran."""
     if not lean:
         monkeypatch.setattr(ragged, "_plain_decoder", lambda m: None)
     gen = torch.Generator().manual_seed(0)
-    seqs = [torch.randint(3, 50, (n,), generator=gen).tolist() for n in (5, 9, 3, 7)]
-    cache = RaggedCache(model, len(seqs), capacity=4)
-    lps = [[] for _ in seqs]
+    heads = [torch.randint(3, 50, (n,), generator=gen).tolist() for n in (5, 9, 3, 7)]
+    tails = [torch.randint(3, 50, (3,), generator=gen).tolist() for _ in heads]
+    cache = RaggedCache(model, len(heads), capacity=4)
+    lps = [[] for _ in heads]
     with ragged_attention(model):
-        for step in range(4):
-            chunks = {r: s[3 * step: 3 * step + 3] for r, s in enumerate(seqs) if s[3 * step: 3 * step + 3]}
+        feeds = [{r: s[3 * step: 3 * step + 3] for r, s in enumerate(heads) if s[3 * step: 3 * step + 3]} for step in range(4)]
+        for chunks in feeds + [{r: [t[k]] for r, t in enumerate(tails)} for k in range(3)]:
             for r, (lp, _) in cache.feed(chunks).items():
                 lps[r] += lp
+    assert cache.in_order == 3
+    seqs = [h + t for h, t in zip(heads, tails)]
     monkeypatch.undo()
     return seqs, lps, cache.decoder is not None
 
