@@ -252,14 +252,14 @@ def serve(sock_fd, job_root):
         status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
         if head["kill_all"]:
             _kill_namespace()
-        shutil.rmtree(work, onerror=_force_remove)
+        _rmtree(shutil, work)
         for folder in head["clear"]:  # what the program wrote in the namespace's other scratch folders
             for entry in os.listdir(folder) if os.path.isdir(folder) else ():
                 path = os.path.join(folder, entry)
                 if path in keep:
                     continue
                 if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path, onerror=_force_remove)
+                    _rmtree(shutil, path)
                 else:
                     try:
                         os.unlink(path)
@@ -299,8 +299,11 @@ def _set_dumpable(flag):
 
 def _kill_namespace():
     """Kill every process of this PID namespace but its init and this server, and wait until they are gone
-    (a zombie still counts against the uid's process limit)."""
+    (a zombie still counts against the uid's process limit). Refused outside a fresh PID namespace (where this
+    server is pid 1 or 2): there ``kill(-1)`` would reach every process of the machine that this uid may signal."""
     me = os.getpid()
+    if me > 2:
+        raise RuntimeError(f"kill_all outside a fresh PID namespace (pid {me})")
     for _ in range(1500):
         try:
             os.kill(-1, signal.SIGKILL)
@@ -314,6 +317,11 @@ def _kill_namespace():
         if not [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me)]:
             return
         time.sleep(0.002)
+
+
+def _rmtree(shutil, path):
+    hook = "onexc" if sys.version_info >= (3, 12) else "onerror"  # onerror: deprecated since 3.12
+    shutil.rmtree(path, **{hook: _force_remove})
 
 
 def _force_remove(function, path, excinfo):

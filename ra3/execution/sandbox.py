@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
@@ -119,11 +120,14 @@ class LocalSandbox:
         if uid is not None:
             inner = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *inner]
         if self.bwrap:
-            return [self.bwrap, "--ro-bind", "/", "/", "--perms", "1777", "--tmpfs", "/tmp", "--dev", "/dev",
-                    "--proc", "/proc", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
-                    "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--bind", str(workdir), "/tmp/job",
-                    "--chdir", "/tmp/job", *inner]
+            return self._bwrap("--bind", str(workdir), "/tmp/job", "--chdir", "/tmp/job", *inner)
         return (["unshare", "-n"] if self.unshare_net else []) + inner
+
+    def _bwrap(self, *args: str) -> list[str]:
+        """bwrap's command line: read-only root, private /tmp, /dev and /proc, own IPC/PID/network/UTS namespaces."""
+        return [self.bwrap, "--ro-bind", "/", "/", "--perms", "1777", "--tmpfs", "/tmp", "--dev", "/dev", "--proc",
+                "/proc", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
+                "--die-with-parent", "--new-session", *args]
 
     def _env(self, workdir: str, token: str) -> dict[str, str]:
         return {"PATH": "/usr/bin:/bin", "HOME": workdir, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
@@ -365,11 +369,8 @@ class _Server:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._log = open(self.folder / "server.log", "wb")
         if sandbox.bwrap:  # jobs in the namespace's private /tmp; the harness folder mounted read-only inside it
-            argv = [sandbox.bwrap, "--ro-bind", "/", "/", "--perms", "1777", "--tmpfs", "/tmp", "--dev", "/dev",
-                    "--proc", "/proc", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
-                    "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--ro-bind", str(self.folder),
-                    "/tmp/ra3", "--chdir", "/tmp", sandbox.python, "-I", "-S", "/tmp/ra3/harness.py", "--serve",
-                    str(theirs.fileno()), "/tmp/jobs"]
+            argv = sandbox._bwrap("--ro-bind", str(self.folder), "/tmp/ra3", "--chdir", "/tmp", sandbox.python, "-I",
+                                  "-S", "/tmp/ra3/harness.py", "--serve", str(theirs.fileno()), "/tmp/jobs")
             jobs = None
         else:
             jobs = self.folder / "jobs"
@@ -382,6 +383,7 @@ class _Server:
                                          env=sandbox._env("/tmp" if sandbox.bwrap else str(jobs), ""))
         finally:
             theirs.close()
+        self.stop = weakref.finalize(self, _stop_server, self.sock, self.proc, self._log, self.folder)  # also at exit
 
     def log(self) -> str:
         try:
@@ -389,18 +391,22 @@ class _Server:
         except OSError:
             return "(no log)"
 
-    def stop(self) -> None:
-        self.sock.close()  # the server's next read ends it
+
+
+def _stop_server(sock: socket.socket, proc: subprocess.Popen, log_file, folder: Path) -> None:
+    """``_Server.stop``: close the control channel (the server's next read ends it), kill it if it lingers, remove
+    its folder."""
+    sock.close()
+    try:
+        proc.wait(timeout=2)
+    except subprocess.TimeoutExpired:
         try:
-            self.proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            self.proc.wait()
-        self._log.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+    log_file.close()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _processes_of(uid: int) -> list[tuple[int, bool]]:
