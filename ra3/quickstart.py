@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,6 +29,25 @@ def skillworld_model_config(**overrides: Any) -> dict[str, Any]:
     """The skill world's model: ``model_config`` of the shipped ``skillworld/pretrain`` recipe, with ``overrides``."""
     recipe = yaml.safe_load((CONFIGS / "pretrain.yaml").read_text())
     return {**recipe["model"]["init_args"]["model_config"], **overrides}
+
+
+def run_interruptible(cmd: list[str], env: dict) -> int:
+    """Run ``cmd`` and return its exit code; a Ctrl-C kills it. SIGINT is blocked while the child is created (and
+    unblocked in it before exec): one that lands inside ``Popen`` — right between two stages — would otherwise
+    leave the new stage running on, orphaned."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    proc = None
+    try:
+        proc = subprocess.Popen(cmd, env=env, preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, old))
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a Ctrl-C that came meanwhile is raised here: proc exists
+        return proc.wait()
+    except BaseException:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 @dataclass
@@ -83,11 +103,11 @@ class Quickstart:
             return
         print(f"== {name}: ra3 {' '.join(args)}", flush=True)
         t0 = time.time()
-        proc = subprocess.run([sys.executable, "-m", "ra3.cli", *args], env=self.env)
-        if proc.returncode != 0:
+        returncode = run_interruptible([sys.executable, "-m", "ra3.cli", *args], env=self.env)
+        if returncode != 0:
             from ra3.errors import Ra3Error
 
-            raise Ra3Error(f"quickstart stage '{name}' failed (exit {proc.returncode}); fix it and re-run: finished stages are kept")
+            raise Ra3Error(f"quickstart stage '{name}' failed (exit {returncode}); fix it and re-run: finished stages are kept")
         self.times[name] = time.time() - t0
         write_stage_marker(marker, self.times[name])
         print(f"== {name}: {self.times[name]:.0f} s", flush=True)
