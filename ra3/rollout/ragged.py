@@ -155,22 +155,23 @@ class RaggedCache:
             groups.append(_Group(None, None, mask.shape[-1], mask, None, None))
             self.groups["every_row"] += 1
             self.in_order += 1
-        for group in buckets(widths) if not groups else ():
-            a, b = group[0], group[-1] + 1
-            width, members, n = widths[b - 1], index[a:b], width_t[a:b, None]
-            j = torch.arange(width, device=dev)
-            tokens = torch.where(j < n, start[a:b, None] + j, total)  # (m, W); past a chunk's end: the zero query
-            kv_len = int((self.lengths[members] + n[:, 0]).max())
-            valid = (j < n).flatten().nonzero()[:, 0]
-            if 2 * (b - a) >= n_rows:  # over every row: gathering most of the cache costs more than zero queries
-                query = torch.full((n_rows, width), total, dtype=torch.long, device=dev)
-                query[members] = tokens
-                base, gather, take = self.lengths, None, (members[:, None] * width + j).flatten()[valid]
-            else:
-                query, base, gather, take = tokens, self.lengths[members], members, valid
-            self.groups["gathered" if gather is not None else "every_row"] += 1
-            mask = (torch.arange(kv_len, device=dev) <= (base[:, None] + j)[:, :, None])[:, None]  # (m | N, 1, W, L)
-            groups.append(_Group(query, gather, kv_len, mask, take, tokens.flatten()[valid]))
+        else:
+            for group in buckets(widths):
+                a, b = group[0], group[-1] + 1
+                width, members, n = widths[b - 1], index[a:b], width_t[a:b, None]
+                j = torch.arange(width, device=dev)
+                tokens = torch.where(j < n, start[a:b, None] + j, total)  # (m, W); past a chunk's end: the zero query
+                kv_len = int((self.lengths[members] + n[:, 0]).max())
+                valid = (j < n).flatten().nonzero()[:, 0]
+                if 2 * (b - a) >= n_rows:  # over every row: gathering most of the cache costs more than zero queries
+                    query = torch.full((n_rows, width), total, dtype=torch.long, device=dev)
+                    query[members] = tokens
+                    base, gather, take = self.lengths, None, (members[:, None] * width + j).flatten()[valid]
+                else:
+                    query, base, gather, take = tokens, self.lengths[members], members, valid
+                self.groups["gathered" if gather is not None else "every_row"] += 1
+                mask = (torch.arange(kv_len, device=dev) <= (base[:, None] + j)[:, :, None])[:, None]  # (m | N, 1, W, L)
+                groups.append(_Group(query, gather, kv_len, mask, take, tokens.flatten()[valid]))
         last = torch.tensor(starts[1:], device=dev) - 1  # (m,) packed position of each chunk's last token
         keep = None if token_logprobs or total == len(rows) else last  # a sampler: the LM head on each chunk's last token
         if self.decoder is not None:
