@@ -146,7 +146,7 @@ def sample_and_score(engine, problems: list[Problem], n_samples: int, sampling, 
                      ) -> tuple[dict[str, Any], list[dict], list[dict]]:
     """``generate_samples`` then ``score_samples``. ``overlap``: run each sample in the sandbox as soon as the engine
     finishes it (default: when the model is not on the CPU — on CPU the sandbox's processes take the cores the
-    sampler's threads wait on: measured 6.6 s vs 5.5 s for a 400-sample skill-world evaluation on 2 cores).
+    sampler's threads wait on: slower for a 400-sample skill-world evaluation on 2 cores, docs/benchmarks.md).
     Returns ``(summary, rows, samples)``."""
     if overlap is None:
         overlap = next(engine.model.parameters()).device.type != "cpu" if hasattr(engine, "model") else False
