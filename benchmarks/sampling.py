@@ -1,4 +1,4 @@
-"""Sampling throughput: ``RaggedEngine`` (continuous batching) vs ``model.generate`` (``HFEngine``, dynamic and static
+"""Sampling throughput: ``RaggedEngine`` (continuous batching; eager and ``compile=True``) vs ``model.generate`` (``HFEngine``, dynamic and static
 KV cache), same model, prompts, seeds and slot/batch size, in one run, rounds interleaved.
 
 The setting of the skill-world evaluations (``ra3 evaluate`` in the study and the quickstart): the held-out
@@ -6,9 +6,11 @@ prompts, 2 samples each at temperature 0.8, 200 new tokens at most, the benchmar
 skill-world base: ``--model DIR`` (e.g. a study's ``b0/ntp``, with ``--prompts DIR/../world/eval.jsonl``), or a tiny
 Llama pre-trained here for ``--pretrain_steps`` (random weights rarely stop early, which hides what continuous
 batching buys). Prints the completion-length distribution, new tokens/s and completions/s of each sampler, the
-paired ratios, and whether the samplers produced the same completions.
+paired ratios, whether the samplers produced the same completions, and the compiled engine's warm-up (its compile).
 
     python benchmarks/sampling.py [--model DIR --prompts FILE] [--n 2] [--max_new_tokens 200] [--batch 64] [--threads 2]
+    # RLVR's shape (benchmarks/rlvr_throughput.py): 8 prompts x 4 samples, 64 tokens, T 1, no stop strings
+    python benchmarks/sampling.py --limit 8 --n 4 --batch 32 --max_new_tokens 64 --temperature 1 --stop --repeats 30
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ def main() -> None:
     ap.add_argument("--max_new_tokens", type=int, default=200)
     ap.add_argument("--batch", type=int, default=64, help="slots of RaggedEngine = batch size of generate")
     ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--stop", nargs="*", default=STOP, help="stop strings (none: every row runs to EOS or the cap, as "
+                    "in benchmarks/rlvr_throughput.py)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu")
@@ -87,15 +91,19 @@ def main() -> None:
     setup_s = time.perf_counter() - t0
     prompts = [r["prompt"] for r in rows[: args.limit]]
     seeds = [sample_seed(p, 0) for p in prompts]
-    config = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, stop=STOP, batch_size=args.batch)
+    config = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, stop=args.stop, batch_size=args.batch)
     samplers = {
         "RaggedEngine (continuous batching)": RaggedEngine(model, tok, slots=args.batch),
+        "RaggedEngine, compiled decode steps": RaggedEngine(model, tok, slots=args.batch, compile=True),
         "generate, dynamic cache (HFEngine)": HFEngine(model, tok),
         "generate, static cache": HFEngine(model, tok, cache_implementation="static"),
     }
     outputs, rates = {}, {name: [] for name in samplers}
-    for name, engine in samplers.items():  # warm-up
+    warmup = {}
+    for name, engine in samplers.items():  # warm-up (the compiled engine compiles here)
+        t = time.perf_counter()
         engine.generate(prompts[:4], 1, config, seeds=seeds[:4])
+        warmup[name] = time.perf_counter() - t
     for _ in range(args.repeats):  # interleaved: drift in machine speed hits every sampler alike
         for name, engine in samplers.items():
             t = time.perf_counter()
@@ -109,24 +117,34 @@ def main() -> None:
     capped = sum(not c.finished for cs in ours for c in cs)
     print(f"model: {origin} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; setup {setup_s:.0f} s); "
           f"{len(prompts)} prompts x {args.n} samples, slots/batch {args.batch}, "
-          f"max_new_tokens {args.max_new_tokens}, temperature {args.temperature}, threads {args.threads}, device {args.device}")
+          f"max_new_tokens {args.max_new_tokens}, temperature {args.temperature}, stop strings {args.stop}, threads {args.threads}, "
+          f"device {args.device}")
     print(f"completion lengths (tokens): min {lengths[0]}, median {statistics.median(lengths):.0f}, mean "
           f"{statistics.mean(lengths):.1f}, p90 {lengths[int(0.9 * (len(lengths) - 1))]}, max {lengths[-1]}; "
           f"{capped} of {len(lengths)} hit the cap")
     best = {name: max(r, key=lambda x: x[0]) for name, r in rates.items()}
     for name, (tps, cps, dt) in best.items():
-        print(f"{name:<38}: {tps:9.0f} new tokens/s  {cps:7.2f} completions/s  (best {dt:.2f} s of {args.repeats})")
-    ours_name = "RaggedEngine (continuous batching)"
-    for base in ("generate, dynamic cache (HFEngine)", "generate, static cache"):
-        # paired by round: machine-speed drift (seen here: +-20 % between runs) hits both sides of a ratio alike
-        ratios = sorted(o[0] / b[0] for o, b in zip(rates[ours_name], rates[base]))
-        print(f"RaggedEngine / {base}: median x{statistics.median(ratios):.2f} (rounds: "
-              f"{', '.join(f'{r:.2f}' for r in ratios)})")
+        print(f"{name:<38}: {tps:9.0f} new tokens/s  {cps:7.2f} completions/s  (best {dt:.2f} s of {args.repeats}; "
+              f"warm-up {warmup[name]:.1f} s)")
+    for ours_name in ("RaggedEngine (continuous batching)", "RaggedEngine, compiled decode steps"):
+        for base in ("generate, dynamic cache (HFEngine)", "generate, static cache"):
+            # paired by round: machine-speed drift (seen here: +-20 % between runs) hits both sides of a ratio alike
+            ratios = sorted(o[0] / b[0] for o, b in zip(rates[ours_name], rates[base]))
+            q = statistics.quantiles(ratios, n=4) if len(ratios) > 7 else None
+            spread = f"quartiles {q[0]:.2f}-{q[2]:.2f}, range {ratios[0]:.2f}-{ratios[-1]:.2f}" if q else \
+                f"rounds: {', '.join(f'{r:.2f}' for r in ratios)}"
+            print(f"{ours_name} / {base}: median x{statistics.median(ratios):.2f} ({spread})")
     st = samplers["RaggedEngine (continuous batching)"].stats
     print(f"RaggedEngine: {st['steps']} steps = packed forwards (new rows' prompts ride with the decoding rows), "
           f"{st['decoded_tokens']} tokens decoded, {st['prefill_tokens']} prompt tokens")
-    same = sum(a.token_ids == b.token_ids for xs, ys in zip(ours, outputs["generate, dynamic cache (HFEngine)"]) for a, b in zip(xs, ys))
-    print(f"same completions as generate (dynamic cache): {same} of {len(lengths)}")
+    compiled = sorted(c[0] / e[0] for c, e in zip(rates["RaggedEngine, compiled decode steps"],
+                                                    rates["RaggedEngine (continuous batching)"]))
+    print(f"compiled / eager RaggedEngine: median x{statistics.median(compiled):.2f} (range {compiled[0]:.2f}-{compiled[-1]:.2f}); "
+          f"compiled decoding steps {samplers['RaggedEngine, compiled decode steps'].stats['compiled_steps']} of {st['steps']}")
+    for name in ("RaggedEngine (continuous batching)", "RaggedEngine, compiled decode steps"):
+        same = sum(a.token_ids == b.token_ids for xs, ys in zip(outputs[name], outputs["generate, dynamic cache (HFEngine)"])
+                   for a, b in zip(xs, ys))
+        print(f"{name}: the same completions as generate (dynamic cache) for {same} of {len(lengths)}")
 
 
 if __name__ == "__main__":

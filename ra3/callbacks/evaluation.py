@@ -35,7 +35,8 @@ class PassAtKCallback(L.Callback):
         batch_size: generation batch size.
         table_rows: samples per W&B table (0 = no table).
         workers: sandbox processes.
-        engine: sampler, ``ragged`` (continuous batching) or ``hf`` (``model.generate``); the same completions.
+        engine: sampler, ``ragged`` (continuous batching), ``ragged_compiled`` (its decoding steps under
+            ``torch.compile``) or ``hf`` (``model.generate``; the same completions as ``ragged``).
     """
 
     def __init__(self, benchmark: str = "skillworld", source: str | None = None, n_samples: int = 1,

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import Cache
 
+from ra3.errors import Ra3Error
+
 ATTENTION = "ra3_ragged"
 
 
@@ -99,6 +101,7 @@ class RaggedCache:
         self.model = model
         self.groups = {"every_row": 0, "gathered": 0}  # attention calls per layer, by kind
         self.in_order = 0  # feeds of one token per row in row order (no query or output gathers)
+        self.compiled = 0  # decoding steps run by the compiled ``decode_step``
         self.device = next(model.parameters()).device
         self.lengths = torch.zeros(n_rows, dtype=torch.long, device=self.device)
         self.last_logp: torch.Tensor | None = None  # (N, V) fp32 log-probs after each row's last real token
@@ -106,6 +109,9 @@ class RaggedCache:
         self.cache_kwarg = _cache_kwarg(model)
         self._mask4d = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=self.device)  # "prepared": no mask is built
         self.decoder = _plain_decoder(model)  # (decoder, lm_head, rotary) of a plain decoder stack, else None
+        # decode's compiled step: plain decoders only, and not under peft or FSDP2 (never tried compiled)
+        self.compilable = self.decoder is not None and not hasattr(model, "get_base_model") and not any(
+            type(m).__name__.startswith("FSDP") for m in model.modules())
 
     def feed(self, chunks: dict[int, list[int]], probes: dict[int, list[int]] | None = None, token_logprobs: bool = True
              ) -> dict[int, tuple[list[float], torch.Tensor | None]]:
@@ -129,6 +135,39 @@ class RaggedCache:
         ``last_logp``: the (V,) log-probs after its token ``length - 1``."""
         self.lengths[row] = length
         self.last_logp[row] = last_logp
+
+    @torch.no_grad()
+    def decode(self, tokens: dict[int, int]) -> None:
+        """A sampler's decoding step: append one token ``tokens[r]`` to each row r and update ``last_logp``, in one
+        forward over every cache row under ``torch.compile`` (``decode_step``); rows not in ``tokens`` are emptied
+        (``reset``: every live row must be fed). The log-probs match ``feed``'s to ~1e-5, not bit for bit, so
+        sampled completions can differ from ``feed``'s where two tokens are that close. Without a plain decoder
+        (``PLAIN_DECODERS``; not under peft or FSDP2) or before the first ``feed`` this is ``feed``."""
+        fed = torch.tensor(sorted(tokens), dtype=torch.long, device=self.device)
+        kept = torch.zeros_like(self.lengths, dtype=torch.bool).index_fill_(0, fed, True)
+        self.lengths.masked_fill_(~kept, 0)
+        if not self.compilable or not self.kv.buffers:
+            self.feed({r: [t] for r, t in tokens.items()}, token_logprobs=False)
+            return
+        ids = torch.zeros_like(self.lengths)
+        ids[fed] = torch.tensor([tokens[r] for r in sorted(tokens)], device=self.device)
+        slots = self.lengths.clone()  # each row's next slot; 0 for the rows emptied
+        self.kv.prepare(torch.arange(len(slots), device=self.device), slots)  # grows the buffers if a row needs it
+        layers = sorted(self.kv.buffers)
+        from torch.fx.experimental import _config as fx_config
+
+        try:  # no duck sizing: N equal to the head count or head size must not tie N to it (a recompile per N)
+            with fx_config.patch(use_duck_shape=False):
+                logp = compiled_decode_step()(*self.decoder, ids, slots, self.kv.kv_len,
+                                              [self.kv.buffers[i][0] for i in layers],
+                                              [self.kv.buffers[i][1] for i in layers])
+        except Exception as e:  # inductor needs a C++ compiler on CPU; a failure names it here
+            raise Ra3Error(f"the torch.compile'd decoding step failed ({type(e).__name__}: {str(e)[:500]}); the engine "
+                           "'ragged' is the same sampler without torch.compile") from e
+        self.compiled += 1
+        self.last_logp[fed] = logp[fed]
+        self.lengths.copy_(slots)
+        self.lengths[fed] += 1
 
     @torch.no_grad()
     def _forward(self, rows: list[int], chunks: list[list[int]], probes: list[list[int] | None], token_logprobs: bool):
@@ -175,7 +214,8 @@ class RaggedCache:
         last = torch.tensor(starts[1:], device=dev) - 1  # (m,) packed position of each chunk's last token
         keep = None if token_logprobs or total == len(rows) else last  # a sampler: the LM head on each chunk's last token
         if self.decoder is not None:
-            logits = _decoder_forward(*self.decoder, ids[None], position[None], self.kv, groups, keep)[0]
+            logits = _decoder_forward(*self.decoder, ids[None], position[None], self.kv.write,
+                                      lambda q, k, v, scaling: _attend(q, k, v, groups, scaling), keep)[0]
         else:
             logits = self.model(input_ids=ids[None], attention_mask=self._mask4d, position_ids=position[None],
                                 use_cache=True, ragged=groups, **{self.cache_kwarg: self.kv},
@@ -292,9 +332,11 @@ def _norm(norm, x: torch.Tensor) -> torch.Tensor:
     return norm(x)
 
 
-def _decoder_forward(decoder, lm_head, rotate_half, ids, position_ids, kv, groups, keep):
+def _decoder_forward(decoder, lm_head, rotate_half, ids, position_ids, write, attend, keep):
     """Logits (1, T | len(keep), V) of a packed feed, for the ``PLAIN_DECODERS``: heads stay (T, H, D) throughout
-    (the layout of the cache writes and of ``_attend``), queries and keys are rotated in one pass."""
+    (the layout of the cache writes and of the attention), queries and keys are rotated in one pass.
+    ``write(layer_idx, keys, values)`` stores a layer's (T, Hkv, D) keys/values and returns its (N, Hkv, C, D)
+    buffers; ``attend(queries, keys, values, scaling)`` maps (T, H, D) queries to (T, H, D) outputs."""
     h = decoder.embed_tokens(ids)
     cos, sin = (x[0, :, None] for x in decoder.rotary_emb(h, position_ids=position_ids))  # (T, 1, D)
     t = ids.shape[1]
@@ -305,12 +347,46 @@ def _decoder_forward(decoder, lm_head, rotate_half, ids, position_ids, kv, group
         qk = torch.cat([q, att.k_proj(x).view(t, -1, att.head_dim)], 1)  # (T, H + Hkv, D)
         qk = qk * cos + rotate_half(qk) * sin
         n = q.shape[1]
-        keys, values = kv.write(att.layer_idx, qk[:, n:], att.v_proj(x).view(t, -1, att.head_dim))
-        o = _attend(qk[:, :n], keys, values, groups, att.scaling)
+        keys, values = write(att.layer_idx, qk[:, n:], att.v_proj(x).view(t, -1, att.head_dim))
+        o = attend(qk[:, :n], keys, values, att.scaling)
         h = h + att.o_proj(o.reshape(1, t, -1))
         h = h + layer.mlp(_norm(layer.post_attention_layernorm, h))
     h = _norm(decoder.norm, h)
     return lm_head(h if keep is None else h[:, keep])
+
+
+def decode_step(decoder, lm_head, rotate_half, ids: torch.Tensor, slots: torch.Tensor, kv_len: int,
+                keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
+    """(N, V) fp32 log-probs after one token ``ids`` (N,) for every cache row, written at slot ``slots`` (N,) of the
+    layers' (N, Hkv, C, D) ``keys``/``values`` (in place); attention reads slots ``[0, kv_len)`` up to each row's
+    own. The shape ``torch.compile`` sees is fixed but for N, C and ``kv_len``: ``RaggedCache.decode`` runs it."""
+    rows = torch.arange(ids.shape[0], device=ids.device)
+    mask = (torch.arange(kv_len, device=ids.device) <= slots[:, None])[:, None, None]  # (N, 1, 1, L)
+    cfg = decoder.config
+    gqa = cfg.num_attention_heads != (getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+
+    def write(i, k, v):
+        keys[i][rows, :, slots], values[i][rows, :, slots] = k, v
+        return keys[i], values[i]
+
+    def attend(q, k, v, scaling):
+        o = F.scaled_dot_product_attention(q[:, :, None], k[:, :, :kv_len], v[:, :, :kv_len], attn_mask=mask,
+                                           scale=scaling, enable_gqa=gqa)  # (N, H, 1, D)
+        return o[:, :, 0]
+
+    logits = _decoder_forward(decoder, lm_head, rotate_half, ids[None], slots[None], write, attend, None)[0]
+    return torch.log_softmax(logits.float(), -1)
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def compiled_decode_step():
+    """``decode_step`` under ``torch.compile`` (inductor, dynamic shapes, C++ wrapper), made once per process; the
+    first call of each model compiles (seconds to tens of seconds on CPU; later processes reuse inductor's cache)."""
+    if "decode" not in _COMPILED:
+        _COMPILED["decode"] = torch.compile(decode_step, dynamic=True, fullgraph=True, options={"cpp_wrapper": True})
+    return _COMPILED["decode"]
 
 
 def _cache_kwarg(model) -> str:

@@ -6,6 +6,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from ra3.rollout import ragged
+from ra3.errors import Ra3Error
 from ra3.rollout.ragged import RaggedCache, ragged_attention
 
 ARCHS = {  # grouped-query attention (2 KV heads for 4 query heads) wherever the architecture has it
@@ -62,3 +63,68 @@ def test_feeds_outside_the_ragged_attention_context_are_refused():
     model = _model("llama")
     with pytest.raises(RuntimeError, match="inside `with ragged_attention"):
         RaggedCache(model, 1, 4).feed({0: [3, 4]})
+
+
+def _decode_vs_feed(model, compiled: bool):
+    """Rows of 5, 9, 3 and 7 tokens fed, then 4 one-token steps on a cache of capacity 10 (it grows): row 2 is
+    left out of step 2 and restarts from one token in step 3, after the weights change in place. One cache takes every step through ``feed`` (row 2
+    reset by hand), the other through ``decode`` (rows left out are emptied). Returns both caches' log-probs
+    after each step, on the rows fed, and the decoding cache."""
+    gen = torch.Generator().manual_seed(1)
+    heads = [torch.randint(3, 50, (n,), generator=gen).tolist() for n in (5, 9, 3, 7)]
+    steps = [{r: int(torch.randint(3, 50, (1,), generator=gen)) for r in rows} for rows in ((0, 1, 2, 3), (0, 1, 3), (0, 1, 2, 3), (0, 1, 2, 3))]
+    by_feed, by_decode = RaggedCache(model, 4, capacity=10), RaggedCache(model, 4, capacity=10)
+    out = []
+    with ragged_attention(model):
+        for cache in (by_feed, by_decode):
+            cache.feed(dict(enumerate(heads)), token_logprobs=False)
+        for k, tokens in enumerate(steps):
+            if k == 2:
+                by_feed.reset(2)
+                with torch.no_grad():  # an optimizer step between two decodes: the compiled step must see it
+                    for p in model.parameters():
+                        p.add_(0.05 * torch.randn(p.shape, generator=gen))
+            by_feed.feed({r: [t] for r, t in tokens.items()}, token_logprobs=False)
+            by_decode.decode(tokens)
+            fed = sorted(tokens)
+            out.append((by_feed.last_logp[fed].clone(), by_decode.last_logp[fed].clone()))
+            assert by_decode.lengths[fed].tolist() == by_feed.lengths[fed].tolist()
+    return out, by_decode
+
+
+def test_compiled_decode_steps_match_packed_feeds():
+    model = _model("llama")  # grouped-query attention
+    out, cache = _decode_vs_feed(model, True)
+    assert cache.compiled == 4 and cache.kv.capacity > 10
+    for by_feed, by_decode in out:
+        torch.testing.assert_close(by_decode, by_feed, atol=1e-5, rtol=0)
+
+
+def test_decode_without_a_plain_decoder_is_feed():
+    out, cache = _decode_vs_feed(_model("gpt2"), False)
+    assert cache.compiled == 0
+    for by_feed, by_decode in out:
+        assert torch.equal(by_decode, by_feed)
+
+
+def test_decode_under_peft_is_feed():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(_model("llama"), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    out, cache = _decode_vs_feed(model, False)
+    assert cache.decoder is not None and cache.compiled == 0
+    for by_feed, by_decode in out:
+        assert torch.equal(by_decode, by_feed)
+
+
+def test_a_failing_compile_is_one_clear_error(monkeypatch):
+    def broken(*args):
+        raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+
+    monkeypatch.setitem(ragged._COMPILED, "decode", broken)
+    model = _model("llama")
+    cache = RaggedCache(model, 2, capacity=8)
+    with ragged_attention(model):
+        cache.feed({0: [5, 6], 1: [7]}, token_logprobs=False)
+        with pytest.raises(Ra3Error, match="compile'd decoding step failed .*InvalidCxxCompiler.*'ragged' is the same"):
+            cache.decode({0: 3, 1: 4})
