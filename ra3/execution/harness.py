@@ -369,6 +369,7 @@ def run_job(job, result_fd):
         raise _TestTimeout()
 
     signal.signal(signal.SIGALRM, on_alarm)
+    sys.argv = ["main.py"]  # as under `python main.py`, whichever way this process started
     program, tests, timeouts = job["program"], job["tests"], job["timeouts"]
     try:
         code = compile(program, "<program>", "exec")

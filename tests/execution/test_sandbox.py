@@ -219,6 +219,15 @@ def test_stdio_tests_compare_printed_output_outside(pool):
     assert r.test_statuses == [Status.PASSED, Status.FAILED] and r.status == Status.FAILED
 
 
+def test_programs_see_the_argv_of_python_main_py(pool):
+    """Not the harness's own arguments (they differ between a spawned job and a forked one): a program that reads
+    its input from ``sys.argv[1]`` when given one (a local-testing idiom) must read stdin here."""
+    stdio = Job("import sys\nsrc = open(sys.argv[1]) if len(sys.argv) > 1 else sys.stdin\nprint(src.read().strip(), sys.argv)",
+                [TestCase("stdio", stdin="7\n", expected="7 ['main.py']\n")])
+    call = job("import sys\nARGV = list(sys.argv)", ["assert ARGV == ['main.py'], ARGV"])
+    assert [r.status for r in pool.run_many([stdio, call])] == [Status.PASSED, Status.PASSED]
+
+
 def test_no_temp_dirs_are_left_behind(pool):
     import tempfile
     before = set(Path(tempfile.gettempdir()).glob("ra3-job-*"))
