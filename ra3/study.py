@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -83,6 +84,10 @@ PRESETS = {
 }
 
 
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 @dataclass
 class Stage:
     name: str
@@ -126,6 +131,9 @@ class Study:
         self.env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "TOKENIZERS_PARALLELISM": "false"}
         self.stages: dict[str, Stage] = {}
         self.times: dict[str, float] = {}
+        self._procs: dict[str, subprocess.Popen] = {}  # running stages' processes (killed if the study is stopped)
+        self._stopping = False
+        self._lock = threading.Condition()
         (self.out / "configs").mkdir(parents=True, exist_ok=True)
 
     # ---- building the graph ------------------------------------------------------------------------
@@ -232,8 +240,15 @@ class Study:
             f.write(f"ra3 {' '.join(stage.args)}\n")
             f.flush()
             threads = str(stage.threads)
-            code = subprocess.run([sys.executable, "-m", "ra3.cli", *stage.args], stdout=f, stderr=subprocess.STDOUT,
-                                  env={**self.env, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}).returncode
+            proc = subprocess.Popen([sys.executable, "-m", "ra3.cli", *stage.args], stdout=f, stderr=subprocess.STDOUT,
+                                    env={**self.env, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
+            with self._lock:
+                self._procs[stage.name] = proc
+                if self._stopping:  # the study was stopped while this stage's process was being created
+                    proc.kill()
+            code = proc.wait()
+            with self._lock:
+                self._procs.pop(stage.name, None)
         if code == 0:
             self.times[stage.name] = time.time() - t0
             write_stage_marker(self._marker(stage.name), self.times[stage.name])
@@ -270,7 +285,7 @@ class Study:
         pending = [n for n in self.stages if n not in done]
         total, failed, running = len(self.stages), [], {}
         weight = self.critical_path()
-        lock = threading.Condition()
+        lock = self._lock
         print(f"ra3 study: {len(done)}/{total} stages done already; {len(pending)} to run, {self.jobs} at a time "
               f"(logs in {self.out / 'logs'})", flush=True)
 
@@ -285,6 +300,32 @@ class Study:
                     failed.append(f"{name} (exit {code}; see {self.out / 'logs' / (name + '.log')})")
                 lock.notify_all()
 
+        on_term = None
+        if threading.current_thread() is threading.main_thread():  # SIGTERM stops the stages too, as Ctrl-C does
+            on_term = signal.signal(signal.SIGTERM, _terminate)
+        try:
+            self._run_lanes(pending, done, failed, running, weight, work)
+        except BaseException:
+            with lock:  # a stopped study leaves no stage running: an orphan would race its re-run on the same files
+                self._stopping = True
+                for proc in self._procs.values():
+                    proc.kill()
+            for thread in list(running.values()):
+                thread.join(timeout=60)
+            raise
+        finally:
+            if on_term is not None:
+                signal.signal(signal.SIGTERM, on_term)
+        if failed:
+            raise Ra3Error(f"study stage failed: {failed[0]}; fix it and re-run: finished stages are kept")
+        from ra3.study_report import write_report
+
+        return write_report(self, wall_s=time.time() - started)
+
+    def _run_lanes(self, pending: list[str], done: set[str], failed: list[str], running: dict, weight: dict[str, int],
+                   work) -> None:
+        """Start ready stages (longest chain first) while lanes are free, until every stage ran or one failed."""
+        lock = self._lock
         with lock:
             while pending and not failed:
                 ready = sorted((n for n in pending if all(d in done for d in self.stages[n].deps)), key=lambda n: -weight[n])
@@ -300,8 +341,3 @@ class Study:
                 lock.wait()
             while running:
                 lock.wait()
-        if failed:
-            raise Ra3Error(f"study stage failed: {failed[0]}; fix it and re-run: finished stages are kept")
-        from ra3.study_report import write_report
-
-        return write_report(self, wall_s=time.time() - started)

@@ -144,3 +144,23 @@ def test_one_base_reports_means_and_a_task_bootstrap(tmp_path):
     assert d["t"]["mean"] == 0.25 and d["t"]["n"] == 1
     assert d["boot"]["lo"] == 0.0 and 0.25 < d["boot"]["hi"] <= 1.0  # 4 tasks resampled
     assert "ra3_share_of_oracle_gain" not in res
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_stopping_the_study_stops_its_running_stages(tmp_path, sig):
+    """The signal goes to the study's process alone (a scheduler's SIGTERM, `kill`): the stage it is running must
+    not live on, orphaned, to race the re-run that starts the same stage on the same files."""
+    import psutil
+
+    out = tmp_path / "study"
+    p = start(out)
+    t0 = time.time()
+    while not [c for c in psutil.Process(p.pid).children() if "ra3.cli" in " ".join(c.cmdline())]:
+        assert p.poll() is None and time.time() - t0 < 60, p.communicate()[0][-3000:]
+        time.sleep(0.05)
+    os.kill(p.pid, sig)
+    p.communicate(timeout=60)
+    assert p.returncode != 0
+    time.sleep(0.5)
+    left = [q.pid for q in psutil.process_iter(["cmdline"]) if str(out) in " ".join(q.info["cmdline"] or [])]
+    assert not left, f"stage processes left running after {sig.name}: {left}"
