@@ -310,7 +310,8 @@ class Study:
                 self._stopping = True
                 for proc in self._procs.values():
                     proc.kill()
-            for thread in list(running.values()):
+                threads = list(running.values())
+            for thread in threads:
                 thread.join(timeout=60)
             raise
         finally:
