@@ -166,7 +166,6 @@ class RaggedCache:
                            "'ragged' is the same sampler without torch.compile") from e
         self.compiled += 1
         self.last_logp[fed] = logp[fed]
-        self.lengths.copy_(slots)
         self.lengths[fed] += 1
 
     @torch.no_grad()
