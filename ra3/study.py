@@ -280,6 +280,7 @@ class Study:
     def run(self) -> dict[str, Any]:
         """Run every stage not done yet, ``jobs`` at a time in dependency order; then write the report."""
         started = time.time()
+        self._stopping = False
         self.build()
         done = {n for n in self.stages if self._marker(n).exists()}
         pending = [n for n in self.stages if n not in done]

@@ -196,13 +196,13 @@ def serve(sock_fd, job_root):
     """A warm interpreter that runs jobs in forked children: ``--serve <sock_fd> <job_root>``.
 
     Per job the host sends one JSON line ``{"wall": s, "uid": int | None, "kill_all": bool, "clear": [folder, ...]}``
-    on the socket with
-    four descriptors: the job (a memfd holding ``job.json``'s text), the program's stdout, its stderr and the
-    result pipe. The child starts its own session in a fresh directory under ``job_root``, drops to ``uid`` (the
-    server runs as root then: the program can neither signal nor trace it), and runs ``run_job``; the server
-    waits ``wall`` seconds at most, kills it, with ``kill_all`` every other process in this PID namespace too,
-    deletes the directory and empties the ``clear`` folders (but the job root and the harness), and answers ``{"status": exit status (-signal), "timed_out": bool}``. A child is a
-    fork of this process, which never ran a program: every job starts from the same clean state."""
+    on the socket with four descriptors: the job (a memfd holding ``job.json``'s text), the program's stdout, its
+    stderr and the result pipe. The child starts its own session in a fresh directory under ``job_root``, drops to
+    ``uid`` (the server runs as root then: the program can neither signal nor trace it), and runs ``run_job``; the
+    server waits ``wall`` seconds at most, kills it, with ``kill_all`` every other process in this PID namespace
+    too, deletes the directory and empties the ``clear`` folders (but the job root and the harness), and answers
+    ``{"status": exit status (-signal), "timed_out": bool}``. A child is a fork of this process, which never ran a
+    program: every job starts from the same clean state."""
     import select
     import shutil
     import socket

@@ -5,12 +5,14 @@ attention (``ragged_attention_forward``) reads each chunk's row of the cache."""
 
 from __future__ import annotations
 
+import functools
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.fx.experimental import _config as fx_config
 from transformers.cache_utils import Cache
 
 from ra3.errors import Ra3Error
@@ -143,19 +145,18 @@ class RaggedCache:
         (``reset``: every live row must be fed). The log-probs match ``feed``'s to ~1e-5, not bit for bit, so
         sampled completions can differ from ``feed``'s where two tokens are that close. Without a plain decoder
         (``PLAIN_DECODERS``; not under peft or FSDP2) or before the first ``feed`` this is ``feed``."""
-        fed = torch.tensor(sorted(tokens), dtype=torch.long, device=self.device)
+        rows = sorted(tokens)
+        fed = torch.tensor(rows, dtype=torch.long, device=self.device)
         kept = torch.zeros_like(self.lengths, dtype=torch.bool).index_fill_(0, fed, True)
         self.lengths.masked_fill_(~kept, 0)
         if not self.compilable or not self.kv.buffers:
             self.feed({r: [t] for r, t in tokens.items()}, token_logprobs=False)
             return
         ids = torch.zeros_like(self.lengths)
-        ids[fed] = torch.tensor([tokens[r] for r in sorted(tokens)], device=self.device)
+        ids[fed] = torch.tensor([tokens[r] for r in rows], device=self.device)
         slots = self.lengths.clone()  # each row's next slot; 0 for the rows emptied
         self.kv.prepare(torch.arange(len(slots), device=self.device), slots)  # grows the buffers if a row needs it
         layers = sorted(self.kv.buffers)
-        from torch.fx.experimental import _config as fx_config
-
         try:  # no duck sizing: N equal to the head count or head size must not tie N to it (a recompile per N)
             with fx_config.patch(use_duck_shape=False):
                 logp = compiled_decode_step()(*self.decoder, ids, slots, self.kv.kv_len,
@@ -377,15 +378,11 @@ def decode_step(decoder, lm_head, rotate_half, ids: torch.Tensor, slots: torch.T
     return torch.log_softmax(logits.float(), -1)
 
 
-_COMPILED: dict[str, object] = {}
-
-
+@functools.cache
 def compiled_decode_step():
     """``decode_step`` under ``torch.compile`` (inductor, dynamic shapes, C++ wrapper), made once per process; the
     first call of each model compiles (seconds to tens of seconds on CPU; later processes reuse inductor's cache)."""
-    if "decode" not in _COMPILED:
-        _COMPILED["decode"] = torch.compile(decode_step, dynamic=True, fullgraph=True, options={"cpp_wrapper": True})
-    return _COMPILED["decode"]
+    return torch.compile(decode_step, dynamic=True, fullgraph=True, options={"cpp_wrapper": True})
 
 
 def _cache_kwarg(model) -> str:

@@ -121,7 +121,7 @@ def test_a_failing_compile_is_one_clear_error(monkeypatch):
     def broken(*args):
         raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
 
-    monkeypatch.setitem(ragged._COMPILED, "decode", broken)
+    monkeypatch.setattr(ragged, "compiled_decode_step", lambda: broken)
     model = _model("llama")
     cache = RaggedCache(model, 2, capacity=8)
     with ragged_attention(model):
