@@ -139,35 +139,57 @@ class RaggedCache:
         self.last_logp[row] = last_logp
 
     @torch.no_grad()
-    def decode(self, tokens: dict[int, int]) -> None:
-        """A sampler's decoding step: append one token ``tokens[r]`` to each row r and update ``last_logp``, in one
-        forward over every cache row under ``torch.compile`` (``decode_step``); rows not in ``tokens`` are emptied
-        (``reset``: every live row must be fed). The log-probs match ``feed``'s to ~1e-5, not bit for bit, so
-        sampled completions can differ from ``feed``'s where two tokens are that close. Without a plain decoder
-        (``PLAIN_DECODERS``; not under peft or FSDP2) or before the first ``feed`` this is ``feed``."""
-        rows = sorted(tokens)
-        fed = torch.tensor(rows, dtype=torch.long, device=self.device)
+    def decode(self, tokens: dict[int, int], prompts: dict[int, list[int]] | None = None) -> None:
+        """A sampler's step in one forward over every cache row under ``torch.compile`` (``decode_step``): append one
+        token ``tokens[r]`` to each row r, start each row r of ``prompts`` anew with the prompt ``prompts[r]``, and
+        update ``last_logp``; rows in neither are emptied (``reset``: every live row must be fed). The log-probs match
+        ``feed``'s to ~1e-5, not bit for bit, so sampled completions can differ from ``feed``'s where two tokens are
+        that close. Without a plain decoder (``PLAIN_DECODERS``; not under peft or FSDP2) or before the first ``feed``
+        this is ``feed``."""
+        prompts = {r: c for r, c in (prompts or {}).items() if c}
+        chunks = {**{r: [t] for r, t in tokens.items()}, **prompts}
+        fed = torch.tensor(sorted(chunks), dtype=torch.long, device=self.device)
         kept = torch.zeros_like(self.lengths, dtype=torch.bool).index_fill_(0, fed, True)
         self.lengths.masked_fill_(~kept, 0)
+        if prompts:
+            self.lengths[list(prompts)] = 0
         if not self.compilable or not self.kv.buffers:
-            self.feed({r: [t] for r, t in tokens.items()}, token_logprobs=False)
+            self.feed(chunks, token_logprobs=False)
             return
+        tokens = {**tokens, **{r: c[0] for r, c in prompts.items() if len(c) == 1}}  # a 1-token prompt decodes at slot 0
+        new = sorted(r for r, c in prompts.items() if len(c) > 1)
+        n = len(self.lengths)
         ids = torch.zeros_like(self.lengths)
-        ids[fed] = torch.tensor([tokens[r] for r in rows], device=self.device)
-        slots = self.lengths.clone()  # each row's next slot; 0 for the rows emptied
-        self.kv.prepare(torch.arange(len(slots), device=self.device), slots)  # grows the buffers if a row needs it
+        if tokens:
+            ids[list(tokens)] = torch.tensor(list(tokens.values()), device=self.device)
+        slots = self.lengths.clone()  # each row's next slot; 0 for the rows emptied and the new rows
+        prefill = None
+        if new:  # the prompts right-padded to the longest; at least 2 rows (one graph for any count: repeat a lone one)
+            rows = new if len(new) > 1 else new * 2
+            width = max(len(prompts[r]) for r in new)
+            lens = torch.tensor([len(prompts[r]) for r in new], device=self.device)
+            keep = torch.arange(n, device=self.device)  # the packed position whose logits are each row's
+            keep[new] = n + torch.arange(len(new), device=self.device) * width + lens - 1
+            prompt = torch.tensor([prompts[r] + [0] * (width - len(prompts[r])) for r in rows], device=self.device)
+            prefill = (torch.tensor(rows, device=self.device), prompt, keep)
+        kv_len = max(2, int(slots.max()) + 1)  # >= 2: a size of 1 would be a graph of its own
+        top = slots.new_tensor([max(kv_len, width if new else 0) - 1])
+        self.kv.prepare(torch.arange(n + 1, device=self.device), torch.cat([slots, top]))  # grows the buffers if needed
         layers = sorted(self.kv.buffers)
         try:  # no duck sizing: N equal to the head count or head size must not tie N to it (a recompile per N)
             with fx_config.patch(use_duck_shape=False):
-                logp = compiled_decode_step()(*self.decoder, ids, slots, self.kv.kv_len,
+                logp = compiled_decode_step()(*self.decoder, ids, slots, kv_len,
                                               [self.kv.buffers[i][0] for i in layers],
-                                              [self.kv.buffers[i][1] for i in layers])
+                                              [self.kv.buffers[i][1] for i in layers], prefill)
         except Exception as e:  # inductor needs a C++ compiler on CPU; a failure names it here
             raise Ra3Error(f"the torch.compile'd decoding step failed ({type(e).__name__}: {str(e)[:500]}); the engine "
                            "'ragged' is the same sampler without torch.compile") from e
         self.compiled += 1
         self.last_logp[fed] = logp[fed]
-        self.lengths[fed] += 1
+        if tokens:
+            self.lengths[list(tokens)] += 1
+        if new:
+            self.lengths[new] = lens
 
     @torch.no_grad()
     def _forward(self, rows: list[int], chunks: list[list[int]], probes: list[list[int] | None], token_logprobs: bool):
@@ -356,25 +378,48 @@ def _decoder_forward(decoder, lm_head, rotate_half, ids, position_ids, write, at
 
 
 def decode_step(decoder, lm_head, rotate_half, ids: torch.Tensor, slots: torch.Tensor, kv_len: int,
-                keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
+                keys: list[torch.Tensor], values: list[torch.Tensor], prefill=None) -> torch.Tensor:
     """(N, V) fp32 log-probs after one token ``ids`` (N,) for every cache row, written at slot ``slots`` (N,) of the
     layers' (N, Hkv, C, D) ``keys``/``values`` (in place); attention reads slots ``[0, kv_len)`` up to each row's
-    own. The shape ``torch.compile`` sees is fixed but for N, C and ``kv_len``: ``RaggedCache.decode`` runs it."""
-    rows = torch.arange(ids.shape[0], device=ids.device)
+    own. ``prefill``: None, or new rows' prompts fed in the same forward, ``(rows (k,), prompts (k, W) right-padded,
+    keep (N,))``: prompt i is written at slots ``[0, W)`` of its empty row (after that row's token in ``ids``, a
+    dummy) and attends only to itself; ``keep[r]`` is the packed position (row r's token, or N + i * W + its
+    prompt's last) whose log-probs are row r's. The shapes ``torch.compile`` sees vary only in N, C, ``kv_len``, k
+    and W: ``RaggedCache.decode`` runs it (two graphs: with and without prefill)."""
+    n = ids.shape[0]
+    rows = torch.arange(n, device=ids.device)
     mask = (torch.arange(kv_len, device=ids.device) <= slots[:, None])[:, None, None]  # (N, 1, 1, L)
     cfg = decoder.config
     gqa = cfg.num_attention_heads != (getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+    positions, keep, new, k, w, j, causal = slots, None, None, 0, 0, None, None  # closures' cells all set
+    if prefill is not None:
+        new, prompts, keep = prefill
+        k, w = prompts.shape
+        j = torch.arange(w, device=ids.device)
+        ids, positions = torch.cat([ids, prompts.flatten()]), torch.cat([slots, j.repeat(k)])
+        causal = (j <= j[:, None])[None, None]  # (1, 1, W, W)
 
-    def write(i, k, v):
-        keys[i][rows, :, slots], values[i][rows, :, slots] = k, v
+    def write(i, key, value):
+        keys[i][rows, :, slots], values[i][rows, :, slots] = key[:n], value[:n]
+        if prefill is not None:
+            keys[i][new[:, None], :, j] = key[n:].view(k, w, *key.shape[1:])
+            values[i][new[:, None], :, j] = value[n:].view(k, w, *value.shape[1:])
         return keys[i], values[i]
 
-    def attend(q, k, v, scaling):
-        o = F.scaled_dot_product_attention(q[:, :, None], k[:, :, :kv_len], v[:, :, :kv_len], attn_mask=mask,
-                                           scale=scaling, enable_gqa=gqa)  # (N, H, 1, D)
-        return o[:, :, 0]
+    def attend(q, key, value, scaling):
+        # matmuls + softmax, not SDPA: inductor fuses these ~1.5x faster than its SDPA call at 64 rows (2 CPU cores)
+        hkv = key.shape[1]
+        s = (q[:n].view(n, hkv, -1, q.shape[-1]) * scaling) @ key[:, :, :kv_len].transpose(-1, -2)  # (N, Hkv, G, L)
+        p = torch.softmax(s.float().masked_fill(~mask, float("-inf")), -1).to(value.dtype)
+        o = (p @ value[:, :, :kv_len]).view(n, -1, q.shape[-1])  # (N, H, D)
+        if prefill is None:
+            return o
+        qp = q[n:].view(k, w, *q.shape[1:]).transpose(1, 2)  # (k, H, W, D)
+        kp, vp = key[:, :, :w].index_select(0, new), value[:, :, :w].index_select(0, new)
+        op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=causal, scale=scaling, enable_gqa=gqa)
+        return torch.cat([o, op.transpose(1, 2).reshape(-1, *o.shape[1:])])
 
-    logits = _decoder_forward(decoder, lm_head, rotate_half, ids[None], slots[None], write, attend, None)[0]
+    logits = _decoder_forward(decoder, lm_head, rotate_half, ids[None], positions[None], write, attend, keep)[0]
     return torch.log_softmax(logits.float(), -1)
 
 

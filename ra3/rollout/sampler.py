@@ -93,15 +93,17 @@ class RaggedEngine:
             cache = RaggedCache(model, n_slots, capacity)
             feed: dict[int, list[int]] = {}
             while pending or feed:
+                fresh = []
                 for s in range(n_slots):  # refill free slots
                     if owner[s] is None and pending:
                         j = pending.popleft()
+                        fresh.append(s)
                         owner[s], new[j] = j, []
                         cache.reset(s)
                         feed[s] = items[j][1]
                         prefilled += len(items[j][1])
-                if self.compile and all(len(c) == 1 for c in feed.values()):
-                    cache.decode({s: c[0] for s, c in feed.items()})
+                if self.compile:  # the new rows' slots were reset: their prompts ride in the compiled step
+                    cache.decode({s: c[0] for s, c in feed.items() if s not in fresh}, {s: feed[s] for s in fresh})
                 else:
                     cache.feed(feed, token_logprobs=False)
                 steps += 1

@@ -66,36 +66,49 @@ def test_feeds_outside_the_ragged_attention_context_are_refused():
 
 
 def _decode_vs_feed(model, compiled: bool):
-    """Rows of 5, 9, 3 and 7 tokens fed, then 4 one-token steps on a cache of capacity 10 (it grows): row 2 is
-    left out of step 2 and restarts from one token in step 3, after the weights change in place. One cache takes every step through ``feed`` (row 2
-    reset by hand), the other through ``decode`` (rows left out are emptied). Returns both caches' log-probs
-    after each step, on the rows fed, and the decoding cache."""
+    """Rows of 5, 9, 3 and 7 tokens fed, then 8 sampler steps on a cache of capacity 10 (it grows), one token per
+    row except: row 2 is left out of step 2 and restarts from one token in step 3, after the weights change in place;
+    step 5 brings new prompts of 6 and 14 tokens to rows 1 and 2 (longer than the cache was), step 7 a lone one of 4
+    to row 3. One cache takes every step through ``feed`` (rows reset by hand), the other through ``decode`` (rows
+    left out are emptied). Returns both caches' log-probs after each step, on the rows fed, and the decoding cache."""
     gen = torch.Generator().manual_seed(1)
-    heads = [torch.randint(3, 50, (n,), generator=gen).tolist() for n in (5, 9, 3, 7)]
-    steps = [{r: int(torch.randint(3, 50, (1,), generator=gen)) for r in rows} for rows in ((0, 1, 2, 3), (0, 1, 3), (0, 1, 2, 3), (0, 1, 2, 3))]
+
+    def draw(n):
+        return torch.randint(3, 50, (n,), generator=gen).tolist()
+
+    heads = [draw(n) for n in (5, 9, 3, 7)]
+    steps = [({r: draw(1)[0] for r in rows}, {r: draw(n) for r, n in prompts.items()}) for rows, prompts in (
+        ((0, 1, 2, 3), {}), ((0, 1, 3), {}), ((0, 1, 2, 3), {}), ((0, 1, 2, 3), {}),
+        ((0, 3), {1: 6, 2: 14}), ((0, 1, 2, 3), {}), ((0, 1, 2), {3: 4}), ((0, 1, 2, 3), {}))]
     by_feed, by_decode = RaggedCache(model, 4, capacity=10), RaggedCache(model, 4, capacity=10)
     out = []
     with ragged_attention(model):
         for cache in (by_feed, by_decode):
             cache.feed(dict(enumerate(heads)), token_logprobs=False)
-        for k, tokens in enumerate(steps):
+        for k, (tokens, prompts) in enumerate(steps):
+            for r in [2] * (k == 2) + list(prompts):
+                by_feed.reset(r)
             if k == 2:
-                by_feed.reset(2)
                 with torch.no_grad():  # an optimizer step between two decodes: the compiled step must see it
                     for p in model.parameters():
-                        p.add_(0.05 * torch.randn(p.shape, generator=gen))
-            by_feed.feed({r: [t] for r, t in tokens.items()}, token_logprobs=False)
-            by_decode.decode(tokens)
-            fed = sorted(tokens)
+                        p.add_(0.05 * torch.randn(p.shape, generator=gen).to(p.device))
+            by_feed.feed({**{r: [t] for r, t in tokens.items()}, **prompts}, token_logprobs=False)
+            by_decode.decode(tokens, prompts)
+            fed = sorted([*tokens, *prompts])
             out.append((by_feed.last_logp[fed].clone(), by_decode.last_logp[fed].clone()))
             assert by_decode.lengths[fed].tolist() == by_feed.lengths[fed].tolist()
     return out, by_decode
 
 
-def test_compiled_decode_steps_match_packed_feeds():
-    model = _model("llama")  # grouped-query attention
-    out, cache = _decode_vs_feed(model, True)
-    assert cache.compiled == 4 and cache.kv.capacity > 10
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_compiled_decode_steps_match_packed_feeds(device):
+    model = _model("llama").to(device)  # grouped-query attention
+    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
+    try:
+        out, cache = _decode_vs_feed(model, True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    assert cache.compiled == 8 and cache.kv.capacity >= 20
     for by_feed, by_decode in out:
         torch.testing.assert_close(by_decode, by_feed, atol=1e-5, rtol=0)
 
