@@ -83,6 +83,14 @@ def row_generators(seeds: list[int], n: int, device: str | torch.device = "cpu")
     return [torch.Generator(device=device).manual_seed((s * 1_000_003 + j) % (2**63)) for s in seeds for j in range(n)]
 
 
+def gumbel_block(generator: torch.Generator, vocab: int) -> torch.Tensor:
+    """The next (block, vocab) Gumbel draws ``-log(-log(u))`` of ``generator``, ``block`` tokens' worth in one call
+    (at most ~1 MB)."""
+    block = max(1, min(64, (1 << 18) // vocab))
+    u = torch.rand(block * vocab, generator=generator, device=generator.device)
+    return (-torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))).view(block, vocab)
+
+
 class UniformStream:
     """A row's Gumbel noise ``-log(-log(u))``, ``vocab`` numbers a token, its uniforms ``u`` drawn from the row's
     generator ``block`` tokens at a time (one call, not one a token a row). On CPU the uniforms are those of one
@@ -94,9 +102,7 @@ class UniformStream:
     def next(self, vocab: int) -> torch.Tensor:
         """The next (vocab,) Gumbel draws."""
         if self.buffer is None or self.pos + vocab > self.buffer.numel():
-            block = max(1, min(64, (1 << 18) // vocab))  # at most ~1 MB a row
-            u = torch.rand(block * vocab, generator=self.generator, device=self.generator.device)
-            self.buffer, self.pos = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7))), 0
+            self.buffer, self.pos = gumbel_block(self.generator, vocab).flatten(), 0
         self.pos += vocab
         return self.buffer[self.pos - vocab: self.pos]
 

@@ -28,8 +28,8 @@ from collections import deque
 import torch
 
 from ra3.errors import Ra3Error
-from ra3.rollout.generate import (Completion, HFEngine, OnDone, SamplingConfig, SeededSampling, UniformStream,
-                                  encode_prompt, make_completion, row_generators)
+from ra3.rollout.generate import (Completion, HFEngine, OnDone, SamplingConfig, encode_prompt, gumbel_block,
+                                  make_completion, row_generators)
 from ra3.rollout.ragged import RaggedCache, ragged_attention
 
 ENGINES = ("ragged", "ragged_compiled", "hf")
@@ -70,10 +70,9 @@ class RaggedEngine:
         items = [(i, encode_prompt(tok, p)) for i, p in enumerate(prompts) for _ in range(n)]
         if not items:
             return [[] for _ in prompts]
-        gens = [UniformStream(g) for g in row_generators(seeds, n, device)] \
-            if seeds is not None and config.temperature > 0 else None
         pending = deque(sorted(range(len(items)), key=lambda j: -len(items[j][1])))  # long prompts first
         n_slots = max(1, min(self.slots or config.batch_size, len(items)))
+        noise = SlotNoise(row_generators(seeds, n, device), n_slots) if seeds is not None and config.temperature > 0 else None
         capacity = max(len(ids) for _, ids in items) + config.max_new_tokens
         tail = max((len(s) for s in config.stop), default=0) + 8  # tokens decoded to look for a stop string
         backend = getattr(tok, "backend_tokenizer", None)  # a fast tokenizer's own decode: ~4x less overhead
@@ -99,6 +98,8 @@ class RaggedEngine:
                         j = pending.popleft()
                         fresh.append(s)
                         owner[s], new[j] = j, []
+                        if noise is not None:
+                            noise.assign(s, j)
                         cache.reset(s)
                         feed[s] = items[j][1]
                         prefilled += len(items[j][1])
@@ -108,7 +109,7 @@ class RaggedEngine:
                     cache.feed(feed, token_logprobs=False)
                 steps += 1
                 active = sorted(feed)
-                picks = self._sample(cache.last_logp[active], [owner[s] for s in active], gens, config)
+                picks = self._sample(cache.last_logp[active], active, noise, config)
                 decoded += len(active)
                 feed = {}
                 for s, t in zip(active, picks):
@@ -129,16 +130,43 @@ class RaggedEngine:
         return out
 
     @staticmethod
-    def _sample(logp: torch.Tensor, rows: list[int], gens: list[UniformStream] | None, config: SamplingConfig) -> list[int]:
-        """Next token of each row from its (V,) log-probs: argmax (temperature 0), Gumbel-max with the rows' own
-        generators (seeded, as ``HFEngine``), or multinomial from the global RNG."""
+    def _sample(logp: torch.Tensor, slots: list[int], noise: SlotNoise | None, config: SamplingConfig) -> list[int]:
+        """Next token of each slot's row from its (V,) log-probs: argmax (temperature 0), Gumbel-max with the rows'
+        own noise (seeded: ``SeededSampling``'s arithmetic and numbers, as ``HFEngine``), or multinomial from the
+        global RNG."""
         if config.temperature <= 0:
             return logp.argmax(-1).tolist()
-        if gens is not None:
-            return SeededSampling([gens[j] for j in rows], config.temperature, config.top_p)(None, logp).argmax(-1).tolist()
-        scores = logp / config.temperature
+        scores = logp.float() / config.temperature
         if config.top_p < 1.0:
             from transformers import TopPLogitsWarper
 
             scores = TopPLogitsWarper(config.top_p)(None, scores)
+        if noise is not None:
+            return (scores + noise.draw(slots, scores.shape[-1])).argmax(-1).tolist()
         return torch.multinomial(torch.softmax(scores, -1), 1)[:, 0].tolist()
+
+
+class SlotNoise:
+    """The Gumbel noise of the row in each slot: row j's draws are ``UniformStream(generators[j])``'s (blocks of
+    ``gumbel_block``), kept in one (slots, block, V) bank so that a step takes every slot's next draw in one gather,
+    not one call and a stack a row."""
+
+    def __init__(self, generators: list[torch.Generator], n_slots: int):
+        self.generators, self.n_slots, self.bank, self.row, self.pos = generators, n_slots, None, {}, {}
+
+    def assign(self, slot: int, row: int) -> None:
+        """Slot ``slot`` now holds row ``row``, whose draws start afresh."""
+        self.row[slot], self.pos[slot] = row, None
+
+    def draw(self, slots: list[int], vocab: int) -> torch.Tensor:
+        """The next (len(slots), V) draws of the slots' rows."""
+        for s in slots:
+            if self.pos[s] is None or self.pos[s] == self.bank.shape[1]:
+                block = gumbel_block(self.generators[self.row[s]], vocab)
+                if self.bank is None:
+                    self.bank = block.new_empty((self.n_slots, *block.shape))
+                self.bank[s], self.pos[s] = block, 0
+        index = torch.tensor([self.pos[s] for s in slots], device=self.bank.device)
+        for s in slots:
+            self.pos[s] += 1
+        return self.bank[torch.tensor(slots, device=self.bank.device), index]

@@ -8,8 +8,8 @@ from transformers import AutoModelForCausalLM
 
 from ra3.errors import Ra3Error
 from ra3.modules.policy import load_tokenizer
-from ra3.rollout.generate import HFEngine, SamplingConfig, encode_prompt
-from ra3.rollout.sampler import RaggedEngine, make_engine
+from ra3.rollout.generate import HFEngine, SamplingConfig, UniformStream, encode_prompt, row_generators
+from ra3.rollout.sampler import RaggedEngine, SlotNoise, make_engine
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +74,20 @@ def test_engine_names():
     assert make_engine("ragged_compiled", torch.nn.Linear(1, 1), None).compile
     with pytest.raises(Ra3Error, match="engine must be one of ragged, ragged_compiled, hf"):
         make_engine("fast", None, None)
+
+
+def test_slot_noise_is_each_rows_own_stream_across_blocks_and_slots():
+    """A (slots, block, V) bank gives every row ``UniformStream``'s numbers (``HFEngine``'s), here with blocks of 3
+    tokens so rows cross block ends, and a slot handed from one row to the next."""
+    vocab = (1 << 18) // 3  # blocks of 3 tokens
+    noise = SlotNoise(row_generators([7, 8], 2), n_slots=2)
+    streams = [UniformStream(g) for g in row_generators([7, 8], 2)]
+    noise.assign(0, 0)
+    noise.assign(1, 1)
+    plan = [[0, 1]] * 2 + [[0]] * 3 + [[0, 1]] * 2  # slot 1's row 1 ends after 2 draws; row 3 takes it at draw 6
+    for k, slots in enumerate(plan):
+        if k == 5:
+            noise.assign(1, 3)
+        rows = [0 if s == 0 else (1 if k < 5 else 3) for s in slots]
+        expected = torch.stack([streams[r].next(vocab) for r in rows])
+        assert torch.equal(noise.draw(slots, vocab), expected)
