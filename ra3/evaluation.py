@@ -219,8 +219,9 @@ def evaluate(
         cache_dir: where ground-truth verdicts of the benchmarks' own solutions are cached.
         progress: show progress bars.
         seed: sampling seed (per problem: the same samples on every run).
-        engine: sampler: ragged (continuous batching), ragged_compiled (its decoding steps under torch.compile; log-probs
-            within ~1e-5) or hf (model.generate; the same completions as ragged).
+        engine: sampler: ragged (continuous batching), ragged_compiled (its steps under torch.compile: log-probs
+            within ~1e-5; compiling takes longer than one evaluation saves) or hf (model.generate; the same
+            completions as ragged).
         device: where the model samples (default: cuda when there is a GPU, else cpu); off the CPU, samples run in
             the sandbox while sampling goes on.
     """

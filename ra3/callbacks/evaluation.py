@@ -35,7 +35,7 @@ class PassAtKCallback(L.Callback):
         batch_size: generation batch size.
         table_rows: samples per W&B table (0 = no table).
         workers: sandbox processes.
-        engine: sampler, ``ragged`` (continuous batching), ``ragged_compiled`` (its decoding steps under
+        engine: sampler, ``ragged`` (continuous batching), ``ragged_compiled`` (its steps under
             ``torch.compile``) or ``hf`` (``model.generate``; the same completions as ``ragged``).
     """
 

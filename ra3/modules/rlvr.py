@@ -65,8 +65,8 @@ class RLVRModule(PolicyModule):
         table_every_n_steps: W&B table of prompts/completions/rewards this often (0 = never).
         reference_quantization: load the frozen reference (``beta > 0``) in bitsandbytes ``8bit`` or ``4bit``.
         rollout_engine: ``ragged`` (continuous batching over a ragged KV cache, ``ra3.rollout.sampler``),
-            ``ragged_compiled`` (the same, its decoding steps under ``torch.compile``: faster once compiled in the
-            first step; log-probs within ~1e-5 of ``ragged``'s), ``hf`` (``model.generate`` on padded batches; the
+            ``ragged_compiled`` (the same, its steps under ``torch.compile``: faster once compiled in the
+            first steps; log-probs within ~1e-5 of ``ragged``'s), ``hf`` (``model.generate`` on padded batches; the
             same completions as ``ragged``) or ``vllm`` (GPU,
             ``pip install 'ra3[vllm]'``; weights synced into vLLM after every update; experimental, never run).
         vllm_kwargs: arguments of ``vllm.LLM`` (e.g. ``gpu_memory_utilization``).

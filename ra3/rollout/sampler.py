@@ -12,13 +12,14 @@ generator (Gumbel-max, the same ``SeededSampling`` noise as ``HFEngine``), so co
 slot count nor on which rows share a step. Stop strings are checked on a decoded tail of the row's last tokens,
 not by re-decoding the whole row. ``on_done`` hears of each completion as its row retires.
 
-``compile=True`` runs the steps that only decode as one ``torch.compile``d forward over every slot
-(``RaggedCache.decode``): not bit-identical (~1e-5), worth it where per-op overhead dominates a step (RLVR's 32
-rows of a tiny model: ~1.4x the eager sampler), little at the evaluation's 64 longer rows.
+``compile=True`` runs every step after the first as one ``torch.compile``d forward over every slot, new rows'
+prompts included (``RaggedCache.decode``): not bit-identical (~1e-5), and the first steps compile (two graphs:
+tens of seconds on CPU, minutes on a GPU), so it pays over long runs (RLVR).
 
 Measured (``benchmarks/sampling.py``, skill-world evaluation, 64 slots = generate's batch of 64, identical
-completions): 1.11-1.38x ``generate`` with its dynamic cache on 2 CPU cores, 1.28x on an H100 (where
-``generate`` with a static cache is faster still, 0.64x); see docs/benchmarks.md.
+completions): 1.3-1.5x ``generate`` with its dynamic cache eager and 1.8x compiled on 2 CPU cores; 1.33x and 2.5x
+on an H100 (where ``generate`` with a static cache, which transformers compiles, matches the compiled engine); see
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ class RaggedEngine:
         model: a transformers causal LM whose attention goes through the ``Cache`` API (Llama, Qwen2, Mistral, ...).
         tokenizer: its tokenizer.
         slots: rows decoded at once (default: ``config.batch_size``).
-        compile: run the steps that only decode (no new row's prompt) as one ``torch.compile``d forward over every
-            slot (``RaggedCache.decode``): faster per step once compiled (the first call compiles: seconds to tens
-            of seconds on CPU), log-probs within ~1e-5 of the eager forward rather than bit-identical.
+        compile: run every step after the first as one ``torch.compile``d forward over every slot, new rows'
+            prompts included (``RaggedCache.decode``): faster per step once compiled (the first steps compile:
+            tens of seconds on CPU), log-probs within ~1e-5 of the eager forward rather than bit-identical.
     """
 
     def __init__(self, model, tokenizer, slots: int | None = None, compile: bool = False):
