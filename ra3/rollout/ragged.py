@@ -147,6 +147,8 @@ class RaggedCache:
         that close. Without a plain decoder (``PLAIN_DECODERS``; not under peft or FSDP2) or before the first ``feed``
         this is ``feed``."""
         prompts = {r: c for r, c in (prompts or {}).items() if c}
+        if tokens.keys() & prompts.keys():
+            raise ValueError(f"rows {sorted(tokens.keys() & prompts.keys())} are given both a token and a prompt")
         chunks = {**{r: [t] for r, t in tokens.items()}, **prompts}
         fed = torch.tensor(sorted(chunks), dtype=torch.long, device=self.device)
         kept = torch.zeros_like(self.lengths, dtype=torch.bool).index_fill_(0, fed, True)
