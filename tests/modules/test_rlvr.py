@@ -146,16 +146,22 @@ def test_short_rlvr_run_raises_the_training_reward(tiny_model_dir, world_dir):
 
 
 def test_rlvr_trains_the_same_with_either_sampler(tiny_model_dir, world_dir):
-    """RaggedEngine and HFEngine draw the same completions, so two GRPO steps give the same rewards and weights."""
-    runs = {}
-    for engine in ("hf", "ragged"):
+    """RaggedEngine and HFEngine draw the same completions, so two GRPO steps give the same rewards and weights;
+    so does the compiled RaggedEngine here (its log-probs are ~1e-5 from the eager ones: no near tie decides a draw)."""
+    from ra3.rollout import ragged
+
+    runs, calls = {}, ragged.compiled_decode_step.cache_info()
+    for engine in ("hf", "ragged", "ragged_compiled"):
         module = LetterShareRLVR(init_from=str(tiny_model_dir), num_generations=4, max_new_tokens=12, learning_rate=1e-2,
                                  rollout_engine=engine)
         history = _Rewards()
         _fit(module, world_dir, 2, history)
         runs[engine] = (history.values, torch.cat([p.detach().flatten() for p in module.model.parameters()]))
-    assert runs["hf"][0] == runs["ragged"][0]
+    after = ragged.compiled_decode_step.cache_info()
+    assert after.hits + after.misses > calls.hits + calls.misses  # the compiled steps ran inside the fit
+    assert runs["hf"][0] == runs["ragged"][0] == runs["ragged_compiled"][0]
     torch.testing.assert_close(runs["hf"][1], runs["ragged"][1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(runs["ragged_compiled"][1], runs["ragged"][1], atol=1e-6, rtol=0)
 
 
 def test_samples_without_reward_are_left_out(tiny_model_dir, world_dir):
