@@ -97,8 +97,12 @@ def run_trl(rl, model, a) -> float:
                          num_generations=a.group, max_completion_length=a.max_new_tokens, temperature=1.0,
                          learning_rate=1e-6, beta=0.0, loss_type="grpo", use_cpu=True, bf16=False, report_to=[],
                          logging_steps=10 ** 6, save_strategy="no", disable_tqdm=True, dataloader_num_workers=0)
-        GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(model), reward_funcs=[unit_tests], args=cfg,
-                    train_dataset=ds, processing_class=tok, callbacks=[clock]).train()
+        try:
+            GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(model), reward_funcs=[unit_tests], args=cfg,
+                        train_dataset=ds, processing_class=tok, callbacks=[clock]).train()
+        finally:  # the reward's sandbox pool (its servers) ends with the run, as RLVRModule's does
+            if reward.pool is not None:
+                reward.pool.close()
     return (a.steps - a.warmup) / clock.elapsed
 
 
