@@ -9,7 +9,8 @@ each row's last position only.
 
 Sampling matches ``HFEngine``: greedy is the argmax; with ``seeds`` every (prompt, sample) row draws from its own
 generator (Gumbel-max, the same ``SeededSampling`` noise as ``HFEngine``), so completions depend neither on the
-slot count nor on which rows share a step. Stop strings are checked on a decoded tail of the row's last tokens,
+slot count nor on which rows share a step (in fp32; in bf16 the packed forward rounds differently from
+``generate``'s padded batches, so a near tie can go the other way). Stop strings are checked on a decoded tail of the row's last tokens,
 not by re-decoding the whole row. ``on_done`` hears of each completion as its row retires.
 
 ``compile=True`` runs every step after the first as one ``torch.compile``d forward over every slot, new rows'
