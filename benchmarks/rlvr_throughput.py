@@ -37,7 +37,8 @@ def build(root: Path, pretrain_steps: int):
     return root / "world" / "rl.jsonl", root / "model"
 
 
-first: dict[str, list[float]] = {"ragged": [], "ragged_compiled": [], "hf": []}  # seconds of each run's first step
+ENGINES = {"ragged": "RaggedEngine", "ragged_compiled": "RaggedEngine(compile=True)", "hf": "HFEngine (generate)"}
+first: dict[str, list[float]] = {e: [] for e in ENGINES}  # seconds of each run's first step
 
 
 def run_ra3(rl, model, a, engine: str = "ragged") -> float:
@@ -119,7 +120,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     runs = {"trl": lambda rl, model: run_trl(rl, model, a)}
-    runs.update({e: (lambda rl, model, e=e: run_ra3(rl, model, a, e)) for e in first})
+    runs.update({e: (lambda rl, model, e=e: run_ra3(rl, model, a, e)) for e in ENGINES})
     rates: dict[str, list[float]] = {k: [] for k in runs}
     with tempfile.TemporaryDirectory() as root:
         rl, model = build(Path(root), a.pretrain_steps)
@@ -127,12 +128,11 @@ def main() -> None:
             for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
                 rates[name].append(runs[name](rl, model))
     med = {k: statistics.median(v) for k, v in rates.items()}
-    paired = {k: sorted(x / t for x, t in zip(rates[k], rates["trl"])) for k in first}
+    paired = {k: sorted(x / t for x, t in zip(rates[k], rates["trl"])) for k in ENGINES}
     print(f"prompts/step={a.prompts} G={a.group} max_new_tokens={a.max_new_tokens} steps={a.steps} (warmup {a.warmup}) "
           f"threads={a.threads} repeats={a.repeats} (medians; paired ratios per round)")
     print(f"TRL GRPOTrainer                       : {med['trl']:6.3f} steps/s")
-    names = {"ragged": "RaggedEngine", "ragged_compiled": "RaggedEngine(compile=True)", "hf": "HFEngine (generate)"}
-    for k, name in names.items():
+    for k, name in ENGINES.items():
         print(f"ra3 RLVRModule, {name:27s}: {med[k]:6.3f} steps/s   x{statistics.median(paired[k]):.2f} vs TRL (rounds "
               f"{', '.join(f'{x:.2f}' for x in paired[k])}; target >= 1.5x); first step {first[k][0]:.1f} s (round 1)")
 

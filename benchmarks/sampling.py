@@ -32,6 +32,8 @@ from ra3.quickstart import skillworld_model_config  # noqa: E402
 
 TINY = skillworld_model_config(max_position_embeddings=1024)
 STOP = ["\ndef ", "\nclass ", "\nprint(", "\nassert"]  # the skill-world benchmark's stop strings
+EAGER, COMPILED = "RaggedEngine (continuous batching)", "RaggedEngine, compiled steps"  # the samplers' names
+DYNAMIC, STATIC = "generate, dynamic cache (HFEngine)", "generate, static cache"
 
 
 def pretrained_base(root: Path, steps: int):
@@ -93,10 +95,10 @@ def main() -> None:
     seeds = [sample_seed(p, 0) for p in prompts]
     config = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, stop=args.stop, batch_size=args.batch)
     samplers = {
-        "RaggedEngine (continuous batching)": RaggedEngine(model, tok, slots=args.batch),
-        "RaggedEngine, compiled steps": RaggedEngine(model, tok, slots=args.batch, compile=True),
-        "generate, dynamic cache (HFEngine)": HFEngine(model, tok),
-        "generate, static cache": HFEngine(model, tok, cache_implementation="static"),
+        EAGER: RaggedEngine(model, tok, slots=args.batch),
+        COMPILED: RaggedEngine(model, tok, slots=args.batch, compile=True),
+        DYNAMIC: HFEngine(model, tok),
+        STATIC: HFEngine(model, tok, cache_implementation="static"),
     }
     outputs, rates = {}, {name: [] for name in samplers}
     warmup = {}
@@ -115,7 +117,7 @@ def main() -> None:
             outputs[name] = out
             n_tokens = sum(len(c.token_ids) + (1 if c.ended_by_eos else 0) for cs in out for c in cs)
             rates[name].append((n_tokens / dt, len(prompts) * args.n / dt, dt))
-    ours = outputs["RaggedEngine (continuous batching)"]
+    ours = outputs[EAGER]
     lengths = sorted(len(c.token_ids) for cs in ours for c in cs)
     capped = sum(not c.finished for cs in ours for c in cs)
     print(f"model: {origin} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; setup {setup_s:.0f} s); "
@@ -129,23 +131,22 @@ def main() -> None:
     for name, (tps, cps, dt) in best.items():
         print(f"{name:<38}: {tps:9.0f} new tokens/s  {cps:7.2f} completions/s  (best {dt:.2f} s of {args.repeats}; "
               f"warm-up {warmup[name]:.1f} s)")
-    for ours_name in ("RaggedEngine (continuous batching)", "RaggedEngine, compiled steps"):
-        for base in ("generate, dynamic cache (HFEngine)", "generate, static cache"):
+    for ours_name in (EAGER, COMPILED):
+        for base in (DYNAMIC, STATIC):
             # paired by round: machine-speed drift (seen here: +-20 % between runs) hits both sides of a ratio alike
             ratios = sorted(o[0] / b[0] for o, b in zip(rates[ours_name], rates[base]))
             q = statistics.quantiles(ratios, n=4) if len(ratios) > 7 else None
             spread = f"quartiles {q[0]:.2f}-{q[2]:.2f}, range {ratios[0]:.2f}-{ratios[-1]:.2f}" if q else \
                 f"rounds: {', '.join(f'{r:.2f}' for r in ratios)}"
             print(f"{ours_name} / {base}: median x{statistics.median(ratios):.2f} ({spread})")
-    st = samplers["RaggedEngine (continuous batching)"].stats
+    st = samplers[EAGER].stats
     print(f"RaggedEngine: {st['steps']} steps = packed forwards (new rows' prompts ride with the decoding rows), "
           f"{st['decoded_tokens']} tokens decoded, {st['prefill_tokens']} prompt tokens")
-    compiled = sorted(c[0] / e[0] for c, e in zip(rates["RaggedEngine, compiled steps"],
-                                                    rates["RaggedEngine (continuous batching)"]))
+    compiled = sorted(c[0] / e[0] for c, e in zip(rates[COMPILED], rates[EAGER]))
     print(f"compiled / eager RaggedEngine: median x{statistics.median(compiled):.2f} (range {compiled[0]:.2f}-{compiled[-1]:.2f}); "
           f"compiled steps {samplers['RaggedEngine, compiled steps'].stats['compiled_steps']} of {st['steps']}")
-    for name in ("RaggedEngine (continuous batching)", "RaggedEngine, compiled steps"):
-        same = sum(a.token_ids == b.token_ids for xs, ys in zip(outputs[name], outputs["generate, dynamic cache (HFEngine)"])
+    for name in (EAGER, COMPILED):
+        same = sum(a.token_ids == b.token_ids for xs, ys in zip(outputs[name], outputs[DYNAMIC])
                    for a, b in zip(xs, ys))
         print(f"{name}: the same completions as generate (dynamic cache) for {same} of {len(lengths)}")
 

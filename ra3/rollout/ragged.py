@@ -175,8 +175,7 @@ class RaggedCache:
             prompt = torch.tensor([prompts[r] + [0] * (width - len(prompts[r])) for r in rows], device=self.device)
             prefill = (torch.tensor(rows, device=self.device), prompt, keep)
         kv_len = max(2, int(slots.max()) + 1)  # >= 2: a size of 1 would be a graph of its own
-        top = slots.new_tensor([max(kv_len, width if new else 0) - 1])
-        self.kv.prepare(torch.arange(n + 1, device=self.device), torch.cat([slots, top]))  # grows the buffers if needed
+        self.kv.reserve(max(kv_len, width if new else 0))  # the prompts are written at slots [0, width)
         layers = sorted(self.kv.buffers)
         try:  # no duck sizing: N equal to the head count or head size must not tie N to it (a recompile per N)
             with fx_config.patch(use_duck_shape=False):
@@ -297,8 +296,13 @@ class RaggedKV(Cache):
         self.kv_len = 0
 
     def prepare(self, rows: torch.Tensor, slots: torch.Tensor) -> None:
+        """The (row, slot) of each token of the next forward's ``write``s."""
         self.rows, self.slots, self.flat = rows, slots, None
-        self.kv_len = int(slots.max()) + 1
+        self.reserve(int(slots.max()) + 1)
+
+    def reserve(self, kv_len: int) -> None:
+        """Slots ``[0, kv_len)`` are read next: grow the buffers to hold them if needed."""
+        self.kv_len = kv_len
         if self.kv_len > self.capacity:  # grow every buffer (rare: the capacity is an upper bound of the rollout)
             self.capacity = max(self.kv_len, 2 * self.capacity)
             for i, (k, v) in self.buffers.items():

@@ -65,12 +65,13 @@ def test_feeds_outside_the_ragged_attention_context_are_refused():
         RaggedCache(model, 1, 4).feed({0: [3, 4]})
 
 
-def _decode_vs_feed(model, compiled: bool):
+def _decode_vs_feed(model):
     """Rows of 5, 9, 3 and 7 tokens fed, then 8 sampler steps on a cache of capacity 10 (it grows), one token per
     row except: row 2 is left out of step 2 and restarts from one token in step 3, after the weights change in place;
     step 5 brings new prompts of 6 and 14 tokens to rows 1 and 2 (longer than the cache was), step 7 a lone one of 4
-    to row 3 and one of a single token to row 1. One cache takes every step through ``feed`` (rows reset by hand), the other through ``decode`` (rows
-    left out are emptied). Returns both caches' log-probs after each step, on the rows fed, and the decoding cache."""
+    to row 3 and one of a single token to row 1. One cache takes every step through ``feed`` (rows reset by hand),
+    the other through ``decode`` (rows left out are emptied). Returns both caches' log-probs after each step, on the
+    rows fed, and the decoding cache."""
     gen = torch.Generator().manual_seed(1)
 
     def draw(n):
@@ -105,7 +106,7 @@ def test_compiled_decode_steps_match_packed_feeds(device):
     model = _model("llama").to(device)  # grouped-query attention
     tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
     try:
-        out, cache = _decode_vs_feed(model, True)
+        out, cache = _decode_vs_feed(model)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
     assert cache.compiled == 8 and cache.kv.capacity >= 20
@@ -114,7 +115,7 @@ def test_compiled_decode_steps_match_packed_feeds(device):
 
 
 def test_decode_without_a_plain_decoder_is_feed():
-    out, cache = _decode_vs_feed(_model("gpt2"), False)
+    out, cache = _decode_vs_feed(_model("gpt2"))
     assert cache.compiled == 0
     for by_feed, by_decode in out:
         assert torch.equal(by_decode, by_feed)
@@ -124,7 +125,7 @@ def test_decode_under_peft_is_feed():
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(_model("llama"), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
-    out, cache = _decode_vs_feed(model, False)
+    out, cache = _decode_vs_feed(model)
     assert cache.decoder is not None and cache.compiled == 0
     for by_feed, by_decode in out:
         assert torch.equal(by_decode, by_feed)
