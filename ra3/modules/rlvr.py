@@ -6,7 +6,9 @@ One training step, top to bottom:
    the same sampler as evaluation); reward jobs go to the sandbox pool as soon as each generation chunk is
    done, so execution overlaps the next chunk's generation.
 2. Rewards ``(prompts, completions, **columns) -> list[float | None]`` (``ra3.rewards``); ``None`` (e.g. a
-   sandbox error) drops the sample from the loss and from its group's baseline.
+   sandbox error) drops the sample from the loss and from its group's baseline. Optional DAPO pieces: a soft
+   overlong penalty (``overlong_buffer``) and dynamic sampling (``dynamic_sampling``: groups whose rewards are all
+   equal carry no signal, so they are replaced by groups of freshly drawn prompts, up to ``max_sampling_rounds``).
 3. Advantages ``A = R - mean_group(R)``, divided by the group std (``scale_rewards: group``), the batch std
    (``batch``) or nothing (``none``); zero for constant-reward groups.
 4. Clipped surrogate per completion token ``l = -min(r A, clip(r, 1 - eps_low, 1 + eps_high) A)``, with
@@ -15,6 +17,8 @@ One training step, top to bottom:
    ``dr_grpo``: sum over all tokens / (N × max_new_tokens) (no length or std normalisation);
    ``dapo``: sum over all tokens / number of tokens (token-level mean), asymmetric clip.
    Plus ``beta`` × k3 KL to a frozen reference when ``beta > 0`` (otherwise no reference exists).
+   Log-probs are those of ``log_softmax(logits / temperature)``: the distribution the sampler drew from
+   (``rlvr/sampler_logp_gap`` logs the mean |difference| to the sampler's own, ~0 unless ``top_p`` < 1 or bf16).
 """
 
 from __future__ import annotations
@@ -30,6 +34,14 @@ from ra3.modules.rl import LOSS_TYPES, policy_gradient_loss, rl_advantages
 from ra3.rewards import FormatReward, UnitTestReward, WeightedSum
 from ra3.rollout.generate import SamplingConfig, encode_prompt, sample_seed
 from ra3.rollout.sampler import ENGINES, make_engine
+
+def overlong_reward(reward: float | None, length: int, max_new_tokens: int, buffer: int, penalty: float) -> float | None:
+    """DAPO's soft overlong punishment: ``reward - penalty * (length - (max_new_tokens - buffer)) / buffer`` past
+    ``max_new_tokens - buffer`` tokens (unchanged with ``buffer`` 0 or no reward)."""
+    if reward is None or buffer <= 0:
+        return reward
+    return reward - penalty * min(1.0, max(0, length - (max_new_tokens - buffer)) / buffer)
+
 
 class RLVRModule(PolicyModule):
     """GRPO-family policy optimisation on prompts with unit tests. Batches are lists of RL rows.
@@ -49,7 +61,16 @@ class RLVRModule(PolicyModule):
             (default: ``none`` for ``dr_grpo``, else ``group``).
         beta: weight of the k3 KL to a frozen copy of the initial policy (0: no copy is made).
         ppo_epochs: policy updates per generated batch.
-        mask_truncated: leave completions that hit ``max_new_tokens`` out of the loss.
+        mask_truncated: leave completions that hit ``max_new_tokens`` out of the loss (DAPO's overlong filtering).
+        overlong_buffer: DAPO's soft overlong punishment: a completion longer than ``max_new_tokens -
+            overlong_buffer`` tokens loses ``overlong_penalty`` × (excess / buffer) of reward (0 = off). Keep the
+            evaluation's cap at ``max_new_tokens`` or above, or RLVR teaches a shorter style than evaluation allows.
+        overlong_penalty: the reward lost at the cap with ``overlong_buffer`` > 0.
+        dynamic_sampling: DAPO's dynamic sampling: drop the groups whose rewards are all equal (zero advantage: no
+            gradient) and sample groups of further prompts drawn from the RL rows until the batch has
+            ``program_batch_size`` informative groups or ``max_sampling_rounds`` generation rounds ran (logged:
+            ``rlvr/prompts_sampled``, ``rlvr/sampling_rounds``, ``rlvr/kept_groups``).
+        max_sampling_rounds: generation rounds per step at most with ``dynamic_sampling``.
         partial_credit: unit-test reward = fraction of tests passed instead of all-or-nothing.
         format_weight: weight of the format reward (valid Python) added to the unit-test reward (with the default
             ``reward_funcs`` only).
@@ -77,7 +98,9 @@ class RLVRModule(PolicyModule):
     def __init__(self, *args, init_from: str | None = None, num_generations: int = 4, temperature: float = 1.0,
                  top_p: float = 1.0, max_new_tokens: int = 128, stop: list[str] | None = None, loss_type: str = "grpo",
                  epsilon: float = 0.2, epsilon_high: float | None = None, scale_rewards: str | None = None,
-                 beta: float = 0.0, ppo_epochs: int = 1, mask_truncated: bool = False, partial_credit: bool = False,
+                 beta: float = 0.0, ppo_epochs: int = 1, mask_truncated: bool = False, overlong_buffer: int = 0,
+                 overlong_penalty: float = 1.0, dynamic_sampling: bool = False, max_sampling_rounds: int = 3,
+                 partial_credit: bool = False,
                  format_weight: float = 0.0, reward_funcs: list[str | dict[str, Any]] | None = None,
                  reward_weights: list[float] | None = None, generation_batch_size: int = 64, max_grad_norm: float = 1.0,
                  sandbox_workers: int | None = None, table_every_n_steps: int = 50,
@@ -87,6 +110,10 @@ class RLVRModule(PolicyModule):
             raise Ra3Error(f"rollout_engine must be one of {', '.join(ENGINES)} or vllm, got {rollout_engine!r}")
         if num_generations < 2:
             raise Ra3Error(f"num_generations must be >= 2 for group-relative advantages, got {num_generations}")
+        if not 0 <= overlong_buffer < max_new_tokens:
+            raise Ra3Error(f"overlong_buffer must be in [0, max_new_tokens={max_new_tokens}), got {overlong_buffer}")
+        if max_sampling_rounds < 1:
+            raise Ra3Error(f"max_sampling_rounds must be >= 1, got {max_sampling_rounds}")
         if loss_type not in LOSS_TYPES:
             raise Ra3Error(f"loss_type must be one of {', '.join(LOSS_TYPES)}; got {loss_type!r}")
         if init_from is not None:
@@ -100,7 +127,7 @@ class RLVRModule(PolicyModule):
         self.eps_high = epsilon_high if epsilon_high is not None else (0.28 if loss_type == "dapo" else epsilon)
         self.sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                        stop=list(stop if stop is not None else ["\ndef ", "\nclass ", "\nprint(", "\nassert", "\nif __name__"]),
-                                       batch_size=generation_batch_size)
+                                       batch_size=generation_batch_size, logprobs=True)
         self.reference = self.make_reference(reference_quantization) if beta > 0 else None
         self.unit_tests = UnitTestReward(partial=partial_credit)
         self.reward_parts = self._resolve_rewards(reward_funcs, reward_weights, format_weight)
@@ -172,8 +199,9 @@ class RLVRModule(PolicyModule):
         super().on_fit_end()
 
     # ---- one step --------------------------------------------------------------------------------
-    def generate_and_score(self, rows: list[dict]) -> tuple[list, list[float | None]]:
-        """G completions per row and their rewards; reward jobs for a chunk run while the next is generated."""
+    def generate_and_score(self, rows: list[dict], round: int = 0) -> tuple[list, list[float | None]]:
+        """G completions per row and their rewards (with the overlong penalty); reward jobs for a chunk run while the
+        next is generated. ``round``: the step's generation round (dynamic sampling), part of the sampling seed."""
         G = self.hparams.num_generations
         engine = self.rollout_engine()
         per_chunk = max(1, self.sampling.batch_size // G)
@@ -190,7 +218,7 @@ class RLVRModule(PolicyModule):
         with ThreadPoolExecutor(1) as scorer:
             for i in range(0, len(rows), per_chunk):
                 chunk = rows[i : i + per_chunk]
-                seeds = [sample_seed(r["prompt"], self.global_step, self.hparams.init_seed) for r in chunk]
+                seeds = [sample_seed(r["prompt"], self.global_step, self.hparams.init_seed + 104_729 * round) for r in chunk]
                 with self.generation():
                     done = engine.generate([r["prompt"] for r in chunk], G, self.sampling, seeds=seeds)
                 flat = [c for cs in done for c in cs]
@@ -206,7 +234,63 @@ class RLVRModule(PolicyModule):
                     raise Ra3Error(f"reward log_extra({column!r}) got {len(logged)} values for {len(values)} completions")
         self.extra_columns = {c: [x for values, extra, _ in results for x in extra.get(c, [""] * len(values))] for c in names}
         self.reward_metrics = {n: [v for _, _, m in results for v in m.get(n, [])] for n in {n for _, _, m in results for n in m}}
-        return completions, [x for values, _, _ in results for x in values]
+        rewards = [x for values, _, _ in results for x in values]
+        return completions, [overlong_reward(r, len(c.token_ids), self.hparams.max_new_tokens, self.hparams.overlong_buffer,
+                                             self.hparams.overlong_penalty) for r, c in zip(rewards, completions)]
+
+    def extra_prompts(self, n: int, exclude: list[dict], round: int) -> list[dict]:
+        """``n`` RL rows for dynamic sampling, drawn without replacement from the data's RL rows other than
+        ``exclude`` (seeded by the run seed, step, round and rank)."""
+        import random
+
+        source = getattr(self.trainer.datamodule, "rl_rows", None) if self._trainer is not None else None
+        if not source:
+            raise Ra3Error("dynamic_sampling draws further prompts from the DataModule's rl_rows: none found")
+        seen = {id(r) for r in exclude} | {r["prompt"] for r in exclude}
+        pool = [r for r in source if id(r) not in seen and r["prompt"] not in seen]
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        rng = random.Random(hash((self.hparams.init_seed, self.global_step, round, rank)))
+        return rng.sample(pool, min(n, len(pool)))
+
+    def sample_batch(self, batch: list[dict]) -> tuple[list[dict], list, list[float | None], dict[str, float]]:
+        """The step's rows, completions (G per row, in row order) and rewards; with ``dynamic_sampling`` only the
+        groups with reward variance, topped up with fresh prompts' groups (see the class docstring). If no group
+        has variance, the first round's (zero-advantage) groups are returned."""
+        hp, G = self.hparams, self.hparams.num_generations
+        first = completions, rewards = self.generate_and_score(batch)
+        stats = {"sampling_rounds": 1.0, "prompts_sampled": float(len(batch))}
+        if not hp.dynamic_sampling:
+            return batch, completions, rewards, stats
+        first_columns, metrics = self.extra_columns, dict(self.reward_metrics)
+        rows, kept_c, kept_r, columns, drawn, new_rows = [], [], [], {}, list(batch), batch
+        while True:
+            for i, row in enumerate(new_rows):
+                group = [r for r in rewards[i * G:(i + 1) * G] if r is not None]
+                if len(rows) < len(batch) and len(group) >= 2 and max(group) - min(group) > 1e-6:
+                    rows.append(row)
+                    kept_c += completions[i * G:(i + 1) * G]
+                    kept_r += rewards[i * G:(i + 1) * G]
+                    for c, values in self.extra_columns.items():
+                        columns.setdefault(c, [""] * (len(kept_r) - G)).extend(values[i * G:(i + 1) * G])
+            for c in columns:  # a column one round's reward did not log
+                columns[c] += [""] * (len(kept_r) - len(columns[c]))
+            if len(rows) >= len(batch) or stats["sampling_rounds"] >= hp.max_sampling_rounds:
+                break
+            new_rows = self.extra_prompts(len(batch) - len(rows), drawn, int(stats["sampling_rounds"]))
+            if not new_rows:
+                break
+            drawn += new_rows
+            completions, rewards = self.generate_and_score(new_rows, round=int(stats["sampling_rounds"]))
+            for name, values in self.reward_metrics.items():
+                metrics.setdefault(name, []).extend(values)
+            stats["sampling_rounds"] += 1
+        stats.update(prompts_sampled=float(len(drawn)), kept_groups=float(len(rows)))
+        self.reward_metrics = metrics
+        if not rows:
+            self.extra_columns = first_columns
+            return (batch, *first, stats)
+        self.extra_columns = columns
+        return rows, kept_c, kept_r, stats
 
     def _sequences(self, rows: list[dict], completions: list) -> tuple[torch.Tensor, ...]:
         G = self.hparams.num_generations
@@ -227,12 +311,16 @@ class RLVRModule(PolicyModule):
         return input_ids.to(self.device), attention.to(self.device), completion.to(self.device)
 
     def token_logprobs(self, model, input_ids, attention, completion, with_entropy: bool = False):
-        """Per-token log-probs (N, S-1) of ``input_ids[:, 1:]`` (fp32) where ``completion[:, 1:]``, else 0;
-        optionally the entropy there. The LM head runs on completion positions only."""
+        """Per-token log-probs (N, S-1) of ``input_ids[:, 1:]`` (fp32) under ``log_softmax(logits / temperature)`` —
+        the sampler's distribution — where ``completion[:, 1:]``, else 0; optionally the entropy there. The LM head
+        runs on completion positions only."""
         target = completion[:, 1:]
         keep = torch.zeros_like(completion)
         keep[:, :-1] = target
-        logp_all = torch.log_softmax(self.forward_logits(model, input_ids, keep, attention_mask=attention), -1)
+        logits = self.forward_logits(model, input_ids, keep, attention_mask=attention)
+        if self.hparams.temperature > 0:
+            logits = logits / self.hparams.temperature
+        logp_all = torch.log_softmax(logits, -1)
         logp = torch.zeros(target.shape, dtype=torch.float32, device=input_ids.device)
         logp[target] = logp_all.gather(-1, input_ids[:, 1:][target][:, None]).squeeze(-1)
         if not with_entropy:
@@ -243,11 +331,11 @@ class RLVRModule(PolicyModule):
         return logp, entropy
 
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
-        hp, G = self.hparams, self.hparams.num_generations
-        completions, rewards = self.generate_and_score(batch)
+        hp = self.hparams
+        batch, completions, rewards, sampling_stats = self.sample_batch(batch)
         valid = torch.tensor([r is not None for r in rewards], device=self.device)
         R = torch.tensor([r if r is not None else 0.0 for r in rewards], dtype=torch.float32, device=self.device)
-        advantages = rl_advantages(R, valid, G, self.scale_rewards)
+        advantages = rl_advantages(R, valid, hp.num_generations, self.scale_rewards)
         input_ids, attention, completion = self._sequences(batch, completions)
         mask = completion[:, 1:] & valid[:, None]
         truncated = torch.tensor([not c.finished for c in completions], device=self.device)
@@ -274,10 +362,23 @@ class RLVRModule(PolicyModule):
             self.manual_update(loss, hp.max_grad_norm)
         if self.lr_schedulers() is not None:
             self.lr_schedulers().step()
-        self._log(batch, completions, rewards, R, valid, loss, clip_frac, kl, entropy, completion, truncated)
+        gap = self.sampler_gap(completions, old_logp, completion)
+        self._log(batch, completions, rewards, R, valid, loss, clip_frac, kl, entropy, completion, truncated,
+                  {**sampling_stats, **({"sampler_logp_gap": gap} if gap is not None else {})})
         return loss
 
-    def _log(self, batch, completions, rewards, R, valid, loss, clip_frac, kl, entropy, completion, truncated) -> None:
+    @staticmethod
+    def sampler_gap(completions: list, logp: torch.Tensor, completion: torch.Tensor) -> float | None:
+        """Mean |trainer − sampler| log-prob over the completion tokens (None if the engine gave no log-probs)."""
+        if any(c.logprobs is None for c in completions):
+            return None
+        target = completion[:, 1:]
+        mine = [logp[i][target[i]].tolist() for i in range(len(completions))]
+        diffs = [abs(a - b) for c, m in zip(completions, mine) for a, b in zip(c.logprobs, m)]
+        return sum(diffs) / max(1, len(diffs))
+
+    def _log(self, batch, completions, rewards, R, valid, loss, clip_frac, kl, entropy, completion, truncated,
+             extra: dict[str, float]) -> None:
         G = self.hparams.num_generations
         rv = R[valid]
         grouped = R.view(-1, G)
@@ -297,6 +398,7 @@ class RLVRModule(PolicyModule):
             "rlvr/no_reward_frac": 1 - valid.float().mean(),
             "rlvr/lr": torch.tensor(self.optimizers().param_groups[0]["lr"]),
             **{f"rlvr/status_{s}": torch.tensor(float(n)) for s, n in statuses.items()},
+            **{f"rlvr/{k}": torch.tensor(v) for k, v in extra.items()},
         }
         if kl is not None:
             metrics["rlvr/kl"] = kl.detach()

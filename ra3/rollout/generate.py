@@ -25,6 +25,8 @@ class SamplingConfig:
         top_p: nucleus sampling mass.
         stop: strings that end a completion (the completion is cut before the first one).
         batch_size: prompts × samples per forward batch.
+        logprobs: also return each kept token's log-probability under the sampling temperature (before the top-p
+            cut), ``Completion.logprobs`` (``RaggedEngine`` only).
     """
 
     max_new_tokens: int = 256
@@ -32,17 +34,21 @@ class SamplingConfig:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     batch_size: int = 32
+    logprobs: bool = False
 
 
 @dataclass
 class Completion:
     """``text``: the completion cut at a stop string; ``token_ids``: the tokens kept (stop string and eos
-    excluded unless ``finished``); ``finished``: ended by eos or a stop string (not by the length cap)."""
+    excluded unless ``finished``); ``finished``: ended by eos or a stop string (not by the length cap);
+    ``logprobs``: when asked for (``SamplingConfig.logprobs``), the sampler's log-probability of each of
+    ``token_ids`` and then of the eos if ``ended_by_eos``, under ``log_softmax(logits / temperature)``."""
 
     text: str
     token_ids: list[int]
     finished: bool
     ended_by_eos: bool = False
+    logprobs: list[float] | None = None
 
 
 OnDone = Callable[[int, int, Completion], None]

@@ -87,6 +87,7 @@ class RaggedEngine:
 
         owner: list[int | None] = [None] * n_slots
         new: dict[int, list[int]] = {}
+        row_logprobs: dict[int, list[float]] = {}
         done: dict[int, Completion] = {}
         eos, cap = tok.eos_token_id, config.max_new_tokens
         steps = decoded = prefilled = 0
@@ -99,7 +100,7 @@ class RaggedEngine:
                     if owner[s] is None and pending:
                         j = pending.popleft()
                         fresh.append(s)
-                        owner[s], new[j] = j, []
+                        owner[s], new[j], row_logprobs[j] = j, [], []
                         if noise is not None:
                             noise.assign(s, j)
                         cache.reset(s)
@@ -111,15 +112,20 @@ class RaggedEngine:
                     cache.feed(feed, token_logprobs=False)
                 steps += 1
                 active = sorted(feed)
-                picks = self._sample(cache.last_logp[active], active, noise, config)
+                picks, logprobs = self._sample(cache.last_logp[active], active, noise, config)
                 decoded += len(active)
                 feed = {}
-                for s, t in zip(active, picks):
+                for i, (s, t) in enumerate(zip(active, picks)):
                     ids = new[owner[s]]
                     ids.append(t)
+                    if logprobs is not None:
+                        row_logprobs[owner[s]].append(logprobs[i])
                     if t == eos or len(ids) >= cap or (stops and stopped(decode(ids[-tail:]))):
                         j = owner[s]
                         done[j] = make_completion(tok, ids, config.stop)
+                        if logprobs is not None:
+                            done[j].logprobs = row_logprobs[j][: len(done[j].token_ids) + done[j].ended_by_eos]
+                        del row_logprobs[j]
                         owner[s] = None
                         if on_done is not None:
                             on_done(items[j][0], j % n, done[j])
@@ -132,20 +138,27 @@ class RaggedEngine:
         return out
 
     @staticmethod
-    def _sample(logp: torch.Tensor, slots: list[int], noise: SlotNoise | None, config: SamplingConfig) -> list[int]:
+    def _sample(logp: torch.Tensor, slots: list[int], noise: SlotNoise | None,
+                config: SamplingConfig) -> tuple[list[int], list[float] | None]:
         """Next token of each slot's row from its (V,) log-probs: argmax (temperature 0), Gumbel-max with the rows'
         own noise (seeded: ``SeededSampling``'s arithmetic and numbers, as ``HFEngine``), or multinomial from the
-        global RNG."""
+        global RNG; and, if ``config.logprobs``, each pick's log-prob under ``log_softmax(logp / temperature)``."""
         if config.temperature <= 0:
-            return logp.argmax(-1).tolist()
-        scores = logp.float() / config.temperature
-        if config.top_p < 1.0:
-            from transformers import TopPLogitsWarper
+            picks = logp.argmax(-1)
+            tempered = logp.float()
+        else:
+            tempered = scores = logp.float() / config.temperature
+            if config.top_p < 1.0:
+                from transformers import TopPLogitsWarper
 
-            scores = TopPLogitsWarper(config.top_p)(None, scores)
-        if noise is not None:
-            return (scores + noise.draw(slots, scores.shape[-1])).argmax(-1).tolist()
-        return torch.multinomial(torch.softmax(scores, -1), 1)[:, 0].tolist()
+                scores = TopPLogitsWarper(config.top_p)(None, scores)
+            if noise is not None:
+                picks = (scores + noise.draw(slots, scores.shape[-1])).argmax(-1)
+            else:
+                picks = torch.multinomial(torch.softmax(scores, -1), 1)[:, 0]
+        if not config.logprobs:
+            return picks.tolist(), None
+        return picks.tolist(), tempered.log_softmax(-1).gather(-1, picks[:, None])[:, 0].tolist()
 
 
 class SlotNoise:

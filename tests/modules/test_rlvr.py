@@ -237,3 +237,73 @@ def test_reward_functions_report_statuses_and_extras_through_explicit_hooks(tiny
 
     with pytest.raises(Ra3Error, match=r"log_extra\('oops'\) got 1 values for 4 completions"):
         _fit(BadLog(init_from=str(tiny_model_dir), num_generations=2, max_new_tokens=6, generation_batch_size=4), world_dir, 1)
+
+
+class _Metrics(L.Callback):
+    def __init__(self):
+        self.rows = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.rows.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+
+class UntemperedLoss(LetterShareRLVR):
+    """The defect this guards against: the loss's log-probs from the untempered logits."""
+
+    def token_logprobs(self, *args, **kwargs):
+        t = self.hparams.temperature
+        self.hparams.temperature = 1.0
+        try:
+            return super().token_logprobs(*args, **kwargs)
+        finally:
+            self.hparams.temperature = t
+
+
+def test_the_loss_takes_the_samplers_log_probs_at_any_temperature(tiny_model_dir, world_dir):
+    """At T = 0.7 the log-probs the loss is built from equal the ones the sampler drew the tokens with (the
+    sampler reports them, ``SamplingConfig.logprobs``); untempered log-probs (the old defect) are far off."""
+    gaps = {}
+    for cls in (LetterShareRLVR, UntemperedLoss):
+        seen = _Metrics()
+        _fit(cls(init_from=str(tiny_model_dir), num_generations=2, max_new_tokens=10, temperature=0.7), world_dir, 1, seen)
+        gaps[cls.__name__] = seen.rows[0]["rlvr/sampler_logp_gap"]
+    assert gaps["LetterShareRLVR"] < 1e-4
+    assert gaps["UntemperedLoss"] > 0.01, gaps  # measured 0.039 (a random model is near uniform), vs 3e-7
+
+
+def test_soft_overlong_penalty_follows_dapo():
+    from ra3.modules.rlvr import overlong_reward
+
+    assert overlong_reward(1.0, 150, 200, 0, 1.0) == 1.0  # off
+    assert overlong_reward(1.0, 150, 200, 40, 1.0) == 1.0  # before the buffer
+    assert overlong_reward(1.0, 170, 200, 40, 1.0) == pytest.approx(0.75)
+    assert overlong_reward(0.0, 200, 200, 40, 0.5) == pytest.approx(-0.5)
+    assert overlong_reward(None, 200, 200, 40, 1.0) is None
+    with pytest.raises(Ra3Error, match="overlong_buffer"):
+        RLVRModule(init_from="unused", max_new_tokens=16, overlong_buffer=16)
+
+
+def constant_for_even_tasks(prompts, completions, **columns):
+    """Every sample of an even-numbered task gets 1.0 (a zero-variance group); the others the letter share."""
+    ids = columns["task_id"]
+    share = letter_share(prompts, completions)
+    return [1.0 if int(t.rsplit("/", 1)[-1]) % 2 == 0 else s for t, s in zip(ids, share)]
+
+
+class HalfConstantRLVR(RLVRModule):
+    def reward_function(self):
+        return constant_for_even_tasks
+
+
+def test_dynamic_sampling_replaces_groups_without_reward_variance(tiny_model_dir, world_dir):
+    seen = _Metrics()
+    module = HalfConstantRLVR(init_from=str(tiny_model_dir), num_generations=2, max_new_tokens=8, dynamic_sampling=True,
+                              max_sampling_rounds=6)
+    _fit(module, world_dir, 2, seen)
+    for row in seen.rows:
+        assert row["rlvr/kept_groups"] == 4 and row["rlvr/zero_std_frac"] == 0
+        assert row["rlvr/prompts_sampled"] > 4 and row["rlvr/sampling_rounds"] >= 2
+    # off: the same batch keeps its constant groups
+    seen = _Metrics()
+    _fit(HalfConstantRLVR(init_from=str(tiny_model_dir), num_generations=2, max_new_tokens=8), world_dir, 1, seen)
+    assert seen.rows[0]["rlvr/zero_std_frac"] > 0 and seen.rows[0]["rlvr/prompts_sampled"] == 4
