@@ -18,16 +18,16 @@ def _json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def rlvr_curve(out: Path, run: str) -> list[tuple[int, float]]:
-    """``[(step, rlvr/reward_mean)]`` from the CSV log of RLVR run ``run`` (``<out>/csv/<run>/version_0``)."""
+def rlvr_curve(out: Path, run: str, metric: str = "rlvr/reward_mean") -> list[tuple[int, float]]:
+    """``[(step, metric)]`` from the CSV log of RLVR run ``run`` (``<out>/csv/<run>/version_0``)."""
     path = out / "csv" / run / "version_0" / "metrics.csv"
     if not path.exists():
         return []
     points = {}
     with open(path) as f:
         for row in csv.DictReader(f):
-            if row.get("rlvr/reward_mean"):
-                points[int(row["step"])] = float(row["rlvr/reward_mean"])
+            if row.get(metric):
+                points[int(row["step"])] = float(row[metric])
     return sorted(points.items())
 
 

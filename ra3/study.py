@@ -55,6 +55,8 @@ class StudyPreset:
     rounds: int = 1
     rlvr_lr: float = 1e-4
     rlvr_beta: float = 0.0  # weight of RLVR's KL to its start policy
+    rlvr_settings: dict[str, Any] = field(default_factory=dict)  # more RLVRModule arguments (warmup_steps, loss_type, ...)
+    rlvr_eval_points: int = 2  # RLVR checkpoints scored, evenly spaced, the last one the final policy
     rlvr_prompts: int = 8
     batch_size: int = 8
     k: list[int] = field(default_factory=lambda: [1])
@@ -63,7 +65,7 @@ class StudyPreset:
     arms: tuple[str, ...] = ("ntp", "oracle", "ra3")
     rlvr: bool = True  # RLVR from every arm (else: mid-training only, plus NTP's pass rate on the RL split)
     eval_split: str = "eval.jsonl"  # the pilot scores on val.jsonl: choices are never made on the evaluation sets
-    mid_rlvr_eval: tuple[str, ...] | None = None  # arms whose mid-RLVR checkpoint is evaluated (None: every arm)
+    mid_rlvr_eval: tuple[str, ...] | None = None  # arms whose mid-RLVR checkpoints are evaluated (None: every arm)
 
 
 _WORLD = {"style": "macro", "comment_style": "routine", "split": "composition", "min_chain": 2, "max_chain": 6,
@@ -82,6 +84,22 @@ PRESETS = {
     "default": StudyPreset(5, _WORLD, pretrain_steps=700, mstep_steps=150, estep_steps=30, rlvr_steps=40, n_samples=2,
                            k=[1, 2], learning_rates={"ntp": 1e-3, "oracle": 1e-3, "ra3": 1e-3}, rlvr_lr=3e-4),
 }
+
+
+def check_rlvr_settings(settings: dict[str, Any]) -> None:
+    """One clear error for an ``rlvr_settings`` key that is not an ``RLVRModule`` argument (or is set by the study)."""
+    import inspect
+
+    from ra3.modules.policy import PolicyModule
+    from ra3.modules.rlvr import RLVRModule
+
+    own = {"init_from", "model", "export_dir", "learning_rate", "beta"}
+    args = (set(inspect.signature(RLVRModule.__init__).parameters) | set(inspect.signature(PolicyModule.__init__).parameters)) - {"self", "args", "kwargs"}
+    for key in settings:
+        if key in own:
+            raise Ra3Error(f"rlvr setting {key!r} is set by the study (use rlvr_lr / rlvr_beta for the LR and KL weight)")
+        if key not in args:
+            raise Ra3Error(f"unknown rlvr setting {key!r}: not an RLVRModule argument ({', '.join(sorted(args - own))})")
 
 
 def _terminate(signum, frame):
@@ -114,11 +132,16 @@ class Study:
                  first_seed: int = 0, world: dict[str, Any] | None = None, settings: dict[str, Any] | None = None):
         if preset not in PRESETS:
             raise Ra3Error(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        settings = dict(settings or {})
+        rlvr = {k.split(".", 1)[1]: settings.pop(k) for k in list(settings) if k.startswith("rlvr.")}
         known = {f.name for f in fields(StudyPreset)} - {"world", "bases"}
-        for key in settings or {}:
+        for key in settings:
             if key not in known:
-                raise Ra3Error(f"unknown study setting {key!r}; known: {', '.join(sorted(known))}")
-        self.preset, self.p = preset, replace(PRESETS[preset], **(settings or {}))
+                raise Ra3Error(f"unknown study setting {key!r}; known: {', '.join(sorted(known))}, or rlvr.ARG "
+                               "(an RLVRModule argument)")
+        self.preset, self.p = preset, replace(PRESETS[preset], **settings)
+        self.p.rlvr_settings = {**self.p.rlvr_settings, **rlvr}
+        check_rlvr_settings(self.p.rlvr_settings)
         self.out = Path(out).resolve()
         self.bases = [first_seed + i for i in range(self.p.bases if bases is None else bases)]
         if self.p.lr_grid and self.p.rounds != 1:
@@ -147,13 +170,13 @@ class Study:
         return str(path)
 
     def fit(self, name: str, config: str, seed: int, model: dict, data: dict, steps: int, deps: list[str],
-            csv: bool = False, val: bool = True, mid_checkpoint: bool = False, threads: int = 1) -> str:
+            csv: bool = False, val: bool = True, checkpoint_every: int | None = None, threads: int = 1) -> str:
         run = self.out / "runs" / name
         loggers = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
                     "init_args": {"save_dir": str(self.out / "csv"), "name": name, "version": 0}}] if csv else []
         callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                       "init_args": {"dirpath": str(run / "checkpoints"), "save_last": False, "save_top_k": -1,
-                                    "every_n_train_steps": max(1, steps // 2), "filename": "{step}"}}] if mid_checkpoint else []
+                                    "every_n_train_steps": checkpoint_every, "filename": "{step}"}}] if checkpoint_every else []
         trainer = {"max_steps": steps, "default_root_dir": str(run), "logger": loggers or False,
                    "log_every_n_steps": 1 if csv else max(1, min(10, steps // 10)), "enable_progress_bar": False,
                    "enable_checkpointing": bool(callbacks), "callbacks": callbacks}
@@ -218,15 +241,21 @@ class Study:
                     if arm == "ntp":
                         self.evaluate(f"{b}_rlsplit_ntp", policies[arm], [f"{b}_{arm}"], "rl.jsonl")
                     continue
+                every = self.rlvr_checkpoint_steps()
                 rl = self.fit(f"{b}_rlvr_{arm}", "rlvr.yaml", s,
-                              {"init_from": str(policies[arm]), "export_dir": str(out / b / f"rlvr_{arm}"), "learning_rate": p.rlvr_lr,
-                               "beta": p.rlvr_beta},
+                              {**p.rlvr_settings, "init_from": str(policies[arm]), "export_dir": str(out / b / f"rlvr_{arm}"),
+                               "learning_rate": p.rlvr_lr, "beta": p.rlvr_beta},
                               {"rl_files": [str(w / "rl.jsonl")], "program_batch_size": p.rlvr_prompts, "seed": s},
-                              p.rlvr_steps, [f"{b}_{arm}"], csv=True, val=False, mid_checkpoint=True)
+                              p.rlvr_steps, [f"{b}_{arm}"], csv=True, val=False, checkpoint_every=every[0] if every else None)
                 if p.mid_rlvr_eval is None or arm in p.mid_rlvr_eval:
-                    mid_ckpt = out / "runs" / rl / "checkpoints" / f"step={max(1, p.rlvr_steps // 2)}.ckpt"
-                    self.evaluate(f"{b}_eval_rlvr_mid_{arm}", mid_ckpt, [rl])
+                    for step in every:
+                        self.evaluate(f"{b}_eval_rlvr_step{step}_{arm}", out / "runs" / rl / "checkpoints" / f"step={step}.ckpt", [rl])
                 self.evaluate(f"{b}_eval_rlvr_{arm}", out / b / f"rlvr_{arm}", [rl])
+
+    def rlvr_checkpoint_steps(self) -> list[int]:
+        """Steps of the RLVR checkpoints scored before the final policy: ``rlvr_eval_points`` - 1 of them, evenly spaced."""
+        every = max(1, self.p.rlvr_steps // max(1, self.p.rlvr_eval_points))
+        return [k * every for k in range(1, self.p.rlvr_eval_points) if k * every < self.p.rlvr_steps]
 
     # ---- running -----------------------------------------------------------------------------------
     def _marker(self, name: str) -> Path:

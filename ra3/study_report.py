@@ -74,9 +74,36 @@ def epochs(study) -> dict[str, float]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+RLVR_DIAGNOSTICS = ("entropy", "completion_length", "truncated_frac", "zero_std_frac", "clip_frac", "sampler_logp_gap",
+                    "prompts_sampled")
+
+
+def model_names(study) -> list[str]:
+    """Every evaluated model: base, the arms, then RLVR from each arm at each scored checkpoint and at the end."""
+    steps = study.rlvr_checkpoint_steps()
+    return ["base", *ARMS] + [f"rlvr_step{n}_{a}" for n in steps for a in ARMS] + [f"rlvr_{a}" for a in ARMS]
+
+
+def rlvr_diagnostics(out: Path, bases: list[str]) -> dict[str, Any]:
+    """Per init and logged RLVR metric: the mean over bases of the first and the last quarter of the run."""
+    res: dict[str, Any] = {}
+    for a in ARMS:
+        for metric in RLVR_DIAGNOSTICS:
+            first, last = [], []
+            for b in bases:
+                c = [v for _, v in rlvr_curve(out, f"{b}_rlvr_{a}", f"rlvr/{metric}")]
+                if c:
+                    q = max(1, len(c) // 4)
+                    first.append(statistics.fmean(c[:q]))
+                    last.append(statistics.fmean(c[-q:]))
+            if first:
+                res.setdefault(a, {})[metric] = {"first": statistics.fmean(first), "last": statistics.fmean(last)}
+    return res
+
+
 def collect(study) -> dict[str, Any]:
     out, bases = study.out, [f"b{s}" for s in study.bases]
-    models = ["base", *ARMS] + [f"rlvr_mid_{a}" for a in ARMS] + [f"rlvr_{a}" for a in ARMS]
+    models = model_names(study)
     scores = {m: {b: s for b in bases if (s := per_task(out, f"{b}_eval_{m}")) is not None} for m in models}
     res: dict[str, Any] = {"bases": bases, "preset": study.preset, "world": study.world_config,
                            "settings": {k: v for k, v in vars(study.p).items() if k != "world"}, "pass@1": {}, "paired": {}}
@@ -98,10 +125,11 @@ def collect(study) -> dict[str, Any]:
     if o and r and o["t"]["lo"] > 0:  # only meaningful where the positive control works
         res["ra3_share_of_oracle_gain"] = r["t"]["mean"] / o["t"]["mean"]
     # per-task table: mean pass rate over bases per arm
-    tasks = sorted({t for s in scores["ntp"].values() for t in s})
+    tasks = sorted({t for m in models for s in scores[m].values() for t in s})
     res["per_task"] = [{"task_id": t, "set": _task_set(t),
-                        **{m: statistics.fmean(s[t] for s in scores[m].values() if t in s) for m in ("base", *ARMS)
+                        **{m: statistics.fmean(s[t] for s in scores[m].values() if t in s) for m in models
                            if any(t in s for s in scores[m].values())}} for t in tasks]
+    res["rlvr_diagnostics"] = rlvr_diagnostics(out, bases)
     # RLVR curves
     curves = {a: {b: c for b in bases if (c := rlvr_curve(out, f"{b}_rlvr_{a}"))} for a in ARMS}
     res["rlvr_curves"] = curves
@@ -210,7 +238,7 @@ def write_report(study, wall_s: float) -> dict[str, Any]:
                wall_s=wall_s, peak_rss_mb=peak_rss_of_stages(out / "stages"))
     made = plots(out, res)
     with open(out / "per_task.csv", "w", newline="") as f:
-        cols = ["task_id", "set", "base", *ARMS]
+        cols = ["task_id", "set", *(m for m in model_names(study) if res["pass@1"].get(m))]
         w = csv.DictWriter(f, cols, extrasaction="ignore")
         w.writeheader()
         w.writerows(res["per_task"])
@@ -222,7 +250,7 @@ def write_report(study, wall_s: float) -> dict[str, Any]:
          f"## Held-out pass@1 (%) on `{study.p.eval_split}`, mean [95 % t CI over bases]", "",
          "A = new instances of the RL split's compositions, B = compositions in neither mid-training nor RL.", "",
          "| model | all | A | B |", "|---|---|---|---|"]
-    for m in ("base", *ARMS, *(f"rlvr_mid_{a}" for a in ARMS), *(f"rlvr_{a}" for a in ARMS)):
+    for m in model_names(study):
         if res["pass@1"].get(m):
             L.append(f"| {m} | " + " | ".join(_fmt(res["pass@1"][m].get(w)) for w in SETS) + " |")
     if res.get("epochs"):
@@ -250,6 +278,12 @@ def write_report(study, wall_s: float) -> dict[str, Any]:
                 r = rl[f"steps_ratio_{a}/ntp"]
                 L += ["", f"- AUC {a} − ntp: {_fmt(rl[f'auc_{a}-ntp'], 1, 3)}; steps to NTP-init's final reward, {a}/ntp: "
                       f"{_fmt(r, 1, 2)} (not reached on {len(r['unreached'])} of {n} bases; counted as the whole run)."]
+    if res["rlvr_diagnostics"]:
+        L += ["", "RLVR's logged diagnostics, mean over bases of the run's first → last quarter:", "",
+              "| init | " + " | ".join(RLVR_DIAGNOSTICS) + " |", "|---|" + "---|" * len(RLVR_DIAGNOSTICS)]
+        for a, d in res["rlvr_diagnostics"].items():
+            L.append(f"| {a} | " + " | ".join(f"{d[m]['first']:.3g} → {d[m]['last']:.3g}" if m in d else "-"
+                                              for m in RLVR_DIAGNOSTICS) + " |")
     if "lr_choice" in res:
         L += ["", f"## Learning rate per arm, pass@1 on `{study.p.eval_split}` (mean over bases)", ""]
         for arm, c in res["lr_choice"].items():

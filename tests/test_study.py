@@ -39,7 +39,7 @@ def test_study_end_to_end_survives_sigkill(tmp_path):
 
     res = json.loads((out / "results.json").read_text())
     assert res["bases"] == ["b0", "b1"]
-    for model in ("base", "ntp", "oracle", "ra3", "rlvr_ntp", "rlvr_oracle", "rlvr_ra3", "rlvr_mid_ra3"):
+    for model in ("base", "ntp", "oracle", "ra3", "rlvr_ntp", "rlvr_oracle", "rlvr_ra3", "rlvr_step2_ra3"):
         c = res["pass@1"][model]["all"]
         assert set(c["per_base"]) == {"b0", "b1"} and 0.0 <= c["mean"] <= 1.0 and c["lo"] <= c["mean"] <= c["hi"]
     for diff in ("oracle-ntp", "ra3-ntp"):
@@ -53,7 +53,11 @@ def test_study_end_to_end_survives_sigkill(tmp_path):
     report = (out / "report.md").read_text()
     assert "| oracle-ntp |" in report and "![passk](passk.png)" in report
     per_task = (out / "per_task.csv").read_text().splitlines()
-    assert per_task[0] == "task_id,set,base,ntp,oracle,ra3" and len(per_task) == 1 + 12
+    assert per_task[0] == "task_id,set,base,ntp,oracle,ra3,rlvr_step2_ra3,rlvr_ntp,rlvr_oracle,rlvr_ra3"
+    assert len(per_task) == 1 + 12
+    diag = res["rlvr_diagnostics"]["ra3"]
+    assert diag["completion_length"]["first"] > 0 and 0 <= diag["truncated_frac"]["last"] <= 1
+    assert "| ra3 | " in report and "zero_std_frac" in report
 
     from PIL import Image
 
@@ -68,12 +72,33 @@ def test_study_end_to_end_survives_sigkill(tmp_path):
 def test_bad_study_settings_are_one_line_errors(tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline"}
     for extra, message in ((["--set", "rlvr_stepz=3"], "unknown study setting 'rlvr_stepz'"),
+                           (["--set", "rlvr.warmup_stepz=3"], "unknown rlvr setting 'warmup_stepz'"),
+                           (["--set", "rlvr.learning_rate=1"], "rlvr setting 'learning_rate' is set by the study"),
                            (["--bases", "0"], "at least 1 base"),
                            (["--preset", "huge"], "invalid choice")):
         r = subprocess.run([sys.executable, "-m", "ra3.cli", "study", "--out", str(tmp_path / "s"), *extra], env=env,
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and message in r.stderr.strip().splitlines()[-1], r.stderr
     assert not (tmp_path / "s" / "stages").exists()
+
+
+def test_rlvr_settings_reach_the_rlvr_stages_and_checkpoints_are_scored(tmp_path):
+    """``rlvr.ARG=VALUE`` (any RLVRModule argument) lands in every RLVR stage's config; ``rlvr_eval_points`` spaces
+    the scored checkpoints over the run."""
+    import yaml
+
+    from ra3.study import Study
+
+    study = Study(str(tmp_path / "s"), preset="default", settings={"rlvr.warmup_steps": 5, "rlvr.dynamic_sampling": True,
+                                                                    "rlvr_steps": 120, "rlvr_eval_points": 4})
+    study.build()
+    config = yaml.safe_load((tmp_path / "s" / "configs" / "b0_rlvr_ra3.yaml").read_text())
+    model = config["model"]["init_args"]
+    assert model["warmup_steps"] == 5 and model["dynamic_sampling"] is True and model["learning_rate"] == 3e-4
+    assert config["trainer"]["callbacks"][0]["init_args"]["every_n_train_steps"] == 30
+    assert study.rlvr_checkpoint_steps() == [30, 60, 90]
+    assert {f"b0_eval_rlvr_step{n}_ntp" for n in (30, 60, 90)} <= set(study.stages)
+    assert "step=60.ckpt" in " ".join(study.stages["b0_eval_rlvr_step60_ntp"].args)
 
 
 def test_ready_stages_start_longest_chain_first(tmp_path):
@@ -164,3 +189,40 @@ def test_stopping_the_study_stops_its_running_stages(tmp_path, sig):
     time.sleep(0.5)
     left = [q.pid for q in psutil.process_iter(["cmdline"]) if str(out) in " ".join(q.info["cmdline"] or [])]
     assert not left, f"stage processes left running after {sig.name}: {left}"
+
+
+def _probe():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "rlvr_probe.py"
+    spec = importlib.util.spec_from_file_location("rlvr_probe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rlvr_probe_decision_rule():
+    """A value passes when no base/init checkpoint drops > max_drop points below its start and every init ends
+    above its start (mean over bases); among LRs the largest within 1 point of the best gain is chosen."""
+    probe = _probe()
+
+    def row(ntp, ra3):
+        return {"ntp": {"pass@1": ntp}, "ra3": {"pass@1": ra3}}
+
+    steady = row({"b0": [0.80, 0.79, 0.82, 0.84], "b1": [0.70, 0.72, 0.73, 0.75]},
+                 {"b0": [0.75, 0.76, 0.78, 0.79], "b1": [0.78, 0.77, 0.80, 0.81]})
+    dip = row({"b0": [0.80, 0.60, 0.70, 0.85], "b1": [0.70, 0.72, 0.73, 0.75]},  # -20 points at a checkpoint
+              {"b0": [0.75, 0.76, 0.78, 0.79], "b1": [0.78, 0.77, 0.80, 0.81]})
+    flat = row({"b0": [0.80, 0.80, 0.80, 0.79], "b1": [0.70, 0.70, 0.70, 0.70]},  # ntp does not improve
+               {"b0": [0.75, 0.76, 0.78, 0.79], "b1": [0.78, 0.77, 0.80, 0.81]})
+    v = {name: probe.verdict(r, 3.0) for name, r in (("steady", steady), ("dip", dip), ("flat", flat))}
+    assert v["steady"]["passes"] and v["steady"]["worst_drop"] == pytest.approx(1.0)
+    assert not v["dip"]["passes"] and v["dip"]["worst_drop"] == pytest.approx(20.0)
+    assert not v["flat"]["passes"] and v["flat"]["final_gain"]["ntp"] < 0
+    small = row({"b0": [0.80, 0.80, 0.81, 0.845], "b1": [0.70, 0.70, 0.71, 0.755]},
+                {"b0": [0.75, 0.75, 0.76, 0.79], "b1": [0.78, 0.78, 0.79, 0.81]})  # gain 4.25, steady's 4.0
+    table = {"3e-4": {"verdict": v["dip"]}, "1e-4": {"verdict": v["steady"]}, "3e-5": {"verdict": probe.verdict(small, 3.0)}}
+    assert probe.choose(table, "rlvr_lr") == "1e-4"  # within 1 point of the best gain, the larger LR
+    assert probe.choose(table, "rlvr.loss_type") == "3e-5"  # not an LR: the best gain
+    assert probe.choose({"3e-4": {"verdict": v["dip"]}}, "rlvr_lr") is None
