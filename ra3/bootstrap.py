@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ra3.io import atomic_write_text, write_jsonl
-from ra3.metrics import boundary_scores, names_skill
+from ra3.metrics import boundary_scores, names_skill, thought_accuracy
 from ra3.rollout.latent import program_from_row
 
 
@@ -101,7 +101,8 @@ def bootstrap(module, rows: list[dict], out_dir: str | os.PathLike, mode: str = 
 
 
 def shard_stats(rows: list[dict]) -> dict[str, Any]:
-    """Thought counts and, where rows carry ground truth, boundary precision/recall/F1 and skill naming."""
+    """Thought counts and, where rows carry ground truth, boundary precision/recall/F1, skill naming and the
+    exact-thought rates by category and position (``ra3.metrics.thought_accuracy``)."""
     n_thoughts = sum(len(r["thoughts"]) for r in rows)
     stats: dict[str, Any] = {"rows": len(rows), "thoughts": n_thoughts, "thoughts_per_program": n_thoughts / max(1, len(rows)),
                              "malformed": sum(t["malformed"] for r in rows for t in r["thoughts"]),
@@ -119,4 +120,6 @@ def shard_stats(rows: list[dict]) -> dict[str, Any]:
         precision, recall, f1 = boundary_scores(predicted, truth)
         stats.update(boundary_precision=precision, boundary_recall=recall, boundary_f1=f1,
                      thought_names_skill=names_skill(thoughts, [sorted(t) for t in truth], labels))
+        if any(r.get("intents") for r in with_truth):
+            stats["thought_accuracy"] = thought_accuracy(with_truth)
     return stats

@@ -8,6 +8,7 @@ the checkpoints, into the log directory and into the model's ``export_dir``.
 from __future__ import annotations
 
 import argparse
+import json
 import inspect
 import os
 import re
@@ -343,7 +344,19 @@ def _config(args: list[str]) -> None:
         print(f"ra3 config: wrote {dest}")
 
 
-COMMANDS = {"world": _world, "evaluate": _evaluate, "em": _em, "quickstart": _quickstart, "study": _study, "config": _config, "data": _data,
+def _diagnostic_corpus(args: list[str]) -> None:
+    from ra3.diagnostics import KINDS, __doc__ as doc, write
+
+    p = argparse.ArgumentParser(prog="ra3 diagnostic_corpus", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("kind", choices=KINDS)
+    p.add_argument("--bootstrapped", required=True, help="RA3's bootstrapped.jsonl (rows with thoughts and ground truth)")
+    p.add_argument("--oracle", help="the oracle corpus (midtrain_oracle.jsonl; noisy_oracle only)")
+    p.add_argument("--out", required=True, help="the corpus to write (JSONL; stats beside it)")
+    a = p.parse_args(args)
+    print(json.dumps(write(a.kind, a.out, a.bootstrapped, a.oracle)))
+
+
+COMMANDS = {"diagnostic_corpus": _diagnostic_corpus, "world": _world, "evaluate": _evaluate, "em": _em, "quickstart": _quickstart, "study": _study, "config": _config, "data": _data,
             "consolidate": _consolidate}
 
 

@@ -81,3 +81,59 @@ def names_skill(thoughts: list[list[tuple]], truth: list[list[int]], labels: lis
                 total += 1
                 hits += _words(text) == _words(label_at[line])
     return hits / total if total else 0.0
+
+
+THOUGHT_CATEGORIES = ("routine", "plain_step", "numbered_step")
+
+
+def thought_category(intent: str, macro: str | None) -> str:
+    """A ground-truth thought's kind: names a ``routine`` (a macro of several skills), a ``plain_step`` (one skill,
+    no number) or a ``numbered_step`` (one skill with its number, e.g. "add 7 to each value")."""
+    if macro:
+        return "routine"
+    return "numbered_step" if re.search(r"\d", intent) else "plain_step"
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def thought_accuracy(rows: list[dict]) -> dict:
+    """Exact-thought rates of annotated rows against their ground truth (``boundaries``, ``intents``, ``macros``;
+    rows without them are skipped). A true thought is *exact* when a thought sits at its line with its text
+    (case and spacing aside), *misplaced* when none sits there. Returns ``{"exact", "n", "by_category": {cat:
+    {n, exact, missing, wrong_number}}, "by_position": {k: {n, exact}}, "spurious"}`` (rates are fractions of the
+    true thoughts; ``wrong_number``: right words, other number; ``spurious``: thoughts at no true boundary, per
+    annotated row)."""
+    cats = {c: {"n": 0, "exact": 0, "missing": 0, "wrong_number": 0} for c in THOUGHT_CATEGORIES}
+    pos: dict[int, dict[str, int]] = {}
+    spurious = rows_seen = 0
+    for r in rows:
+        if r.get("boundaries") is None or not r.get("intents") or "prompt" not in r:
+            continue
+        rows_seen += 1
+        n_ctx = r["prompt"].count("\n") + 1
+        starts = [b - n_ctx for b in r["boundaries"]]
+        placed = {t["line"]: t["text"] for t in r.get("thoughts", [])}
+        macros = r.get("macros") or [""] * len(starts)
+        spurious += len(set(placed) - set(starts))
+        for k, (line, intent, macro) in enumerate(zip(starts, r["intents"], macros)):
+            c, p = cats[thought_category(intent, macro)], pos.setdefault(k, {"n": 0, "exact": 0})
+            c["n"] += 1
+            p["n"] += 1
+            got = placed.get(line)
+            if got is None:
+                c["missing"] += 1
+            elif _norm(got) == _norm(intent):
+                c["exact"] += 1
+                p["exact"] += 1
+            elif _words(got) == _words(intent):
+                c["wrong_number"] += 1
+    n = sum(c["n"] for c in cats.values())
+
+    def rates(d: dict[str, int]) -> dict[str, float]:
+        return {"n": d["n"], **{k: v / d["n"] for k, v in d.items() if k != "n"}} if d["n"] else {"n": 0}
+
+    return {"n": n, "exact": sum(c["exact"] for c in cats.values()) / n if n else 0.0,
+            "by_category": {k: rates(v) for k, v in cats.items()}, "by_position": {k: rates(v) for k, v in sorted(pos.items())},
+            "spurious_per_row": spurious / rows_seen if rows_seen else 0.0}

@@ -37,6 +37,9 @@ from ra3.io import write_stage_marker
 from ra3.quickstart import CONFIGS
 
 ARMS = ("ntp", "oracle", "ra3")
+# diagnostic arms (``arms=[ntp, oracle, ra3, ra3_corrected, oracle_noisy]``; not methods): the M-step on RA3's
+# corpus with its wrong thoughts corrected, and on the oracle corpus with RA3's wrong thoughts (ra3.diagnostics)
+DIAGNOSTIC_ARMS = {"ra3_corrected": "corrected", "oracle_noisy": "noisy_oracle"}
 
 
 @dataclass
@@ -144,6 +147,13 @@ class Study:
         check_rlvr_settings(self.p.rlvr_settings)
         self.out = Path(out).resolve()
         self.bases = [first_seed + i for i in range(self.p.bases if bases is None else bases)]
+        unknown = set(self.p.arms) - set(ARMS) - set(DIAGNOSTIC_ARMS)
+        if unknown:
+            raise Ra3Error(f"unknown arm(s) {', '.join(sorted(unknown))}; arms are {', '.join(ARMS)} and the diagnostics "
+                           f"{', '.join(DIAGNOSTIC_ARMS)}")
+        if set(self.p.arms) & set(DIAGNOSTIC_ARMS) and not {"ra3", "oracle"} <= set(self.p.arms):
+            raise Ra3Error("the diagnostic arms are built from RA3's bootstrapped corpus and compared with the oracle: "
+                           "arms must include ra3 and oracle")
         if self.p.lr_grid and self.p.rounds != 1:
             raise Ra3Error("lr_grid needs rounds 1 (RA3's other learning rates reuse its one bootstrapped corpus)")
         if len(self.bases) < 1:
@@ -229,14 +239,24 @@ class Study:
                 self.add(f"{b}_ra3", ["em", "-c", str(CONFIGS / "ra3.yaml"), "-c", self.overrides(f"{b}_ra3", em), "--resume", "true"], [pre])
                 corpora["ra3"] = out / b / "ra3" / "round_0" / "bootstrapped.jsonl"
             policies["ra3"] = out / b / "ra3" / f"round_{p.rounds - 1}" / "mstep_policy"
+            for arm, kind in DIAGNOSTIC_ARMS.items():  # the M-step from the base on a diagnostic corpus (see ra3.diagnostics)
+                if arm in p.arms:
+                    corpora[arm] = out / b / f"{arm}.jsonl"
+                    policies[arm] = out / b / arm
+                    build = self.add(f"{b}_corpus_{arm}", ["diagnostic_corpus", kind, "--bootstrapped", str(corpora["ra3"]),
+                                                           "--oracle", str(corpora["oracle"]), "--out", str(corpora[arm])], [f"{b}_ra3"])
+                    self.mstep(f"{b}_{arm}", s, base, policies[arm], corpora[arm], p.learning_rates.get(arm, p.learning_rates["oracle"]),
+                               [pre, build])
             for lr in p.lr_grid:  # one round from the base: RA3's M-step is NTP's on the bootstrapped corpus
-                for arm in p.arms:
+                for arm in (a for a in p.arms if a in ARMS):
                     if lr != p.learning_rates[arm]:
                         name = f"{b}_{arm}_lr{lr:g}"
                         self.mstep(name, s, base, out / b / f"{arm}_lr{lr:g}", corpora[arm], lr, [pre, f"{b}_{arm}"])
                         self.evaluate(f"{b}_eval_{arm}_lr{lr:g}", out / b / f"{arm}_lr{lr:g}", [name])
             for arm in p.arms:
                 self.evaluate(f"{b}_eval_{arm}", policies[arm], [f"{b}_{arm}"])
+                if arm in DIAGNOSTIC_ARMS:
+                    continue
                 if not p.rlvr:
                     if arm == "ntp":
                         self.evaluate(f"{b}_rlsplit_ntp", policies[arm], [f"{b}_{arm}"], "rl.jsonl")

@@ -80,8 +80,22 @@ RLVR_DIAGNOSTICS = ("entropy", "completion_length", "truncated_frac", "zero_std_
 
 def model_names(study) -> list[str]:
     """Every evaluated model: base, the arms, then RLVR from each arm at each scored checkpoint and at the end."""
+    from ra3.study import DIAGNOSTIC_ARMS
+
     steps = study.rlvr_checkpoint_steps()
-    return ["base", *ARMS] + [f"rlvr_step{n}_{a}" for n in steps for a in ARMS] + [f"rlvr_{a}" for a in ARMS]
+    return (["base", *ARMS] + [a for a in DIAGNOSTIC_ARMS if a in study.p.arms]
+            + [f"rlvr_step{n}_{a}" for n in steps for a in ARMS] + [f"rlvr_{a}" for a in ARMS])
+
+
+def thought_accuracy_of_bootstraps(study) -> dict[str, Any]:
+    """Per base, the exact-thought rates of RA3's bootstrapped corpus (``stats.json`` of each round's bootstrap)."""
+    out = {}
+    for s in study.bases:
+        for path in sorted((study.out / f"b{s}" / "ra3").glob("round_*/stats.json")):
+            acc = json.loads(path.read_text()).get("thought_accuracy")
+            if acc:
+                out.setdefault(f"b{s}", {})[path.parent.name] = acc
+    return out
 
 
 def rlvr_diagnostics(out: Path, bases: list[str]) -> dict[str, Any]:
@@ -113,7 +127,12 @@ def collect(study) -> dict[str, Any]:
             per_base = {b: _mean(sub) for b, s in scores[m].items() if (sub := _subset(s, which))}
             if per_base:  # one base: a mean without a t interval
                 res["pass@1"][m][which] = {"per_base": per_base, **mean_ci(list(per_base.values()))}
-    for a, b_ in (("oracle", "ntp"), ("ra3", "ntp"), ("oracle", "ra3"), ("rlvr_ra3", "rlvr_ntp"), ("rlvr_oracle", "rlvr_ntp")):
+    pairs = [("oracle", "ntp"), ("ra3", "ntp"), ("oracle", "ra3"), ("rlvr_ra3", "rlvr_ntp"), ("rlvr_oracle", "rlvr_ntp")]
+    if "ra3_corrected" in models:
+        pairs += [("ra3_corrected", "ra3"), ("ra3_corrected", "ntp"), ("oracle", "ra3_corrected")]
+    if "oracle_noisy" in models:
+        pairs += [("oracle", "oracle_noisy"), ("oracle_noisy", "ra3")]
+    for a, b_ in pairs:
         res["paired"][f"{a}-{b_}"] = {}
         for which in SETS:
             sa = {b: sub for b, s in scores[a].items() if (sub := _subset(s, which))}
@@ -130,6 +149,7 @@ def collect(study) -> dict[str, Any]:
                         **{m: statistics.fmean(s[t] for s in scores[m].values() if t in s) for m in models
                            if any(t in s for s in scores[m].values())}} for t in tasks]
     res["rlvr_diagnostics"] = rlvr_diagnostics(out, bases)
+    res["thought_accuracy"] = thought_accuracy_of_bootstraps(study)
     # RLVR curves
     curves = {a: {b: c for b in bases if (c := rlvr_curve(out, f"{b}_rlvr_{a}"))} for a in ARMS}
     res["rlvr_curves"] = curves
@@ -160,7 +180,7 @@ def collect(study) -> dict[str, Any]:
                                               "reward (mean of its last window), over NTP-init's own steps to get there"}
     res["rlvr"] = rl
     lrs: dict[str, Any] = {}
-    for arm in study.p.arms:
+    for arm in (a for a in study.p.arms if a in ARMS):
         own = study.p.learning_rates[arm]
         for lr in sorted({own, *study.p.lr_grid}):
             name = f"eval_{arm}" if lr == own else f"eval_{arm}_lr{lr:g}"
@@ -278,6 +298,18 @@ def write_report(study, wall_s: float) -> dict[str, Any]:
                 r = rl[f"steps_ratio_{a}/ntp"]
                 L += ["", f"- AUC {a} − ntp: {_fmt(rl[f'auc_{a}-ntp'], 1, 3)}; steps to NTP-init's final reward, {a}/ntp: "
                       f"{_fmt(r, 1, 2)} (not reached on {len(r['unreached'])} of {n} bases; counted as the whole run)."]
+    if res["thought_accuracy"]:
+        L += ["", "## RA3's bootstrapped thoughts against the world's (exact text at the true boundary)", "",
+              "| base | round | exact | routine | plain step | numbered step (wrong number) | missing | spurious/program |",
+              "|---|---|---|---|---|---|---|---|"]
+        for b, rounds in res["thought_accuracy"].items():
+            for rnd, acc in rounds.items():
+                c = acc["by_category"]
+                pct = lambda d, k="exact": f"{100 * d[k]:.1f}" if d.get("n") else "-"  # noqa: E731
+                missing = sum(d.get("missing", 0) * d["n"] for d in c.values()) / max(1, acc["n"])
+                L.append(f"| {b} | {rnd} | {100 * acc['exact']:.1f} | {pct(c['routine'])} | {pct(c['plain_step'])} | "
+                         f"{pct(c['numbered_step'])} ({pct(c['numbered_step'], 'wrong_number')}) | {100 * missing:.1f} | "
+                         f"{acc['spurious_per_row']:.2f} |")
     if res["rlvr_diagnostics"]:
         L += ["", "RLVR's logged diagnostics, mean over bases of the run's first → last quarter:", "",
               "| init | " + " | ".join(RLVR_DIAGNOSTICS) + " |", "|---|" + "---|" * len(RLVR_DIAGNOSTICS)]

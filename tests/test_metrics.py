@@ -61,3 +61,20 @@ def test_token_perplexity():
     m.update(torch.tensor(2.0), torch.tensor(2))
     m.update(torch.tensor(4.0), torch.tensor(2))
     assert m.compute().item() == pytest.approx(math.exp(1.5))
+
+
+def test_thought_accuracy_by_category_and_position():
+    from ra3.metrics import thought_accuracy
+
+    row = {"prompt": "def solve(xs):\n    \"\"\"doc\"\"\"", "boundaries": [2, 4, 6], "macros": ["tidy", "", ""],
+           "intents": ["tidy the list", "add 7 to each value", "reverse the list"]}
+    exact = {**row, "thoughts": [{"line": 0, "text": "tidy the list"}, {"line": 2, "text": "add  7 to each value"},
+                                 {"line": 4, "text": "Reverse the list"}]}
+    wrong = {**row, "thoughts": [{"line": 0, "text": "sort the list"}, {"line": 2, "text": "add 9 to each value"},
+                                 {"line": 3, "text": "reverse the list"}]}  # one misplaced: missing + spurious
+    a = thought_accuracy([exact, wrong, {"text": "no ground truth"}])
+    assert a["n"] == 6 and a["exact"] == pytest.approx(0.5)
+    assert a["by_category"]["routine"] == {"n": 2, "exact": 0.5, "missing": 0.0, "wrong_number": 0.0}
+    assert a["by_category"]["numbered_step"]["wrong_number"] == 0.5
+    assert a["by_category"]["plain_step"]["missing"] == 0.5
+    assert a["by_position"][2] == {"n": 2, "exact": 0.5} and a["spurious_per_row"] == 0.5

@@ -67,6 +67,19 @@ def test_study_end_to_end_survives_sigkill(tmp_path):
             assert im.size[0] > 100
     # a mid-RLVR Lightning checkpoint was evaluated (ra3 evaluate reads RLVRModule checkpoints)
     assert (out / "runs" / "b0_rlvr_ra3" / "checkpoints" / "step=2.ckpt").exists()
+    assert res["thought_accuracy"]["b0"]["round_0"]["n"] > 0
+
+    # the diagnostic arms, added to the finished study: built from each base's bootstrapped corpus, then mid-trained
+    p = start(out, "--set", "arms=[ntp, oracle, ra3, ra3_corrected, oracle_noisy]")
+    log, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, log[-4000:]
+    assert "b0_rlvr_ntp: started" not in log and "b0_corpus_ra3_corrected: started" in log
+    res = json.loads((out / "results.json").read_text())
+    for arm in ("ra3_corrected", "oracle_noisy"):
+        assert set(res["pass@1"][arm]["all"]["per_base"]) == {"b0", "b1"}
+        stats = json.loads((out / "b0" / f"{arm}.jsonl.stats.json").read_text())
+        assert stats["rows"] > 0 and stats["thoughts_changed"] >= 0
+    assert res["paired"]["ra3_corrected-ra3"]["all"]["t"]["n"] == 2 and "oracle-oracle_noisy" in res["paired"]
 
 
 def test_bad_study_settings_are_one_line_errors(tmp_path):
