@@ -60,6 +60,8 @@ class StudyPreset:
     rlvr_beta: float = 0.0  # weight of RLVR's KL to its start policy
     rlvr_settings: dict[str, Any] = field(default_factory=dict)  # more RLVRModule arguments (warmup_steps, loss_type, ...)
     rlvr_eval_points: int = 2  # RLVR checkpoints scored, evenly spaced, the last one the final policy
+    em_settings: dict[str, Any] = field(default_factory=dict)  # more ``ra3 em`` settings of the RA3 arm (EMCallback)
+    estep_settings: dict[str, Any] = field(default_factory=dict)  # more EStepModule arguments of the RA3 arm
     rlvr_prompts: int = 8
     batch_size: int = 8
     k: list[int] = field(default_factory=lambda: [1])
@@ -89,20 +91,30 @@ PRESETS = {
 }
 
 
-def check_rlvr_settings(settings: dict[str, Any]) -> None:
-    """One clear error for an ``rlvr_settings`` key that is not an ``RLVRModule`` argument (or is set by the study)."""
+def check_settings(p: StudyPreset) -> None:
+    """One clear error for a key of ``rlvr_settings`` / ``estep_settings`` / ``em_settings`` that is not an argument
+    of RLVRModule / EStepModule / EMCallback, or that the study sets itself."""
     import inspect
 
+    from ra3.callbacks.em import EMCallback
+    from ra3.modules import EStepModule, RLVRModule
     from ra3.modules.policy import PolicyModule
-    from ra3.modules.rlvr import RLVRModule
 
-    own = {"init_from", "model", "export_dir", "learning_rate", "beta"}
-    args = (set(inspect.signature(RLVRModule.__init__).parameters) | set(inspect.signature(PolicyModule.__init__).parameters)) - {"self", "args", "kwargs"}
-    for key in settings:
-        if key in own:
-            raise Ra3Error(f"rlvr setting {key!r} is set by the study (use rlvr_lr / rlvr_beta for the LR and KL weight)")
-        if key not in args:
-            raise Ra3Error(f"unknown rlvr setting {key!r}: not an RLVRModule argument ({', '.join(sorted(args - own))})")
+    def args(*classes) -> set[str]:
+        return {n for c in classes for n in inspect.signature(c.__init__).parameters} - {"self", "args", "kwargs"}
+
+    for group, classes, own, hint in (
+            ("rlvr", (RLVRModule, PolicyModule), {"init_from", "model", "export_dir", "learning_rate", "beta"},
+             "use rlvr_lr / rlvr_beta for the LR and KL weight"),
+            ("estep", (EStepModule, PolicyModule), {"model", "init_seed"}, ""),
+            ("em", (EMCallback,), {"rounds", "estep_steps", "mstep_steps"}, "use rounds / estep_steps / mstep_steps")):
+        allowed = args(*classes)
+        for key in getattr(p, f"{group}_settings"):
+            if key in own:
+                raise Ra3Error(f"{group} setting {key!r} is set by the study" + (f" ({hint})" if hint else ""))
+            if key not in allowed:
+                raise Ra3Error(f"unknown {group} setting {key!r}: not an argument of {classes[0].__name__} "
+                               f"({', '.join(sorted(allowed - own))})")
 
 
 def _terminate(signum, frame):
@@ -136,15 +148,17 @@ class Study:
         if preset not in PRESETS:
             raise Ra3Error(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
         settings = dict(settings or {})
-        rlvr = {k.split(".", 1)[1]: settings.pop(k) for k in list(settings) if k.startswith("rlvr.")}
+        prefixed = {group: {k.split(".", 1)[1]: settings.pop(k) for k in list(settings) if k.startswith(group + ".")}
+                    for group in ("rlvr", "em", "estep")}
         known = {f.name for f in fields(StudyPreset)} - {"world", "bases"}
         for key in settings:
             if key not in known:
-                raise Ra3Error(f"unknown study setting {key!r}; known: {', '.join(sorted(known))}, or rlvr.ARG "
-                               "(an RLVRModule argument)")
+                raise Ra3Error(f"unknown study setting {key!r}; known: {', '.join(sorted(known))}, or rlvr.ARG / "
+                               "estep.ARG / em.ARG (an argument of RLVRModule, EStepModule, EMCallback)")
         self.preset, self.p = preset, replace(PRESETS[preset], **settings)
-        self.p.rlvr_settings = {**self.p.rlvr_settings, **rlvr}
-        check_rlvr_settings(self.p.rlvr_settings)
+        for group, values in prefixed.items():
+            setattr(self.p, f"{group}_settings", {**getattr(self.p, f"{group}_settings"), **values})
+        check_settings(self.p)
         self.out = Path(out).resolve()
         self.bases = [first_seed + i for i in range(self.p.bases if bases is None else bases)]
         unknown = set(self.p.arms) - set(ARMS) - set(DIAGNOSTIC_ARMS)
@@ -229,12 +243,13 @@ class Study:
                     self.mstep(f"{b}_{arm}", s, base, policies[arm], corpora[arm], p.learning_rates[arm], [pre])
             em = {"seed_everything": s, "out_dir": str(out / b / "ra3"), "base_model": str(base), "wandb": None,
                   "trainer": {"enable_progress_bar": False},
-                  "estep": {"init_args": {"init_seed": s}},
+                  "estep": {"init_args": {**p.estep_settings, "init_seed": s}},
                   "mstep": {"init_args": {"learning_rate": p.learning_rates["ra3"]}},
                   "data": {"init_args": {"train_files": [str(w / "midtrain.jsonl")], "batch_size": p.batch_size, "seed": s,
                                          "val_fraction": 0.05, "packing": True}},
                   "em": {"rounds": p.rounds, "estep_steps": p.estep_steps, "mstep_steps": p.mstep_steps // p.rounds,
-                         "bootstrap_limit": None, "mstep_init": "previous", "mstep_schedule": "continue", "eval_source": None}}
+                         "bootstrap_limit": None, "mstep_init": "previous", "mstep_schedule": "continue", "eval_source": None,
+                         **p.em_settings}}
             if "ra3" in p.arms:
                 self.add(f"{b}_ra3", ["em", "-c", str(CONFIGS / "ra3.yaml"), "-c", self.overrides(f"{b}_ra3", em), "--resume", "true"], [pre])
                 corpora["ra3"] = out / b / "ra3" / "round_0" / "bootstrapped.jsonl"

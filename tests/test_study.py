@@ -87,6 +87,8 @@ def test_bad_study_settings_are_one_line_errors(tmp_path):
     for extra, message in ((["--set", "rlvr_stepz=3"], "unknown study setting 'rlvr_stepz'"),
                            (["--set", "rlvr.warmup_stepz=3"], "unknown rlvr setting 'warmup_stepz'"),
                            (["--set", "rlvr.learning_rate=1"], "rlvr setting 'learning_rate' is set by the study"),
+                           (["--set", "em.bootstrap_scop=all"], "unknown em setting 'bootstrap_scop'"),
+                           (["--set", "arms=[ntp, ra3_corrected]"], "arms must include ra3 and oracle"),
                            (["--bases", "0"], "at least 1 base"),
                            (["--preset", "huge"], "invalid choice")):
         r = subprocess.run([sys.executable, "-m", "ra3.cli", "study", "--out", str(tmp_path / "s"), *extra], env=env,
@@ -96,19 +98,22 @@ def test_bad_study_settings_are_one_line_errors(tmp_path):
 
 
 def test_rlvr_settings_reach_the_rlvr_stages_and_checkpoints_are_scored(tmp_path):
-    """``rlvr.ARG=VALUE`` (any RLVRModule argument) lands in every RLVR stage's config; ``rlvr_eval_points`` spaces
-    the scored checkpoints over the run."""
+    """``rlvr.ARG=VALUE`` (any RLVRModule argument) lands in every RLVR stage's config, ``em.ARG`` / ``estep.ARG`` in
+    the RA3 arm's; ``rlvr_eval_points`` spaces the scored checkpoints over the run."""
     import yaml
 
     from ra3.study import Study
 
     study = Study(str(tmp_path / "s"), preset="default", settings={"rlvr.warmup_steps": 5, "rlvr.dynamic_sampling": True,
-                                                                    "rlvr_steps": 120, "rlvr_eval_points": 4})
+                                                                    "rlvr_steps": 120, "rlvr_eval_points": 4,
+                                                                    "em.bootstrap_scope": "all", "estep.group_size": 8})
     study.build()
     config = yaml.safe_load((tmp_path / "s" / "configs" / "b0_rlvr_ra3.yaml").read_text())
     model = config["model"]["init_args"]
     assert model["warmup_steps"] == 5 and model["dynamic_sampling"] is True and model["learning_rate"] == 3e-4
     assert config["trainer"]["callbacks"][0]["init_args"]["every_n_train_steps"] == 30
+    em = yaml.safe_load((tmp_path / "s" / "configs" / "b0_ra3.yaml").read_text())
+    assert em["em"]["bootstrap_scope"] == "all" and em["estep"]["init_args"]["group_size"] == 8
     assert study.rlvr_checkpoint_steps() == [30, 60, 90]
     assert {f"b0_eval_rlvr_step{n}_ntp" for n in (30, 60, 90)} <= set(study.stages)
     assert "step=60.ckpt" in " ".join(study.stages["b0_eval_rlvr_step60_ntp"].args)

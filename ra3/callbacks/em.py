@@ -78,6 +78,10 @@ class EMCallback(L.Callback):
         bootstrap_mode: keep the ``best`` of G annotations by E-step reward, or a ``sample``.
         bootstrap_group_size: G for bootstrapping (default: the E-step's group size).
         bootstrap_limit: annotate only the first N programs of the corpus (default: all).
+        bootstrap_scope: ``train``: annotate the programs the E-step trains on (the corpus minus the data's held-out
+            fraction); ``all``: every program of the corpus in file order, the held-out ones too, so that the
+            M-step's own split (same seed and ``val_fraction``) holds out the same programs as an NTP run on the
+            corpus and every arm trains on the same programs.
         bootstrap_batch_size: programs per rollout batch while bootstrapping.
         bootstrap_part_size: programs per atomically written part (the unit of bootstrap resume).
         bootstrap_min_gain: keep a program's annotation only if it beats the plain program's log-likelihood by more
@@ -94,7 +98,7 @@ class EMCallback(L.Callback):
     """
 
     def __init__(self, rounds: int = 2, estep_steps: int = 50, mstep_steps: int = 100, bootstrap_mode: str = "best",
-                 bootstrap_group_size: int | None = None, bootstrap_limit: int | None = None,
+                 bootstrap_group_size: int | None = None, bootstrap_limit: int | None = None, bootstrap_scope: str = "train",
                  bootstrap_batch_size: int = 16, bootstrap_part_size: int = 64, bootstrap_min_gain: float | None = None, mstep_init: str = "estep", mstep_schedule: str = "continue",
                  checkpoint_every_n_steps: int = 10,
                  eval_source: str | None = None, eval_limit: int | None = None):
@@ -104,6 +108,9 @@ class EMCallback(L.Callback):
             raise Ra3Error(f"em.rounds must be >= 1, got {rounds}")
         if bootstrap_mode not in ("best", "sample"):
             raise Ra3Error(f"em.bootstrap_mode must be 'best' or 'sample', got {bootstrap_mode!r}")
+        if bootstrap_scope not in ("train", "all"):
+            raise Ra3Error(f"em.bootstrap_scope must be 'train' or 'all', got {bootstrap_scope!r}")
+        self.bootstrap_scope = bootstrap_scope
         if mstep_init not in ("estep", "previous"):
             raise Ra3Error(f"em.mstep_init must be 'estep' or 'previous', got {mstep_init!r}")
         if mstep_schedule not in ("continue", "restart"):
@@ -204,7 +211,8 @@ class EMCallback(L.Callback):
                 module = make_estep(self.state.policy)
                 datamodule.use_train_files(corpus)
                 datamodule.setup("fit")
-                rows = datamodule.train_programs[: self.bootstrap_limit] if self.bootstrap_limit else datamodule.train_programs
+                rows = datamodule.train_programs if self.bootstrap_scope == "train" else datamodule.read_programs(corpus)
+                rows = rows[: self.bootstrap_limit] if self.bootstrap_limit else rows
                 rank, world, joined = _dist()
                 if joined or rank == 0:  # ranks split the parts; without a process group yet, rank 0 does all
                     stats = bootstrap(module, rows, rdir, self.bootstrap_mode, self.bootstrap_group_size,

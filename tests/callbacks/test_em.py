@@ -164,12 +164,26 @@ def test_custom_reward_and_thought_format_plug_in_by_class_path(world_dir, tiny_
 
 
 def test_alpha_one_reduces_em_to_ntp(world_dir, tiny_model_dir, tmp_path):
+    """alpha = 1 never thinks; with ``bootstrap_scope: all`` the bootstrapped corpus is then NTP's corpus row for row
+    (every program, file order), so the M-step's own split holds out the programs an NTP run holds out."""
+    from ra3.datamodules import CodeDataModule
+
     out = tmp_path / "em"
-    rc, _, err = run(em_args(world_dir, tiny_model_dir, out, "--em.rounds", "1", "--estep.init_args.alpha", "1.0"), tmp_path)
+    rc, _, err = run(em_args(world_dir, tiny_model_dir, out, "--em.rounds", "1", "--estep.init_args.alpha", "1.0",
+                             "--em.bootstrap_scope", "all", "--em.bootstrap_limit", "null", "--em.eval_source", "null"),
+                     tmp_path)
     assert rc == 0, err[-3000:]
-    originals = {json.loads(l)["task_id"]: json.loads(l) for l in open(world_dir / "midtrain.jsonl")}
-    for r in rows(out, 0):
-        assert r["thoughts"] == [] and r["text"] == originals[r["task_id"]]["text"]
+    originals = [json.loads(l) for l in open(world_dir / "midtrain.jsonl")]
+    boot = rows(out, 0)
+    assert [r["task_id"] for r in boot] == [r["task_id"] for r in originals]
+    for r, o in zip(boot, originals):
+        assert r["thoughts"] == [] and r["text"] == o["text"]
+    held_out = []
+    for corpus in (world_dir / "midtrain.jsonl", out / "round_0" / "bootstrapped.jsonl"):
+        data = CodeDataModule(train_files=[str(corpus)], val_fraction=0.02, seed=0)
+        data.setup("fit")
+        held_out.append([r["task_id"] for r in data.val_programs])
+    assert held_out[0] == held_out[1] and held_out[0]
 
 
 @pytest.mark.slow
