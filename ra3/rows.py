@@ -12,7 +12,7 @@ from typing import Any
 from ra3.execution import TestCase
 from ra3.execution.asserts import called_function, split_asserts
 
-PASSTHROUGH = ("task_id", "boundaries", "skills", "intents")  # kept for the E-step's ground-truth scoring
+PASSTHROUGH = ("task_id", "boundaries", "skills", "intents", "macros")  # kept for the ground-truth scoring of thoughts
 
 
 def row_fields(row: Any, text_field: str, prompt_field: str, completion_field: str) -> dict[str, Any]:
