@@ -1,7 +1,9 @@
 """Bootstrapping: annotate the mid-training corpus with the E-step policy's thoughts -> an M-step shard.
 
-Each program gets G latent rollouts; the kept annotation is the best by E-step reward (``best``) or the
-first sample (``sample``, an unbiased draw). Work is cut into parts of ``part_size`` programs, each
+Each program gets G latent rollouts; the kept annotation is the best by E-step reward (``best``), the best among
+those with the fewest malformed thoughts (``best_well_formed``: a format rule such as
+``ThoughtFormat(grounded_numbers=True)`` then acts as a constraint, not as a small penalty), or the first sample
+(``sample``, an unbiased draw). Work is cut into parts of ``part_size`` programs, each
 written atomically (temp file + rename) with its own seed, so an interrupted bootstrap resumes at the
 first missing part and produces exactly the rows an uninterrupted run would. Only when every part
 exists is ``bootstrapped.jsonl`` assembled (atomically) with ``stats.json`` beside it.
@@ -22,11 +24,30 @@ from ra3.metrics import boundary_scores, names_skill, thought_accuracy
 from ra3.rollout.latent import program_from_row
 
 
+MODES = ("best", "best_well_formed", "sample")
+
+
+def render(program, thoughts: list[tuple[int, str, bool]], fmt) -> str:
+    """The program's text with ``(line, text, malformed)`` thoughts inserted before their lines (as a rollout
+    writes them)."""
+    from ra3.datamodules.segments import indentation
+
+    at = {t: text for t, text, _ in thoughts}
+    out = [s.text for s in program.context]
+    for t, seg in enumerate(program.lines):
+        if t in at:
+            out.append(fmt.render(at[t], indentation(seg.text)))
+        out.append(seg.text)
+    return "".join(out)
+
+
 def annotate(module, rows: list[dict], mode: str, group_size: int, generator: torch.Generator,
-             min_gain: float | None = None) -> list[dict]:
+             min_gain: float | None = None, drop_malformed: bool = False) -> list[dict]:
     """Annotated copies of ``rows`` (``prompt``/``completion`` or ``text`` rewritten with thoughts). With
     ``min_gain``, a program whose kept annotation does not beat the plain program's log-likelihood by more than
-    ``min_gain`` nats (after the thought cost) stays plain (``thoughts`` empty, ``kept_plain`` true)."""
+    ``min_gain`` nats (after the thought cost) stays plain (``thoughts`` empty, ``kept_plain`` true). With
+    ``drop_malformed``, the kept annotation's malformed thoughts are removed (counted in ``dropped``): the M-step
+    never learns from a thought that breaks the format rules."""
     programs = [program_from_row(r) for r in rows]
     config = dataclasses.replace(module.latent_config, group_size=group_size)
     rollout = module.engine.rollout(programs, config, generator)
@@ -34,19 +55,29 @@ def annotate(module, rows: list[dict], mode: str, group_size: int, generator: to
     plain_g = plain.cpu().repeat_interleave(group_size)
     rewards = module.rewards(rollout.to("cpu"), plain_g).view(-1, group_size)
     gains = rewards - (0 if module.hparams.reward_gain else plain_g.view(-1, group_size))
-    picks = rewards.argmax(1).tolist() if mode == "best" else [0] * len(rows)
+    if mode == "best_well_formed":  # the fewest malformed thoughts first, then the reward
+        malformed = rollout.n_malformed.cpu().view(-1, group_size).float()
+        picks = torch.where(malformed == malformed.min(1, keepdim=True).values, rewards, -float("inf")).argmax(1).tolist()
+    else:
+        picks = rewards.argmax(1).tolist() if mode == "best" else [0] * len(rows)
     out = []
     for b, (row, g) in enumerate(zip(rows, picks)):
         i = b * group_size + g
         if min_gain is not None and float(gains[b, g]) <= min_gain:
             out.append({**row, "thoughts": [], "estep_reward": float(rewards[b, g]), "kept_plain": True})
             continue
-        text = rollout.texts[i]
+        text, thoughts, dropped = rollout.texts[i], rollout.thoughts[i], []
+        if drop_malformed and any(bad for *_, bad in thoughts):
+            dropped = [{"line": t, "text": s} for t, s, bad in thoughts if bad]
+            thoughts = [th for th in thoughts if not th[2]]
+            text = render(programs[b], thoughts, module.thought_format)
         new = {k: v for k, v in row.items() if k not in ("text", "completion")}
         if "prompt" in row and "completion" in row:
             new["completion"] = text[len(row["prompt"]):]
         new["text"] = text
-        new["thoughts"] = [{"line": t, "text": s, "malformed": bad} for t, s, bad in rollout.thoughts[i]]
+        new["thoughts"] = [{"line": t, "text": s, "malformed": bad} for t, s, bad in thoughts]
+        if dropped:
+            new["dropped"] = dropped
         new["estep_reward"] = float(rewards[b, g])
         out.append(new)
     return out
@@ -54,14 +85,14 @@ def annotate(module, rows: list[dict], mode: str, group_size: int, generator: to
 
 def bootstrap(module, rows: list[dict], out_dir: str | os.PathLike, mode: str = "best", group_size: int | None = None,
               batch_size: int = 8, part_size: int = 64, seed: int = 0, progress=None, rank: int = 0,
-              world_size: int = 1, min_gain: float | None = None) -> dict[str, Any]:
+              world_size: int = 1, min_gain: float | None = None, drop_malformed: bool = False) -> dict[str, Any]:
     """Write ``out_dir/bootstrapped.jsonl`` (+ ``stats.json``) from ``rows``; resumes from finished parts.
 
     With ``world_size`` > 1 (an initialised process group) rank r annotates parts r, r + W, ...; rank 0
     assembles the shard once all parts exist. A part's rows depend only on its seed, not on W.
     """
-    if mode not in ("best", "sample"):
-        raise ValueError(f"bootstrap mode must be 'best' or 'sample', got {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"bootstrap mode must be one of {', '.join(MODES)}, got {mode!r}")
     out = Path(out_dir)
     final = out / "bootstrapped.jsonl"
     if final.exists() and (out / "stats.json").exists():
@@ -82,7 +113,7 @@ def bootstrap(module, rows: list[dict], out_dir: str | os.PathLike, mode: str = 
             chunk = rows[p * part_size : (p + 1) * part_size]
             annotated = []
             for i in range(0, len(chunk), batch_size):
-                annotated += annotate(module, chunk[i : i + batch_size], mode, G, generator, min_gain)
+                annotated += annotate(module, chunk[i : i + batch_size], mode, G, generator, min_gain, drop_malformed)
                 if progress:
                     progress(len(chunk[i : i + batch_size]))
             write_jsonl(path, annotated)
@@ -106,7 +137,8 @@ def shard_stats(rows: list[dict]) -> dict[str, Any]:
     n_thoughts = sum(len(r["thoughts"]) for r in rows)
     stats: dict[str, Any] = {"rows": len(rows), "thoughts": n_thoughts, "thoughts_per_program": n_thoughts / max(1, len(rows)),
                              "malformed": sum(t["malformed"] for r in rows for t in r["thoughts"]),
-                             "kept_plain": sum(bool(r.get("kept_plain")) for r in rows)}
+                             "kept_plain": sum(bool(r.get("kept_plain")) for r in rows),
+                             "dropped_malformed": sum(len(r.get("dropped", [])) for r in rows)}
     with_truth = [r for r in rows if r.get("boundaries") is not None and "prompt" in r]
     if with_truth:
         truth, predicted, labels, thoughts = [], [], [], []

@@ -31,3 +31,48 @@ def test_min_gain_keeps_only_annotations_that_beat_the_plain_program(world_dir):
             assert f["text"] == row["text"] and f["thoughts"] == [] and gain <= 0
         else:
             assert f["text"] == a["text"] and a["thoughts"] and gain > 0
+
+
+class EveryOtherThoughtMalformed:
+    """A thought format whose rule marks every second thought of the run as malformed (deterministic)."""
+
+    def __new__(cls):
+        from ra3.rollout.latent import ThoughtFormat
+
+        class Format(ThoughtFormat):
+            calls = 0
+
+            def malformed(self, text, hit_max_tokens, following=""):
+                Format.calls += 1
+                return Format.calls % 2 == 0
+
+        return Format()
+
+
+def test_malformed_thoughts_are_dropped_or_avoided_at_bootstrap(world_dir):
+    from ra3.bootstrap import render
+    from ra3.rollout.latent import program_from_row
+
+    rows = [json.loads(line) for line in open(world_dir / "midtrain.jsonl")][:8]
+
+    def run(mode, drop):
+        module = EStepModule(tokenizer=str(world_dir / "tokenizer"), model_config=TINY_LLAMA, group_size=4,
+                             max_thought_tokens=4, init_seed=0, thought_format=EveryOtherThoughtMalformed())
+        module.eval()
+        with torch.no_grad():
+            return annotate(module, rows, mode, 4, torch.Generator().manual_seed(0), drop_malformed=drop), module
+
+    free, module = run("best", False)
+    assert any(t["malformed"] for r in free for t in r["thoughts"])
+    for r, row in zip(free, rows):  # render() writes an annotation as the rollout did
+        thoughts = [(t["line"], t["text"], t["malformed"]) for t in r["thoughts"]]
+        assert render(program_from_row(row), thoughts, module.thought_format) == r["text"]
+    dropped, _ = run("best", True)  # same seed: the same picks, minus their malformed thoughts
+    for d, f, row in zip(dropped, free, rows):
+        assert [t for t in f["thoughts"] if not t["malformed"]] == d["thoughts"]
+        assert [t["text"] for t in f["thoughts"] if t["malformed"]] == [t["text"] for t in d.get("dropped", [])]
+        kept = [(t["line"], t["text"], False) for t in d["thoughts"]]
+        assert d["text"] == render(program_from_row(row), kept, module.thought_format)
+        assert sum(line.lstrip().startswith("#") for line in d["text"].splitlines()) == len(d["thoughts"])
+    formed, _ = run("best_well_formed", False)
+    assert sum(t["malformed"] for r in formed for t in r["thoughts"]) < sum(t["malformed"] for r in free for t in r["thoughts"])

@@ -75,7 +75,8 @@ class EMCallback(L.Callback):
         rounds: EM rounds.
         estep_steps: E-step optimizer steps per round.
         mstep_steps: M-step optimizer steps per round.
-        bootstrap_mode: keep the ``best`` of G annotations by E-step reward, or a ``sample``.
+        bootstrap_mode: keep the ``best`` of G annotations by E-step reward, the best among those with the fewest
+            malformed thoughts (``best_well_formed``), or a ``sample``.
         bootstrap_group_size: G for bootstrapping (default: the E-step's group size).
         bootstrap_limit: annotate only the first N programs of the corpus (default: all).
         bootstrap_scope: ``train``: annotate the programs the E-step trains on (the corpus minus the data's held-out
@@ -87,6 +88,8 @@ class EMCallback(L.Callback):
         bootstrap_min_gain: keep a program's annotation only if it beats the plain program's log-likelihood by more
             than this many nats after the thought cost (e.g. ``0``); otherwise the program stays plain. ``null``:
             keep every annotation.
+        bootstrap_drop_malformed: remove the kept annotation's malformed thoughts (the E-step's ``thought_format``
+            rules, e.g. ``grounded_numbers``) before the M-step sees it.
         mstep_init: start each M-step from the round's ``estep`` policy, or from the ``previous`` round's M-step
             policy (the base model in round 0): then the E-step's updates shape only the annotations.
         mstep_schedule: ``continue``: the rounds' M-steps are one learning-rate schedule ``rounds × mstep_steps``
@@ -99,15 +102,18 @@ class EMCallback(L.Callback):
 
     def __init__(self, rounds: int = 2, estep_steps: int = 50, mstep_steps: int = 100, bootstrap_mode: str = "best",
                  bootstrap_group_size: int | None = None, bootstrap_limit: int | None = None, bootstrap_scope: str = "train",
-                 bootstrap_batch_size: int = 16, bootstrap_part_size: int = 64, bootstrap_min_gain: float | None = None, mstep_init: str = "estep", mstep_schedule: str = "continue",
+                 bootstrap_batch_size: int = 16, bootstrap_part_size: int = 64, bootstrap_min_gain: float | None = None,
+                 bootstrap_drop_malformed: bool = False, mstep_init: str = "estep", mstep_schedule: str = "continue",
                  checkpoint_every_n_steps: int = 10,
                  eval_source: str | None = None, eval_limit: int | None = None):
         from ra3.errors import Ra3Error
 
         if rounds < 1:
             raise Ra3Error(f"em.rounds must be >= 1, got {rounds}")
-        if bootstrap_mode not in ("best", "sample"):
-            raise Ra3Error(f"em.bootstrap_mode must be 'best' or 'sample', got {bootstrap_mode!r}")
+        from ra3.bootstrap import MODES
+
+        if bootstrap_mode not in MODES:
+            raise Ra3Error(f"em.bootstrap_mode must be one of {', '.join(MODES)}, got {bootstrap_mode!r}")
         if bootstrap_scope not in ("train", "all"):
             raise Ra3Error(f"em.bootstrap_scope must be 'train' or 'all', got {bootstrap_scope!r}")
         self.bootstrap_scope = bootstrap_scope
@@ -120,6 +126,7 @@ class EMCallback(L.Callback):
         self.bootstrap_mode, self.bootstrap_group_size = bootstrap_mode, bootstrap_group_size
         self.bootstrap_limit, self.bootstrap_batch_size = bootstrap_limit, bootstrap_batch_size
         self.bootstrap_part_size, self.bootstrap_min_gain = bootstrap_part_size, bootstrap_min_gain
+        self.bootstrap_drop_malformed = bootstrap_drop_malformed
         self.mstep_init, self.checkpoint_every_n_steps = mstep_init, checkpoint_every_n_steps
         self.eval_source, self.eval_limit = eval_source, eval_limit
         self.state = EMState()
@@ -218,7 +225,7 @@ class EMCallback(L.Callback):
                     stats = bootstrap(module, rows, rdir, self.bootstrap_mode, self.bootstrap_group_size,
                                       self.bootstrap_batch_size, self.bootstrap_part_size, seed=k,
                                       rank=rank if joined else 0, world_size=world if joined else 1,
-                                      min_gain=self.bootstrap_min_gain)
+                                      min_gain=self.bootstrap_min_gain, drop_malformed=self.bootstrap_drop_malformed)
                 else:
                     stats = {}
                 self.state.summaries[-1].update({f"bootstrap/{key}": v for key, v in stats.items()},

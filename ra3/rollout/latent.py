@@ -39,6 +39,8 @@ from ra3.rollout.ragged import RaggedCache, ragged_attention
 # fuller forwards: +6-9% rollout tokens/s with a thinking-heavy policy, see benchmarks/estep_rollout.py).
 _DEFER_STEPS = 2
 
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")  # a numeric literal, not digits inside a name
+
 # token kinds in a rollout
 CONTEXT, EXPERT, FORCED, MARKER, THOUGHT = 0, 1, 2, 3, 4
 
@@ -50,11 +52,15 @@ class ThoughtFormat:
     Args:
         marker: text that starts a thought line after the indentation.
         code_pattern: regex; a thought matching it is code inside a comment (malformed).
+        grounded_numbers: a thought citing a number that none of the expert lines after it contains is malformed
+            (a comment should not cite a constant its code does not use; ``add 9`` before code that adds 7).
     """
 
-    def __init__(self, marker: str = "#", code_pattern: str = r"==|\s=\s|[()\[\]]|:\s*$|\breturn\b|\bxs\b"):
+    def __init__(self, marker: str = "#", code_pattern: str = r"==|\s=\s|[()\[\]]|:\s*$|\breturn\b|\bxs\b",
+                 grounded_numbers: bool = False):
         self.marker = marker
         self.code_re = re.compile(code_pattern)
+        self.grounded_numbers = grounded_numbers
 
     def head(self, indent: str) -> str:
         """The text a thought line starts with (tokenized to find the decision token)."""
@@ -63,9 +69,12 @@ class ThoughtFormat:
     def render(self, text: str, indent: str) -> str:
         return "\n" + indent + self.marker + " " + " ".join(text.split())
 
-    def malformed(self, text: str, hit_max_tokens: bool) -> bool:
-        """Malformed: empty, not ended within ``max_thought_tokens`` (rambling/multi-line), or code-like."""
-        return hit_max_tokens or not text.strip() or bool(self.code_re.search(text))
+    def malformed(self, text: str, hit_max_tokens: bool, following: str = "") -> bool:
+        """Malformed: empty, not ended within ``max_thought_tokens`` (rambling/multi-line), code-like, or (with
+        ``grounded_numbers``) citing a number absent from ``following`` (the expert code after the thought)."""
+        if hit_max_tokens or not text.strip() or self.code_re.search(text):
+            return True
+        return self.grounded_numbers and not set(_NUMBER.findall(text)) <= set(_NUMBER.findall(following))
 
 
 @dataclass
@@ -384,7 +393,8 @@ class _RolloutRun:
                 return
             fmt = self.engine.format
             text = self.engine.tokenizer.decode(row.thought, skip_special_tokens=True).strip()
-            row.thoughts.append((row.t, text, fmt.malformed(text, hit_max_tokens=drawn is None)))
+            following = "".join(seg.text for seg in self.programs[row.program].lines[row.t:])
+            row.thoughts.append((row.t, text, fmt.malformed(text, hit_max_tokens=drawn is None, following=following)))
             row.text.append(fmt.render(text, line.indent))
             self.plan[r] = self.expert_chunk(row, line.ids, ahead)
             row.thought = None
