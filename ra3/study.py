@@ -86,8 +86,10 @@ PRESETS = {
     "pilot": StudyPreset(1, _WORLD, pretrain_steps=700, mstep_steps=150, estep_steps=30, rlvr_steps=16, n_samples=2,
                          k=[1, 2], rlvr=False, eval_split="val.jsonl", lr_grid=[1e-3, 3e-3]),
     # learning rates: the pilot's choices (docs/study.md, "Choosing the world and the learning rates")
-    "default": StudyPreset(5, _WORLD, pretrain_steps=700, mstep_steps=150, estep_steps=30, rlvr_steps=40, n_samples=2,
-                           k=[1, 2], learning_rates={"ntp": 1e-3, "oracle": 1e-3, "ra3": 1e-3}, rlvr_lr=3e-4),
+    # RLVR: benchmarks/rlvr_probe.py's choice on the pilot's bases (docs/ra3-diagnosis.md): lr 3e-5, 80 steps
+    "default": StudyPreset(5, _WORLD, pretrain_steps=700, mstep_steps=150, estep_steps=30, rlvr_steps=80, n_samples=4,
+                           k=[1, 2], learning_rates={"ntp": 1e-3, "oracle": 1e-3, "ra3": 1e-3}, rlvr_lr=3e-5,
+                           rlvr_eval_points=3),
 }
 
 
