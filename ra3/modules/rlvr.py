@@ -35,6 +35,7 @@ from ra3.rewards import FormatReward, UnitTestReward, WeightedSum
 from ra3.rollout.generate import SamplingConfig, encode_prompt, sample_seed
 from ra3.rollout.sampler import ENGINES, make_engine
 
+
 def overlong_reward(reward: float | None, length: int, max_new_tokens: int, buffer: int, penalty: float) -> float | None:
     """DAPO's soft overlong punishment: ``reward - penalty * (length - (max_new_tokens - buffer)) / buffer`` past
     ``max_new_tokens - buffer`` tokens (unchanged with ``buffer`` 0 or no reward)."""
@@ -246,8 +247,8 @@ class RLVRModule(PolicyModule):
         source = getattr(self.trainer.datamodule, "rl_rows", None) if self._trainer is not None else None
         if not source:
             raise Ra3Error("dynamic_sampling draws further prompts from the DataModule's rl_rows: none found")
-        seen = {id(r) for r in exclude} | {r["prompt"] for r in exclude}
-        pool = [r for r in source if id(r) not in seen and r["prompt"] not in seen]
+        seen = {r["prompt"] for r in exclude}
+        pool = [r for r in source if r["prompt"] not in seen]
         rank = self.trainer.global_rank if self._trainer is not None else 0
         rng = random.Random(hash((self.hparams.init_seed, self.global_step, round, rank)))
         return rng.sample(pool, min(n, len(pool)))
