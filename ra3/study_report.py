@@ -127,7 +127,8 @@ def collect(study) -> dict[str, Any]:
             per_base = {b: _mean(sub) for b, s in scores[m].items() if (sub := _subset(s, which))}
             if per_base:  # one base: a mean without a t interval
                 res["pass@1"][m][which] = {"per_base": per_base, **mean_ci(list(per_base.values()))}
-    pairs = [("oracle", "ntp"), ("ra3", "ntp"), ("oracle", "ra3"), ("rlvr_ra3", "rlvr_ntp"), ("rlvr_oracle", "rlvr_ntp")]
+    pairs = [("oracle", "ntp"), ("ra3", "ntp"), ("oracle", "ra3"), ("rlvr_ra3", "rlvr_ntp"), ("rlvr_oracle", "rlvr_ntp"),
+             *((f"rlvr_{a}", a) for a in ARMS)]  # what RLVR itself adds to each init
     if "ra3_corrected" in models:
         pairs += [("ra3_corrected", "ra3"), ("ra3_corrected", "ntp"), ("oracle", "ra3_corrected")]
     if "oracle_noisy" in models:
