@@ -110,7 +110,7 @@ def test_rlvr_settings_reach_the_rlvr_stages_and_checkpoints_are_scored(tmp_path
     study.build()
     config = yaml.safe_load((tmp_path / "s" / "configs" / "b0_rlvr_ra3.yaml").read_text())
     model = config["model"]["init_args"]
-    assert model["warmup_steps"] == 5 and model["dynamic_sampling"] is True and model["learning_rate"] == 3e-4
+    assert model["warmup_steps"] == 5 and model["dynamic_sampling"] is True and model["learning_rate"] == study.p.rlvr_lr == 3e-5
     assert config["trainer"]["callbacks"][0]["init_args"]["every_n_train_steps"] == 30
     em = yaml.safe_load((tmp_path / "s" / "configs" / "b0_ra3.yaml").read_text())
     assert em["em"]["bootstrap_scope"] == "all" and em["estep"]["init_args"]["group_size"] == 8
