@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ra3.report import rlvr_curve
 from ra3.stats import curve_auc
+from ra3.study import checkpoint_steps
 from ra3.study_report import per_task
 
 INITS = ("ntp", "ra3")
@@ -97,8 +98,7 @@ def main(argv: list[str]) -> None:
     if not seeds:
         sys.exit(f"rlvr_probe: no pre-trained bases in {pilot}")
     bases = [f"b{s}" for s in seeds]
-    every = max(1, a.steps // a.points)
-    steps = [k * every for k in range(1, a.points) if k * every < a.steps]
+    steps = checkpoint_steps(a.steps, a.points)
     table = {}
     for value in a.values:
         run = out / f"{a.setting}_{value}"

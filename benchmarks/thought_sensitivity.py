@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ra3.datamodules.segments import Segment, encode_segments, indentation, program_segments, thought_segment
-from ra3.metrics import THOUGHT_CATEGORIES, thought_category
+from ra3.metrics import THOUGHT_CATEGORIES, thought_category, true_thought_lines
 
 
 def annotated(row: dict, thoughts: dict[int, str | None]) -> tuple[list[Segment], dict[int, list[int]]]:
@@ -37,7 +37,7 @@ def annotated(row: dict, thoughts: dict[int, str | None]) -> tuple[list[Segment]
     (the indices of the code segments it governs)."""
     segs = program_segments(prompt=row["prompt"], completion=row["completion"])
     n_prompt = sum(s.kind == "prompt" for s in segs)
-    starts = [b - (row["prompt"].count("\n") + 1) for b in row["boundaries"]]
+    starts = true_thought_lines(row)
     code = segs[n_prompt:]
     out, blocks = list(segs[:n_prompt]), {}
     for i, seg in enumerate(code):

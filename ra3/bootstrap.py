@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ra3.io import atomic_write_text, write_jsonl
-from ra3.metrics import boundary_scores, names_skill, thought_accuracy
+from ra3.metrics import boundary_scores, names_skill, thought_accuracy, true_thought_lines
 from ra3.rollout.latent import program_from_row
 
 
@@ -143,8 +143,7 @@ def shard_stats(rows: list[dict]) -> dict[str, Any]:
     if with_truth:
         truth, predicted, labels, thoughts = [], [], [], []
         for r in with_truth:
-            n_ctx = r["prompt"].count("\n") + 1
-            starts = [b - n_ctx for b in r["boundaries"]]
+            starts = true_thought_lines(r)
             truth.append(set(starts))
             predicted.append({t["line"] for t in r["thoughts"]})
             thoughts.append([(t["line"], t["text"]) for t in r["thoughts"]])

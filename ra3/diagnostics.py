@@ -20,6 +20,7 @@ from pathlib import Path
 from ra3.datamodules.segments import indentation, is_comment_line, split_lines, thought_segment
 from ra3.errors import Ra3Error
 from ra3.io import write_jsonl
+from ra3.metrics import true_thought_lines
 
 KINDS = ("corrected", "noisy_oracle")
 
@@ -37,11 +38,6 @@ def _rewrite_thoughts(completion: str, texts: dict[int, str]) -> str:
     return "".join(out)
 
 
-def _true_lines(row: dict) -> list[int]:
-    n_ctx = row["prompt"].count("\n") + 1
-    return [b - n_ctx for b in row["boundaries"]]
-
-
 def _with_completion(row: dict, completion: str) -> dict:
     return {**row, "completion": completion, "text": row["prompt"] + completion}
 
@@ -53,7 +49,7 @@ def corrected(bootstrapped: list[dict]) -> tuple[list[dict], int]:
         if not r.get("thoughts") or r.get("boundaries") is None or not r.get("intents"):
             out.append(r)
             continue
-        truth = dict(zip(_true_lines(r), r["intents"]))
+        truth = dict(zip(true_thought_lines(r), r["intents"]))
         order = sorted(r["thoughts"], key=lambda t: t["line"])
         fix = {k: truth[t["line"]] for k, t in enumerate(order) if t["line"] in truth and t["text"] != truth[t["line"]]}
         changed += len(fix)
@@ -72,7 +68,7 @@ def noisy_oracle(oracle: list[dict], bootstrapped: list[dict]) -> tuple[list[dic
             out.append(r)
             continue
         placed = {t["line"]: t["text"] for t in b.get("thoughts", [])}
-        wrong = {k: placed[line] for k, (line, intent) in enumerate(zip(_true_lines(b), b["intents"]))
+        wrong = {k: placed[line] for k, (line, intent) in enumerate(zip(true_thought_lines(b), b["intents"]))
                  if line in placed and placed[line] != intent}
         changed += len(wrong)
         out.append(_with_completion(r, _rewrite_thoughts(r["completion"], wrong)) if wrong else r)

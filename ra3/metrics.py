@@ -98,6 +98,13 @@ def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def true_thought_lines(row: dict) -> list[int]:
+    """The code-line indices (lines after the prompt) where a row's ground-truth thoughts go: its ``boundaries``
+    count lines of the whole program."""
+    n_ctx = row["prompt"].count("\n") + 1
+    return [b - n_ctx for b in row["boundaries"]]
+
+
 def thought_accuracy(rows: list[dict]) -> dict:
     """Exact-thought rates of annotated rows against their ground truth (``boundaries``, ``intents``, ``macros``;
     rows without them are skipped). A true thought is *exact* when a thought sits at its line with its text
@@ -112,8 +119,7 @@ def thought_accuracy(rows: list[dict]) -> dict:
         if r.get("boundaries") is None or not r.get("intents") or "prompt" not in r:
             continue
         rows_seen += 1
-        n_ctx = r["prompt"].count("\n") + 1
-        starts = [b - n_ctx for b in r["boundaries"]]
+        starts = true_thought_lines(r)
         placed = {t["line"]: t["text"] for t in r.get("thoughts", [])}
         macros = r.get("macros") or [""] * len(starts)
         spurious += len(set(placed) - set(starts))

@@ -93,9 +93,18 @@ PRESETS = {
 }
 
 
+def checkpoint_steps(steps: int, points: int) -> list[int]:
+    """Steps of the ``points`` - 1 evenly spaced checkpoints scored before the final policy of a ``steps``-step run."""
+    every = max(1, steps // max(1, points))
+    return [k * every for k in range(1, points) if k * every < steps]
+
+
 def check_settings(p: StudyPreset) -> None:
     """One clear error for a key of ``rlvr_settings`` / ``estep_settings`` / ``em_settings`` that is not an argument
-    of RLVRModule / EStepModule / EMCallback, or that the study sets itself."""
+    of RLVRModule / EStepModule / EMCallback, or that the study sets itself. (Imports the modules only when there is
+    something to check: a study's own process stays light.)"""
+    if not (p.rlvr_settings or p.estep_settings or p.em_settings):
+        return
     import inspect
 
     from ra3.callbacks.em import EMCallback
@@ -228,6 +237,7 @@ class Study:
 
     def build(self) -> None:
         p, w, out = self.p, self.world, self.out
+        every = self.rlvr_checkpoint_steps()
         world = self.add("world", ["world", "--out", str(w)] + [a for k, v in self.world_config.items()
                                                   for a in (f"--world.{k}", json.dumps(v, separators=(",", ":")) if isinstance(v, (list, dict)) else str(v))])
         for s in self.bases:
@@ -278,7 +288,6 @@ class Study:
                     if arm == "ntp":
                         self.evaluate(f"{b}_rlsplit_ntp", policies[arm], [f"{b}_{arm}"], "rl.jsonl")
                     continue
-                every = self.rlvr_checkpoint_steps()
                 rl = self.fit(f"{b}_rlvr_{arm}", "rlvr.yaml", s,
                               {**p.rlvr_settings, "init_from": str(policies[arm]), "export_dir": str(out / b / f"rlvr_{arm}"),
                                "learning_rate": p.rlvr_lr, "beta": p.rlvr_beta},
@@ -290,9 +299,8 @@ class Study:
                 self.evaluate(f"{b}_eval_rlvr_{arm}", out / b / f"rlvr_{arm}", [rl])
 
     def rlvr_checkpoint_steps(self) -> list[int]:
-        """Steps of the RLVR checkpoints scored before the final policy: ``rlvr_eval_points`` - 1 of them, evenly spaced."""
-        every = max(1, self.p.rlvr_steps // max(1, self.p.rlvr_eval_points))
-        return [k * every for k in range(1, self.p.rlvr_eval_points) if k * every < self.p.rlvr_steps]
+        """Steps of the RLVR checkpoints scored before the final policy (``checkpoint_steps``)."""
+        return checkpoint_steps(self.p.rlvr_steps, self.p.rlvr_eval_points)
 
     # ---- running -----------------------------------------------------------------------------------
     def _marker(self, name: str) -> Path:
