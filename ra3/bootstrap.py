@@ -79,6 +79,8 @@ def annotate(module, rows: list[dict], mode: str, group_size: int, generator: to
         if dropped:
             new["dropped"] = dropped
         new["estep_reward"] = float(rewards[b, g])
+        if int(rollout.n_redrawn[i]):
+            new["redrawn"] = int(rollout.n_redrawn[i])
         out.append(new)
     return out
 
@@ -138,7 +140,8 @@ def shard_stats(rows: list[dict]) -> dict[str, Any]:
     stats: dict[str, Any] = {"rows": len(rows), "thoughts": n_thoughts, "thoughts_per_program": n_thoughts / max(1, len(rows)),
                              "malformed": sum(t["malformed"] for r in rows for t in r["thoughts"]),
                              "kept_plain": sum(bool(r.get("kept_plain")) for r in rows),
-                             "dropped_malformed": sum(len(r.get("dropped", [])) for r in rows)}
+                             "dropped_malformed": sum(len(r.get("dropped", [])) for r in rows),
+                             "redrawn": sum(r.get("redrawn", 0) for r in rows)}
     with_truth = [r for r in rows if r.get("boundaries") is not None and "prompt" in r]
     if with_truth:
         truth, predicted, labels, thoughts = [], [], [], []

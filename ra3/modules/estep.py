@@ -48,6 +48,8 @@ class EStepModule(PolicyModule):
         max_thought_tokens: tokens per thought at most.
         max_thoughts: thoughts per program at most.
         max_rollout_length: tokens per annotated program at most.
+        thought_retries: draw a malformed thought again from the same point up to this many times
+            (``LatentConfig.thought_retries``; used by the bootstrap too). 0 = off.
         rollout_lookahead: expert lines fed per forward ahead of the think/act decisions (rolled back at a
             "think"; the annotations are the same): fewer forwards for a policy that rarely thinks. 1 = off.
         clip_epsilon: PPO clip range.
@@ -64,7 +66,7 @@ class EStepModule(PolicyModule):
     def __init__(self, *args, group_size: int = 4, thought_cost: float = 0.05, reward_gain: bool = False,
                  format_penalty: float = 0.1, advantage: str = "rloo", scale_advantages: bool = False,
                  alpha: float = 0.0, temperature: float = 1.0, max_thought_tokens: int = 16, max_thoughts: int = 8,
-                 max_rollout_length: int = 1024, rollout_lookahead: int = 8, clip_epsilon: float = 0.2,
+                 max_rollout_length: int = 1024, rollout_lookahead: int = 8, thought_retries: int = 0, clip_epsilon: float = 0.2,
                  ppo_epochs: int = 1, beta: float = 0.0, max_grad_norm: float = 1.0, thought_format: ThoughtFormat | None = None,
                  table_every_n_steps: int = 50, reference_quantization: str | None = None, **kwargs):
         self.check_hparams(group_size, thought_cost, alpha, advantage, ppo_epochs, rollout_lookahead)
@@ -73,7 +75,7 @@ class EStepModule(PolicyModule):
         self.automatic_optimization = False
         self.thought_format = thought_format or ThoughtFormat()
         self.latent_config = LatentConfig(group_size, alpha, temperature, max_thought_tokens, max_thoughts, max_rollout_length,
-                                          rollout_lookahead)
+                                          rollout_lookahead, thought_retries)
         self.engine = LatentRolloutEngine(self.model, self.tokenizer, self.thought_format)
         self.reference = None
         if beta > 0:
@@ -201,6 +203,7 @@ class EStepModule(PolicyModule):
             "estep/thoughts_per_program": rollout.n_thoughts.float().mean(),
             "estep/thought_len": thought_tokens / rollout.n_thoughts.sum().clamp(min=1),
             "estep/malformed_rate": rollout.n_malformed.sum() / rollout.n_thoughts.sum().clamp(min=1),
+            "estep/redrawn_per_thought": rollout.n_redrawn.sum() / rollout.n_thoughts.sum().clamp(min=1),
             "estep/expert_nll_with_thoughts": (-rollout.expert_logprob / n_tok).mean(),
             "estep/expert_nll_without_thoughts": (-plain / n_expert.clamp(min=1)).mean(),
             "estep/elbo": (rollout.expert_logprob - self.hparams.thought_cost * rollout.n_thoughts).mean(),

@@ -103,6 +103,10 @@ class LatentConfig:
         lookahead: expert lines a row may be fed at once, ahead of its think/act decisions (speculatively:
             the lines after the first "think" are dropped, so annotations do not change); the number used
             follows the thought rate seen so far. 1 = one line per forward.
+        thought_retries: a malformed thought (``ThoughtFormat.malformed``) is drawn again from the same point up to
+            this many times; the last draw is kept. Rejection sampling of the proposal: with a format rule such as
+            ``grounded_numbers`` it turns "add 9" before code that adds 7 into another draw, not a dropped thought.
+            The kept tokens' log-probs are still the policy's. 0 = off.
     """
 
     group_size: int = 4
@@ -112,6 +116,7 @@ class LatentConfig:
     max_thoughts: int = 8
     max_length: int = 1024
     lookahead: int = 8
+    thought_retries: int = 0
 
 
 def _lookahead(p_think: float, cap: int) -> int:
@@ -134,7 +139,7 @@ class LatentRollout:
     ``decision_pos`` (index whose next-token logits decide), ``decision_marker``/``decision_expert``
     (token ids compared), ``decision_think``, ``decision_logprob`` (log-prob of the choice under the
     sampling policy). ``expert_logprob`` (N,): sum of expert-token log-probs; ``n_thoughts``,
-    ``n_malformed`` (N,); ``thoughts[r]``: (line index, text, malformed) triples; ``texts[r]``: the program
+    ``n_malformed``, ``n_redrawn`` (malformed thoughts drawn again, ``thought_retries``) (N,); ``thoughts[r]``: (line index, text, malformed) triples; ``texts[r]``: the program
     with its thoughts.
     """
 
@@ -153,6 +158,7 @@ class LatentRollout:
     n_thoughts: torch.Tensor
     n_malformed: torch.Tensor
     n_boundaries: torch.Tensor
+    n_redrawn: torch.Tensor
     thoughts: list[list[tuple[int, str, bool]]]
     texts: list[str]
     group_size: int
@@ -178,6 +184,9 @@ class _Row:
     n_boundaries: int = 0
     t: int = 0  # the next line boundary
     thought: list[int] | None = None  # tokens of the thought being sampled; None when not thinking
+    restart: tuple[int, torch.Tensor] | None = None  # (length, log-probs) after the thought head: where a redraw starts
+    retries: int = 0  # redraws of the current thought
+    n_redrawn: int = 0
     done: bool = False
 
 
@@ -294,6 +303,7 @@ class LatentRolloutEngine:
             n_thoughts=torch.tensor([len(r.thoughts) for r in rows]),
             n_malformed=torch.tensor([sum(bad for *_, bad in r.thoughts) for r in rows]),
             n_boundaries=torch.tensor([r.n_boundaries for r in rows]),
+            n_redrawn=torch.tensor([r.n_redrawn for r in rows]),
             thoughts=[r.thoughts for r in rows], texts=["".join(r.text) for r in rows],
             group_size=config.group_size, alpha=config.alpha,
         )
@@ -387,17 +397,24 @@ class _RolloutRun:
             self.think(r, line)
             return
         if row.thought is not None:
-            if drawn is not None and not self.engine.thought_end[drawn]:
-                row.thought.append(drawn)
-                self.plan[r] = _Chunk([drawn], [THOUGHT])
-                return
-            fmt = self.engine.format
-            text = self.engine.tokenizer.decode(row.thought, skip_special_tokens=True).strip()
-            following = "".join(seg.text for seg in self.programs[row.program].lines[row.t:])
-            row.thoughts.append((row.t, text, fmt.malformed(text, hit_max_tokens=drawn is None, following=following)))
+            if row.restart is None:
+                row.restart = (len(row.tokens), self.cache.last_logp[r].clone())
+            while True:
+                if drawn is not None and not self.engine.thought_end[drawn]:
+                    row.thought.append(drawn)
+                    self.plan[r] = _Chunk([drawn], [THOUGHT])
+                    return
+                fmt = self.engine.format
+                text = self.engine.tokenizer.decode(row.thought, skip_special_tokens=True).strip()
+                following = "".join(seg.text for seg in self.programs[row.program].lines[row.t:])
+                bad = fmt.malformed(text, hit_max_tokens=drawn is None, following=following)
+                if not (bad and row.retries < self.config.thought_retries):
+                    break
+                drawn = self.redraw(r, row)
+            row.thoughts.append((row.t, text, bad))
             row.text.append(fmt.render(text, line.indent))
             self.plan[r] = self.expert_chunk(row, line.ids, ahead)
-            row.thought = None
+            row.thought, row.restart, row.retries = None, None, 0
         else:
             self.plan[r] = self.expert_chunk(row, line.ids[line.prefix:], ahead)
         self.act(row)
@@ -430,6 +447,14 @@ class _RolloutRun:
         u = torch.stack([torch.rand((), generator=self.gens[r]) for r in thinking]).to(cdf.device)  # inverse-CDF sampling
         picks = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp(max=cdf.shape[1] - 1)[:, 0]
         return dict(zip(thinking, picks.tolist()))
+
+    def redraw(self, r: int, row: _Row) -> int:
+        """Forget row ``r``'s thought so far (tokens and cache) and draw its first token again."""
+        n, logp = row.restart
+        del row.tokens[n:], row.kinds[n:], row.logprobs[n:]
+        self.cache.rewind(r, n, logp)
+        row.thought, row.retries, row.n_redrawn = [], row.retries + 1, row.n_redrawn + 1
+        return self.draw([r])[r]
 
     def think(self, r: int, line: _Line) -> None:
         row = self.rows[r]

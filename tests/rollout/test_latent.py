@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ra3.modules.policy import PolicyModule
-from ra3.rollout.latent import (CONTEXT, EXPERT, FORCED, MARKER, THOUGHT, LatentConfig, LatentRolloutEngine,
+from ra3.rollout.latent import (CONTEXT, EXPERT, FORCED, MARKER, THOUGHT, LatentConfig, LatentRolloutEngine, ThoughtFormat,
                                 decision_logprobs, program_from_row)
 
 from conftest import TINY_LLAMA
@@ -237,3 +237,29 @@ def test_lines_fed_ahead_change_nothing_but_the_number_of_forwards(policy, progr
     _, fresh = _fresh_logprobs(policy.model, ahead)
     real = ahead.attention_mask[:, 1:].bool()
     torch.testing.assert_close(ahead.token_logprobs[:, 1:][real], fresh[real], atol=1e-4, rtol=0)
+
+
+class _NoLetterE(ThoughtFormat):
+    """Malformed: any thought with an "e" (about half of a random policy's thoughts)."""
+
+    def malformed(self, text, hit_max_tokens, following=""):
+        return "e" in text
+
+
+def test_malformed_thoughts_are_drawn_again_and_the_log_probs_stay_the_policys(policy, programs):
+    """``thought_retries``: a malformed thought is redrawn from the same point (tokens and cache rewound); the kept
+    rollout's log-probs still equal one fresh teacher-forced pass, and far fewer thoughts end malformed."""
+    engine = LatentRolloutEngine(policy.model, policy.tokenizer, _NoLetterE())
+    runs = {n: engine.rollout(programs, LatentConfig(group_size=4, max_thought_tokens=4, thought_retries=n), seeds=[1, 2, 3])
+            for n in (0, 6)}
+    plain, retried = runs[0], runs[6]
+    assert plain.n_redrawn.sum() == 0 and retried.n_redrawn.sum() > 0
+    assert int(retried.n_redrawn.max()) <= 6 * int(retried.n_thoughts.max())
+    rate = {n: float(ro.n_malformed.sum() / ro.n_thoughts.sum()) for n, ro in runs.items()}
+    assert rate[6] < rate[0] / 2, rate
+    kept = [text for th in retried.thoughts for _, text, bad in th if not bad]
+    assert kept and all("e" not in text for text in kept)
+    _, fresh = _fresh_logprobs(policy.model, retried)
+    real = retried.attention_mask[:, 1:].bool()
+    torch.testing.assert_close(retried.token_logprobs[:, 1:][real], fresh[real], atol=1e-4, rtol=0)
+    assert int(retried.latent_mask.sum()) == int((retried.kinds == THOUGHT).sum())
