@@ -42,7 +42,7 @@ class EveryOtherThoughtMalformed:
         class Format(ThoughtFormat):
             calls = 0
 
-            def malformed(self, text, hit_max_tokens, following=""):
+            def malformed(self, text, hit_max_tokens, following="", context=""):
                 Format.calls += 1
                 return Format.calls % 2 == 0
 

@@ -54,13 +54,17 @@ class ThoughtFormat:
         code_pattern: regex; a thought matching it is code inside a comment (malformed).
         grounded_numbers: a thought citing a number that none of the expert lines after it contains is malformed
             (a comment should not cite a constant its code does not use; ``add 9`` before code that adds 7).
+        numbers_from_prompt: a thought citing a number that the program's context (its prompt: signature and
+            docstring) does not contain is malformed (a step of the task restated with the task's own constants;
+            small numbers such as 0, 1, 2 occur in most code, so ``grounded_numbers`` alone lets them through).
     """
 
     def __init__(self, marker: str = "#", code_pattern: str = r"==|\s=\s|[()\[\]]|:\s*$|\breturn\b|\bxs\b",
-                 grounded_numbers: bool = False):
+                 grounded_numbers: bool = False, numbers_from_prompt: bool = False):
         self.marker = marker
         self.code_re = re.compile(code_pattern)
         self.grounded_numbers = grounded_numbers
+        self.numbers_from_prompt = numbers_from_prompt
 
     def head(self, indent: str) -> str:
         """The text a thought line starts with (tokenized to find the decision token)."""
@@ -69,12 +73,15 @@ class ThoughtFormat:
     def render(self, text: str, indent: str) -> str:
         return "\n" + indent + self.marker + " " + " ".join(text.split())
 
-    def malformed(self, text: str, hit_max_tokens: bool, following: str = "") -> bool:
-        """Malformed: empty, not ended within ``max_thought_tokens`` (rambling/multi-line), code-like, or (with
-        ``grounded_numbers``) citing a number absent from ``following`` (the expert code after the thought)."""
+    def malformed(self, text: str, hit_max_tokens: bool, following: str = "", context: str = "") -> bool:
+        """Malformed: empty, not ended within ``max_thought_tokens`` (rambling/multi-line), code-like, or citing a
+        number absent from ``following`` (the expert code after the thought; ``grounded_numbers``) or from
+        ``context`` (the program's prompt; ``numbers_from_prompt``)."""
         if hit_max_tokens or not text.strip() or self.code_re.search(text):
             return True
-        return self.grounded_numbers and not set(_NUMBER.findall(text)) <= set(_NUMBER.findall(following))
+        numbers = set(_NUMBER.findall(text))
+        return ((self.grounded_numbers and not numbers <= set(_NUMBER.findall(following)))
+                or (self.numbers_from_prompt and not numbers <= set(_NUMBER.findall(context))))
 
 
 @dataclass
@@ -323,6 +330,7 @@ class _RolloutRun:
         bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
         contexts = [bos + [i for s in p.context for i in engine._encode(s.text)] for p in programs]
         self.lines = lines = [[engine._line(s) for s in p.lines] for p in programs]
+        self.contexts = ["".join(s.text for s in p.context) for p in programs]
         self.rows = [_Row(b) for b in range(len(programs)) for _ in range(G)]
         for row in self.rows:
             row.text = [s.text for s in programs[row.program].context]
@@ -407,7 +415,8 @@ class _RolloutRun:
                 fmt = self.engine.format
                 text = self.engine.tokenizer.decode(row.thought, skip_special_tokens=True).strip()
                 following = "".join(seg.text for seg in self.programs[row.program].lines[row.t:])
-                bad = fmt.malformed(text, hit_max_tokens=drawn is None, following=following)
+                bad = fmt.malformed(text, hit_max_tokens=drawn is None, following=following,
+                                    context=self.contexts[row.program])
                 if not (bad and row.retries < self.config.thought_retries):
                     break
                 drawn = self.redraw(r, row)

@@ -242,7 +242,7 @@ def test_lines_fed_ahead_change_nothing_but_the_number_of_forwards(policy, progr
 class _NoLetterE(ThoughtFormat):
     """Malformed: any thought with an "e" (about half of a random policy's thoughts)."""
 
-    def malformed(self, text, hit_max_tokens, following=""):
+    def malformed(self, text, hit_max_tokens, following="", context=""):
         return "e" in text
 
 
@@ -263,3 +263,16 @@ def test_malformed_thoughts_are_drawn_again_and_the_log_probs_stay_the_policys(p
     real = retried.attention_mask[:, 1:].bool()
     torch.testing.assert_close(retried.token_logprobs[:, 1:][real], fresh[real], atol=1e-4, rtol=0)
     assert int(retried.latent_mask.sum()) == int((retried.kinds == THOUGHT).sum())
+
+
+def test_number_rules_of_the_thought_format():
+    """``grounded_numbers``: a number the code after the thought lacks; ``numbers_from_prompt``: one the prompt lacks."""
+    code, prompt = "    for i in range(len(xs)):\n        xs[i] = xs[i] + 7\n", '    """Add 7 to each value."""'
+    plain, grounded, strict = ThoughtFormat(), ThoughtFormat(grounded_numbers=True), ThoughtFormat(numbers_from_prompt=True)
+    for fmt in (plain, grounded, strict):
+        assert not fmt.malformed("add 7 to each value", False, code, prompt) and not fmt.malformed("tidy the list", False, code, prompt)
+        assert fmt.malformed("add 7 to each value", True, code, prompt) and fmt.malformed("  ", False, code, prompt)
+    assert not plain.malformed("add 9 to each value", False, code, prompt)
+    assert grounded.malformed("add 9 to each value", False, code, prompt) and strict.malformed("add 9 to each value", False, code, prompt)
+    assert not grounded.malformed("add 1 to each value", False, code + "    xs = xs[1:]\n", prompt)  # 1 is in the code
+    assert strict.malformed("add 1 to each value", False, code + "    xs = xs[1:]\n", prompt)  # ... not in the prompt
