@@ -21,7 +21,7 @@ from ra3.datamodules.tokenizer import train_bpe_tokenizer
 from ra3.modules.policy import PolicyModule
 from ra3.rollout.latent import LatentConfig, LatentRolloutEngine, program_from_row
 
-from ra3.quickstart import skillworld_model_config  # noqa: E402
+from ra3.datamodules.skillworld import skillworld_model_config  # noqa: E402
 
 TINY = skillworld_model_config(max_position_embeddings=1024)
 

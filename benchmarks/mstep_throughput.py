@@ -24,7 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-from ra3.quickstart import skillworld_model_config  # noqa: E402
+from ra3.datamodules.skillworld import skillworld_model_config  # noqa: E402
 
 TINY = skillworld_model_config()
 

@@ -28,7 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-from ra3.quickstart import skillworld_model_config  # noqa: E402
+from ra3.datamodules.skillworld import skillworld_model_config  # noqa: E402
 
 TINY = skillworld_model_config(max_position_embeddings=1024)
 STOP = ["\ndef ", "\nclass ", "\nprint(", "\nassert"]  # the skill-world benchmark's stop strings

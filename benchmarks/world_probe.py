@@ -1,14 +1,13 @@
-"""Does a skill world reward abstractions? Base vs NTP vs oracle mid-training, held-out greedy pass@1.
+"""Does a skill world reward abstractions? NTP vs oracle mid-training on one base, held-out pass@1 on val.jsonl.
 
 RA3 can only beat NTP on a world where the *oracle* (M-step on the ground-truth commented programs) beats NTP;
 this script measures that for one world configuration and classifies the oracle's failures::
 
-    python benchmarks/world_probe.py --out /tmp/probe --world.style steps --world.heldout_fraction 0 \\
-        --world.eval_min_chain 5 --world.eval_max_chain 6
+    python benchmarks/world_probe.py --out /tmp/probe --world.style steps --world.min_chain 3
 
-Prints held-out greedy pass@1 of base / NTP / oracle and, for each failed oracle sample, whether its first
-wrong line was a comment (wrong plan) or code after right comments (wrong action). Stages are ordinary ``ra3``
-commands (the quickstart's), resumable: re-running skips finished ones.
+It is ``ra3 study --preset pilot`` with one base, the arms ``ntp`` and ``oracle`` and the world overrides given
+(resumable: re-running skips finished stages). Prints val pass@1 of base / NTP / oracle and, for each failed oracle
+sample, whether its first wrong line was a comment (wrong plan) or code after right comments (wrong action).
 """
 
 from __future__ import annotations
@@ -17,8 +16,9 @@ import argparse
 import json
 import sys
 
+import yaml
 
-from ra3.quickstart import Preset, Quickstart
+from ra3.study import Study
 
 
 def first_error(completion: str, row: dict, style: str = "full") -> str:
@@ -36,36 +36,34 @@ def first_error(completion: str, row: dict, style: str = "full") -> str:
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
-    p.add_argument("--pretrain_steps", type=int, default=500)
-    p.add_argument("--mstep_steps", type=int, default=150)
-    p.add_argument("--eval_limit", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    args, world_args = p.parse_known_args(argv)
-    q = Quickstart(args.out, "tiny", seed=args.seed)
-    q.p = Preset({}, args.pretrain_steps, args.mstep_steps, 1, 0, None, 0, args.eval_limit, 1, [1], greedy=False)
-    w, out = q.world, q.out
-    q.stage("world", ["world", "--out", str(w), "--world.seed", str(args.seed), *world_args])
-    q.fit("pretrain", "pretrain.yaml", {"tokenizer": str(w / "tokenizer"), "export_dir": str(out / "base")},
-          {"train_files": [str(w / "pretrain.jsonl")]}, args.pretrain_steps, val=False)
-    for name, train in (("ntp", "midtrain.jsonl"), ("oracle", "midtrain_oracle.jsonl")):
-        q.fit(name, "ntp.yaml", {"model": str(out / "base"), "export_dir": str(out / name)},
-              {"train_files": [str(w / train)]}, args.mstep_steps, val=False)
-    results = {}
-    for name in ("base", "ntp", "oracle"):
-        q.stage(f"eval_{name}", ["evaluate", "--model", str(out / name), "--benchmark", "skillworld",
-                                  "--source", f"skillworld={w / 'eval.jsonl'}", "--output_dir", str(out / "eval" / name),
-                                  "--limit", str(args.eval_limit), "--max_new_tokens", "200"])
-        results[name] = json.loads((out / "eval" / name / "results.json").read_text())["skillworld"]["pass@1"]
-    rows = {r["task_id"]: r for r in map(json.loads, open(w / "eval.jsonl"))}
-    samples = [json.loads(line) for line in open(out / "eval" / "oracle" / "samples.jsonl")]
-    verdicts = [json.loads(line) for line in open(out / "eval" / "oracle" / "eval_results.jsonl")]
+    p.add_argument("--preset", default="pilot", help="the study preset whose sizes are used (test: CI)")
+    p.add_argument("--pretrain_steps", type=int, default=None, help="default: the preset's")
+    p.add_argument("--mstep_steps", type=int, default=None, help="default: the preset's")
+    p.add_argument("--eval_limit", type=int, default=None, help="score only the first N val tasks")
+    p.add_argument("--seed", type=int, default=100, help="the base's pre-training seed")
+    args, rest = p.parse_known_args(argv)
+    if len(rest) % 2 or any(not k.startswith("--world.") for k in rest[::2]):
+        p.error(f"world overrides are --world.KEY VALUE pairs, got {' '.join(rest)}")
+    world = {k[len("--world."):]: yaml.safe_load(v) for k, v in zip(rest[::2], rest[1::2])}
+    sizes = {k: v for k in ("pretrain_steps", "mstep_steps", "eval_limit") if (v := getattr(args, k)) is not None}
+    study = Study(args.out, args.preset, bases=1, first_seed=args.seed, world=world,
+                  settings={"arms": ["ntp", "oracle"], "lr_grid": [], "rlvr": False, "eval_split": "val.jsonl",
+                            "n_samples": 1, "k": [1], **sizes})
+    study.run()
+    out, b = study.out, f"b{args.seed}"
+    results = {name: json.loads((out / "eval" / f"{b}_eval_{name}" / "results.json").read_text())["skillworld"]["pass@1"]
+               for name in ("base", "ntp", "oracle")}
+    w = study.world
+    rows = {r["task_id"]: r for r in map(json.loads, open(w / "val.jsonl"))}
+    samples = [json.loads(line) for line in open(out / "eval" / f"{b}_eval_oracle" / "samples.jsonl")]
+    verdicts = [json.loads(line) for line in open(out / "eval" / f"{b}_eval_oracle" / "eval_results.jsonl")]
     style = json.loads((w / "world.json").read_text())["config"].get("comment_style", "full")
     kinds: dict[str, int] = {}
     for s, v in zip(samples, verdicts):
         if not v["passed"]:
             kind = first_error(s["completion"], rows[s["task_id"]], style)
             kinds[kind] = kinds.get(kind, 0) + 1
-    summary = {"pass@1": results, "oracle_failures": kinds, "world_args": world_args}
+    summary = {"pass@1": results, "oracle_failures": kinds, "world": world}
     (out / "probe.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary))
 

@@ -196,19 +196,19 @@ def _em(args: list[str]) -> None:
 
 
 def quickstart_parser() -> argparse.ArgumentParser:
-    from ra3.quickstart import PRESETS, Quickstart
+    from ra3.quickstart import PRESETS, quickstart
 
-    p = argparse.ArgumentParser(prog="ra3 quickstart", description="Skill world: base vs NTP vs RA3 mid-training, "
-                                "then RLVR from each; report, results and plots in --out. Re-running resumes.")
-    add_parameters(p, Quickstart, preset={"choices": list(PRESETS)})
+    p = argparse.ArgumentParser(prog="ra3 quickstart", description="One base of the study: NTP vs the oracle vs RA3 "
+                                "mid-training, then RLVR from each; report, results and plots in --out. Re-running resumes.")
+    add_parameters(p, quickstart, preset={"choices": list(PRESETS)})
     return p
 
 
 def _quickstart(args: list[str]) -> None:
-    from ra3.quickstart import Quickstart
+    from ra3.quickstart import quickstart
 
     a = quickstart_parser().parse_args(args)
-    Quickstart(**vars(a)).run()
+    quickstart(**vars(a)).run()
     print(open(Path(a.out) / "report.md").read())
     print(f"ra3 quickstart: report {Path(a.out) / 'report.md'}, results {Path(a.out) / 'results.json'}")
 

@@ -84,9 +84,9 @@ def recipe_descriptions(recipe: str | Path) -> dict[tuple[str, ...], str]:
     described by the Trainer's docstrings, as in a fit recipe."""
     docs = descriptions(commented_dump(recipe))
     if command_of(Path(recipe).read_text()) == "em":
-        from ra3.quickstart import CONFIGS
+        from ra3.datamodules.skillworld import RECIPES
 
-        fit_docs = descriptions(commented_dump(CONFIGS / "ntp.yaml"))
+        fit_docs = descriptions(commented_dump(RECIPES / "ntp.yaml"))
         docs.update({k: v for k, v in fit_docs.items() if k[0] == "trainer" and k not in docs})
     return docs
 

@@ -34,7 +34,7 @@ import yaml
 
 from ra3.errors import Ra3Error
 from ra3.io import write_stage_marker
-from ra3.quickstart import CONFIGS
+from ra3.datamodules.skillworld import RECIPES
 
 ARMS = ("ntp", "oracle", "ra3")
 # diagnostic arms (``arms=[ntp, oracle, ra3, ra3_corrected, oracle_noisy]``; not methods): the M-step on RA3's
@@ -71,6 +71,7 @@ class StudyPreset:
     rlvr: bool = True  # RLVR from every arm (else: mid-training only, plus NTP's pass rate on the RL split)
     eval_split: str = "eval.jsonl"  # the pilot scores on val.jsonl: choices are never made on the evaluation sets
     mid_rlvr_eval: tuple[str, ...] | None = None  # arms whose mid-RLVR checkpoints are evaluated (None: every arm)
+    wandb: bool = False  # also log every training stage to W&B (<out>/wandb; offline unless WANDB_MODE says otherwise)
 
 
 _WORLD = {"style": "macro", "comment_style": "routine", "split": "composition", "min_chain": 2, "max_chain": 6,
@@ -87,6 +88,9 @@ PRESETS = {
                          k=[1, 2], rlvr=False, eval_split="val.jsonl", lr_grid=[1e-3, 3e-3]),
     # learning rates: the pilot's choices (docs/study.md, "Choosing the world and the learning rates")
     # RLVR: benchmarks/rlvr_probe.py's choice on the pilot's bases (docs/ra3-diagnosis.md): lr 3e-5, 80 steps
+    # ra3 quickstart: one base of the default study, a shorter RLVR; <= 15 min on 2 cores
+    "quickstart": StudyPreset(1, _WORLD, pretrain_steps=700, mstep_steps=150, estep_steps=30, rlvr_steps=40, n_samples=4,
+                              k=[1, 2], rlvr_lr=3e-5, rlvr_eval_points=2, wandb=True),
     "default": StudyPreset(5, _WORLD, pretrain_steps=700, mstep_steps=150, estep_steps=30, rlvr_steps=80, n_samples=4,
                            k=[1, 2], learning_rates={"ntp": 1e-3, "oracle": 1e-3, "ra3": 1e-3}, rlvr_lr=3e-5,
                            rlvr_eval_points=3),
@@ -209,6 +213,8 @@ class Study:
         run = self.out / "runs" / name
         loggers = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
                     "init_args": {"save_dir": str(self.out / "csv"), "name": name, "version": 0}}] if csv else []
+        if self.p.wandb:
+            loggers.append({"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": self.wandb(name)})
         callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                       "init_args": {"dirpath": str(run / "checkpoints"), "save_last": False, "save_top_k": -1,
                                     "every_n_train_steps": checkpoint_every, "filename": "{step}"}}] if checkpoint_every else []
@@ -218,7 +224,10 @@ class Study:
         if val:
             trainer["val_check_interval"] = steps
         over = {"seed_everything": seed, "trainer": trainer, "model": {"init_args": model}, "data": {"init_args": data}}
-        return self.add(name, ["fit", "-c", str(CONFIGS / config), "-c", self.overrides(name, over)], deps, threads)
+        return self.add(name, ["fit", "-c", str(RECIPES / config), "-c", self.overrides(name, over)], deps, threads)
+
+    def wandb(self, name: str) -> dict[str, str]:
+        return {"project": "ra3-study", "name": name, "save_dir": str(self.out / "wandb")}
 
     def mstep(self, name: str, seed: int, base: Path, export: Path, corpus: Path, lr: float, deps: list[str]) -> str:
         """NTP (the M-step) from ``base`` on ``corpus`` with the preset's budget and the common LR schedule."""
@@ -253,7 +262,8 @@ class Study:
             for arm in ("ntp", "oracle"):
                 if arm in p.arms:
                     self.mstep(f"{b}_{arm}", s, base, policies[arm], corpora[arm], p.learning_rates[arm], [pre])
-            em = {"seed_everything": s, "out_dir": str(out / b / "ra3"), "base_model": str(base), "wandb": None,
+            em = {"seed_everything": s, "out_dir": str(out / b / "ra3"), "base_model": str(base),
+                  "wandb": self.wandb(f"{b}_ra3") if p.wandb else None,
                   "trainer": {"enable_progress_bar": False},
                   "estep": {"init_args": {**p.estep_settings, "init_seed": s}},
                   "mstep": {"init_args": {"learning_rate": p.learning_rates["ra3"]}},
@@ -263,7 +273,7 @@ class Study:
                          "bootstrap_limit": None, "mstep_init": "previous", "mstep_schedule": "continue", "eval_source": None,
                          **p.em_settings}}
             if "ra3" in p.arms:
-                self.add(f"{b}_ra3", ["em", "-c", str(CONFIGS / "ra3.yaml"), "-c", self.overrides(f"{b}_ra3", em), "--resume", "true"], [pre])
+                self.add(f"{b}_ra3", ["em", "-c", str(RECIPES / "ra3.yaml"), "-c", self.overrides(f"{b}_ra3", em), "--resume", "true"], [pre])
                 corpora["ra3"] = out / b / "ra3" / "round_0" / "bootstrapped.jsonl"
             policies["ra3"] = out / b / "ra3" / f"round_{p.rounds - 1}" / "mstep_policy"
             for arm, kind in DIAGNOSTIC_ARMS.items():  # the M-step from the base on a diagnostic corpus (see ra3.diagnostics)

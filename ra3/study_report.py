@@ -16,11 +16,23 @@ from pathlib import Path
 from typing import Any
 
 from ra3.io import peak_rss_of_stages
-from ra3.report import rlvr_curve
 from ra3.stats import bootstrap_difference, curve_auc, mean_ci, paired_difference, steps_to_reach, trailing_mean
 
 ARMS = ("ntp", "oracle", "ra3")
 SETS = ("all", "A", "B")  # eval.jsonl = eval_a (new instances of the RL compositions) + eval_b (unseen anywhere)
+
+
+def rlvr_curve(out: Path, run: str, metric: str = "rlvr/reward_mean") -> list[tuple[int, float]]:
+    """``[(step, metric)]`` from the CSV log of RLVR run ``run`` (``<out>/csv/<run>/version_0``)."""
+    path = out / "csv" / run / "version_0" / "metrics.csv"
+    if not path.exists():
+        return []
+    points = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            if row.get(metric):
+                points[int(row["step"])] = float(row[metric])
+    return sorted(points.items())
 
 
 def _task_set(task_id: str) -> str:
@@ -265,9 +277,14 @@ def write_report(study, wall_s: float) -> dict[str, Any]:
         w.writerows(res["per_task"])
     (out / "results.json").write_text(json.dumps({k: v for k, v in res.items() if k != "per_task"}, indent=1))
     n = len(res["bases"])
-    L = [f"# ra3 study ({study.preset} preset: {n} bases, {res['date']}, {res['machine']})", "",
+    L = [f"# ra3 study ({study.preset} preset: {n} base{'s' * (n != 1)}, {res['date']}, {res['machine']})", "",
          f"Wall-clock of this invocation {wall_s / 60:.1f} min; peak RSS of any stage {res['peak_rss_mb']:.0f} MiB; "
-         f"stage time summed {sum(res['stage_seconds'].values()) / 60:.1f} min.", "",
+         f"stage time summed {sum(res['stage_seconds'].values()) / 60:.1f} min.", ""]
+    if n == 1:
+        L += ["**One base.** Its figures are one pre-training seed's: the paired differences' bootstrap intervals resample "
+              "the evaluation tasks, so they say how sure this base's comparison is, not whether another seed would agree "
+              "(`ra3 study` runs five bases and gives t intervals over them).", ""]
+    L += [
          f"## Held-out pass@1 (%) on `{study.p.eval_split}`, mean [95 % t CI over bases]", "",
          "A = new instances of the RL split's compositions, B = compositions in neither mid-training nor RL.", "",
          "| model | all | A | B |", "|---|---|---|---|"]

@@ -113,7 +113,7 @@ def test_evaluate_study_and_quickstart_options_are_their_signatures():
 
     from ra3 import cli
     from ra3.evaluation import evaluate
-    from ra3.quickstart import Quickstart
+    from ra3.quickstart import quickstart
     from ra3.study import Study
 
     help_text = subprocess.run([sys.executable, "-m", "ra3.cli", "evaluate", "--help"], capture_output=True, text=True).stdout
@@ -121,6 +121,6 @@ def test_evaluate_study_and_quickstart_options_are_their_signatures():
         flag = {"benchmarks": "--benchmark", "sources": "--source"}.get(name, f"--{name}")
         assert (flag in help_text) == (name != "progress"), name
     quick = {a.dest for a in cli.quickstart_parser()._actions} - {"help"}
-    assert quick == set(inspect.signature(Quickstart).parameters)
+    assert quick == set(inspect.signature(quickstart).parameters)
     assert "--first_seed" in subprocess.run([sys.executable, "-m", "ra3.cli", "study", "--help"], capture_output=True,
                                             text=True).stdout and "first_seed" in inspect.signature(Study).parameters

@@ -42,6 +42,16 @@ from typing import Callable, Literal
 
 from ra3.io import write_jsonl
 
+RECIPES = Path(__file__).resolve().parents[1] / "configs" / "skillworld"  # the skill world's shipped recipes
+
+
+def skillworld_model_config(**overrides) -> dict:
+    """The skill world's model: ``model_config`` of the shipped ``skillworld/pretrain`` recipe, with ``overrides``."""
+    import yaml
+
+    recipe = yaml.safe_load((RECIPES / "pretrain.yaml").read_text())
+    return {**recipe["model"]["init_args"]["model_config"], **overrides}
+
 INDENT = "    "
 Style = Literal["steps", "macro", "mixed", "shuffled"]
 MAX_REDRAWS = 200
