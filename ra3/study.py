@@ -88,6 +88,7 @@ PRESETS = {
                          k=[1, 2], rlvr=False, eval_split="val.jsonl", lr_grid=[1e-3, 3e-3]),
     # learning rates: the pilot's choices (docs/study.md, "Choosing the world and the learning rates")
     # RLVR: benchmarks/rlvr_probe.py's choice on the pilot's bases (docs/ra3-diagnosis.md): lr 3e-5, 80 steps
+    # RA3: the skill-world recipe's E-step (thought_retries 8, grounded_numbers, bootstrap_drop_malformed): ra3_probe.py's choice
     # ra3 quickstart: one base of the default study, a shorter RLVR; <= 15 min on 2 cores
     "quickstart": StudyPreset(1, _WORLD, pretrain_steps=700, mstep_steps=150, estep_steps=30, rlvr_steps=40, n_samples=4,
                               k=[1, 2], rlvr_lr=3e-5, rlvr_eval_points=2, wandb=True),
