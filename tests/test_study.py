@@ -209,12 +209,12 @@ def test_stopping_the_study_stops_its_running_stages(tmp_path, sig):
     assert not left, f"stage processes left running after {sig.name}: {left}"
 
 
-def _probe():
+def _probe(name="rlvr_probe"):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "rlvr_probe.py"
-    spec = importlib.util.spec_from_file_location("rlvr_probe", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -244,3 +244,21 @@ def test_rlvr_probe_decision_rule():
     assert probe.choose(table, "rlvr_lr") == "1e-4"  # within 1 point of the best gain, the larger LR
     assert probe.choose(table, "rlvr.loss_type") == "3e-5"  # not an LR: the best gain
     assert probe.choose({"3e-4": {"verdict": v["dip"]}}, "rlvr_lr") is None
+
+
+def test_ra3_probe_decision_rule():
+    """Better: RA3 − NTP >= min_gain above the pilot's and the bootstrap CI of (candidate − pilot RA3) above 0; a
+    combination (its settings contain another better candidate's) is chosen only if it beats that part by min_gain."""
+    probe = _probe("ra3_probe")
+
+    def cand(gain, lo, settings):
+        return {"ra3-ntp": -1.5 + gain, "vs_pilot": {"mean": gain, "lo": lo, "hi": gain + 3}, "settings": settings}
+
+    table = {"pilot": {"ra3-ntp": -1.5}, "retry": cand(3.2, 0.5, ["fmt", "retries=8", "drop"]),
+             "retry_g8": cand(3.4, 0.6, ["fmt", "retries=8", "drop", "G=8"]),  # a combination, +0.2 over its part
+             "grounded": cand(2.5, -0.3, ["fmt", "drop"]),  # CI touches 0
+             "small": cand(1.0, 0.2, ["other"])}  # under min_gain
+    assert probe.choose(table) == (["retry", "retry_g8"], "retry")
+    table["retry_g8"] = cand(5.3, 1.0, ["fmt", "retries=8", "drop", "G=8"])  # beats its part by 2.1: chosen
+    assert probe.choose(table) == (["retry", "retry_g8"], "retry_g8")
+    assert probe.choose({"pilot": {"ra3-ntp": 0.0}, "x": cand(1.0, -1.0, ["a"])}) == ([], None)
