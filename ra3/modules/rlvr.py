@@ -86,11 +86,15 @@ class RLVRModule(PolicyModule):
         sandbox_workers: parallel sandbox processes (default: CPU count).
         table_every_n_steps: W&B table of prompts/completions/rewards this often (0 = never).
         reference_quantization: load the frozen reference (``beta > 0``) in bitsandbytes ``8bit`` or ``4bit``.
-        rollout_engine: ``ragged`` (continuous batching over a ragged KV cache, ``ra3.rollout.sampler``),
+        rollout_engine: ``auto`` (``ragged_compiled`` on a CPU when the run has at least ``compile_min_steps``
+            steps, else ``ragged``), ``ragged`` (continuous batching over a ragged KV cache, ``ra3.rollout.sampler``),
             ``ragged_compiled`` (the same, its steps under ``torch.compile``: faster once compiled in the
             first steps; log-probs within ~1e-5 of ``ragged``'s), ``hf`` (``model.generate`` on padded batches; the
             same completions as ``ragged``) or ``vllm`` (GPU,
             ``pip install 'ra3[vllm]'``; weights synced into vLLM after every update; experimental, never run).
+        compile_min_steps: the run length (``trainer.max_steps``) from which ``auto`` compiles: on 2 CPU cores the
+            compile (11-33 s) is earned back after 75-150 RLVR steps (docs/benchmarks.md); not measured on a GPU,
+            where ``auto`` stays eager.
         vllm_kwargs: arguments of ``vllm.LLM`` (e.g. ``gpu_memory_utilization``).
     """
 
@@ -105,10 +109,10 @@ class RLVRModule(PolicyModule):
                  format_weight: float = 0.0, reward_funcs: list[str | dict[str, Any]] | None = None,
                  reward_weights: list[float] | None = None, generation_batch_size: int = 64, max_grad_norm: float = 1.0,
                  sandbox_workers: int | None = None, table_every_n_steps: int = 50,
-                 reference_quantization: str | None = None, rollout_engine: str = "ragged",
+                 reference_quantization: str | None = None, rollout_engine: str = "auto", compile_min_steps: int = 150,
                  vllm_kwargs: dict[str, Any] | None = None, **kwargs):
-        if rollout_engine not in (*ENGINES, "vllm"):
-            raise Ra3Error(f"rollout_engine must be one of {', '.join(ENGINES)} or vllm, got {rollout_engine!r}")
+        if rollout_engine not in ("auto", *ENGINES, "vllm"):
+            raise Ra3Error(f"rollout_engine must be auto, {', '.join(ENGINES)} or vllm, got {rollout_engine!r}")
         if num_generations < 2:
             raise Ra3Error(f"num_generations must be >= 2 for group-relative advantages, got {num_generations}")
         if not 0 <= overlong_buffer < max_new_tokens:
@@ -182,11 +186,19 @@ class RLVRModule(PolicyModule):
 
             self._vllm = VLLMEngine(self.hparams.model, self.tokenizer, self.hparams.vllm_kwargs)
 
+    def engine_name(self) -> str:
+        """The sampler ``rollout_engine`` names; ``auto`` resolved by the run's length and device."""
+        name = self.hparams.rollout_engine
+        if name != "auto":
+            return name
+        steps = self._trainer.max_steps if self._trainer is not None else -1
+        return "ragged_compiled" if steps >= self.hparams.compile_min_steps and self.device.type == "cpu" else "ragged"
+
     def rollout_engine(self):
         """The sampler for this step: ``RaggedEngine``/``HFEngine`` on the live policy, or vLLM with the latest
         weights synced."""
         if self._vllm is None:
-            return make_engine(self.hparams.rollout_engine, self.model, self.tokenizer)
+            return make_engine(self.engine_name(), self.model, self.tokenizer)
         if self._vllm_step != self.global_step:
             from ra3.modules.sharding import full_state_dict
 

@@ -307,3 +307,24 @@ def test_dynamic_sampling_replaces_groups_without_reward_variance(tiny_model_dir
     seen = _Metrics()
     _fit(HalfConstantRLVR(init_from=str(tiny_model_dir), num_generations=2, max_new_tokens=8), world_dir, 1, seen)
     assert seen.rows[0]["rlvr/zero_std_frac"] > 0 and seen.rows[0]["rlvr/prompts_sampled"] == 4
+
+
+def test_auto_engine_compiles_only_runs_long_enough_to_earn_it_back(tiny_model_dir):
+    """``rollout_engine: auto``: the compiled sampler from ``compile_min_steps`` steps on (on a CPU), else eager; an
+    explicit engine is kept whatever the length."""
+    import lightning as L
+
+    from ra3.rollout.sampler import RaggedEngine
+
+    def engine(steps, **kwargs):
+        module = RLVRModule(init_from=str(tiny_model_dir), **kwargs)
+        module.trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        return module.engine_name(), module.rollout_engine()
+
+    name, short = engine(20)
+    assert name == "ragged" and isinstance(short, RaggedEngine) and not short.compile
+    name, long = engine(150)
+    assert name == "ragged_compiled" and long.compile
+    assert engine(20, compile_min_steps=10)[0] == "ragged_compiled"
+    assert engine(500, rollout_engine="ragged")[0] == "ragged" and engine(-1)[0] == "ragged"  # -1: no step limit
+    assert RLVRModule(init_from=str(tiny_model_dir)).engine_name() == "ragged"  # no trainer yet
