@@ -402,7 +402,7 @@ class RLVRModule(PolicyModule):
             "rlvr/loss": loss.detach(),
             "rlvr/reward_mean": rv.mean() if rv.numel() else torch.tensor(0.0),
             "rlvr/reward_std": rv.std() if rv.numel() > 1 else torch.tensor(0.0),
-            "rlvr/pass_rate": torch.tensor(statuses.get("passed", 0) / max(1, len(completions))),
+            **({"rlvr/pass_rate": torch.tensor(statuses["passed"] / len(completions))} if statuses else {}),  # unit tests ran
             "rlvr/zero_std_frac": (grouped.std(1) < 1e-6).float().mean(),
             "rlvr/clip_frac": clip_frac.detach(),
             "rlvr/entropy": (entropy * tokens).sum() / tokens.sum().clamp(min=1),
