@@ -37,3 +37,16 @@ def test_wheel_finds_its_recipes_and_benchmarks_outside_the_checkout(installed_w
     out = ra3("evaluate", "--model", "base", "--benchmark", "humaneval", "--limit", "2", "--max_new_tokens", "8",
               "--output_dir", "eval")  # HumanEval ships inside the wheel: no --data_dir, no hub
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["humaneval"]["n_tasks"] == 2, out
+
+
+def test_the_version_is_the_same_in_pyproject_the_package_and_the_changelog():
+    import re
+    import tomllib
+    from pathlib import Path
+
+    import ra3
+
+    root = Path(__file__).resolve().parents[1]
+    version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    latest = re.search(r"^## (\S+)", (root / "CHANGELOG.md").read_text(), re.MULTILINE).group(1)
+    assert version == ra3.__version__ == latest
