@@ -321,16 +321,17 @@ def _config(args: list[str]) -> None:
     if a.action == "show":
         print(path.read_text(), end="")
     elif a.action == "document":
-        from ra3.config_docs import document, undocumented
+        from ra3.config_docs import document, recipe_descriptions, undocumented
 
+        docs = recipe_descriptions(path, main)
         if a.check:
-            bare = undocumented(path)
+            bare = undocumented(path, docs)
             if bare:
                 raise Ra3Error(f"{path}: keys without a comment: {', '.join(bare)} "
                                f"(`ra3 config document {a.name} --write` adds them)")
             print(f"ra3 config: every key of {path} is documented")
             return
-        text, missing = document(path)
+        text, missing = document(path, docs)
         if a.write:
             path.write_text(text)
             print(f"ra3 config: documented {path}" + (f"; no docstring for {', '.join(missing)}" if missing else ""))

@@ -12,6 +12,7 @@ import contextlib
 import io
 import re
 from pathlib import Path
+from typing import Callable
 
 KEY = re.compile(r"^(?P<indent>\s*)(?P<dash>- )?(?P<key>[A-Za-z_][\w.]*):(?P<value>.*)$")
 MAX_COMMENT = 110
@@ -22,13 +23,12 @@ def command_of(text: str) -> str:
     return "em" if re.search(r"^(em|estep|mstep):", text, re.MULTILINE) else "fit"
 
 
-def commented_dump(recipe: str | Path) -> str:
-    """The ``--print_config=comments`` output of ``ra3 fit|em -c recipe``."""
-    from ra3.cli import main
-
+def commented_dump(recipe: str | Path, run: Callable[[list[str]], None]) -> str:
+    """The ``--print_config=comments`` output of ``ra3 fit|em -c recipe``; ``run`` is the ``ra3`` command's entry
+    point (``ra3.cli.main``, passed in: this module is a leaf the CLI imports)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
-        main([command_of(Path(recipe).read_text()), "-c", str(recipe), "--print_config=comments"])
+        run([command_of(Path(recipe).read_text()), "-c", str(recipe), "--print_config=comments"])
     return out.getvalue()
 
 
@@ -79,24 +79,24 @@ def _has_comment(value: str) -> bool:
     return bool(re.search(r"(^|\s)#", re.sub(r"'[^']*'|\"(?:[^\"\\]|\\.)*\"", "''", value)))
 
 
-def recipe_descriptions(recipe: str | Path) -> dict[tuple[str, ...], str]:
-    """Key path -> docstring text for ``recipe``'s command; an EM recipe's ``trainer`` (a plain dict there) is
-    described by the Trainer's docstrings, as in a fit recipe."""
-    docs = descriptions(commented_dump(recipe))
+def recipe_descriptions(recipe: str | Path, run: Callable[[list[str]], None]) -> dict[tuple[str, ...], str]:
+    """Key path -> docstring text for ``recipe``'s command (run by ``run``, see :func:`commented_dump`); an EM
+    recipe's ``trainer`` (a plain dict there) is described by the Trainer's docstrings, as in a fit recipe."""
+    docs = descriptions(commented_dump(recipe, run))
     if command_of(Path(recipe).read_text()) == "em":
         from ra3.datamodules.skillworld import RECIPES
 
-        fit_docs = descriptions(commented_dump(RECIPES / "ntp.yaml"))
+        fit_docs = descriptions(commented_dump(RECIPES / "ntp.yaml", run))
         docs.update({k: v for k, v in fit_docs.items() if k[0] == "trainer" and k not in docs})
     return docs
 
 
-def document(recipe: str | Path, docs: dict[tuple[str, ...], str] | None = None) -> tuple[str, list[str]]:
-    """(the recipe with a comment on every key that has a value, keys no docstring describes). Existing comments
-    are kept; a generated one starts at column 58 (or one space after a long line). A ``class_path`` is described
-    by its class's docstring (what the dump shows above ``init_args``)."""
+def document(recipe: str | Path, docs: dict[tuple[str, ...], str]) -> tuple[str, list[str]]:
+    """(the recipe with a comment on every key that has a value, keys no docstring in ``docs`` —
+    :func:`recipe_descriptions` — describes). Existing comments are kept; a generated one starts at column 58 (or one
+    space after a long line). A ``class_path`` is described by its class's docstring (what the dump shows above
+    ``init_args``)."""
     text = Path(recipe).read_text()
-    docs = recipe_descriptions(recipe) if docs is None else docs
     lines = text.splitlines()
     missing = []
     for i, path, m in _walk(lines):
@@ -113,7 +113,7 @@ def document(recipe: str | Path, docs: dict[tuple[str, ...], str] | None = None)
     return "\n".join(lines) + ("\n" if text.endswith("\n") else ""), missing
 
 
-def undocumented(recipe: str | Path, docs: dict[tuple[str, ...], str] | None = None) -> list[str]:
+def undocumented(recipe: str | Path, docs: dict[tuple[str, ...], str]) -> list[str]:
     """Keys of ``recipe`` that carry a value but no comment (whether or not a docstring could supply one)."""
     lines = Path(recipe).read_text().splitlines()
     new, missing = document(recipe, docs)

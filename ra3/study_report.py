@@ -92,10 +92,8 @@ RLVR_DIAGNOSTICS = ("entropy", "completion_length", "truncated_frac", "zero_std_
 
 def model_names(study) -> list[str]:
     """Every evaluated model: base, the arms, then RLVR from each arm at each scored checkpoint and at the end."""
-    from ra3.study import DIAGNOSTIC_ARMS
-
     steps = study.rlvr_checkpoint_steps()
-    return (["base", *ARMS] + [a for a in DIAGNOSTIC_ARMS if a in study.p.arms]
+    return (["base", *ARMS] + [a for a in study.p.arms if a not in ARMS]  # the diagnostic arms, in the study's order
             + [f"rlvr_step{n}_{a}" for n in steps for a in ARMS] + [f"rlvr_{a}" for a in ARMS])
 
 
