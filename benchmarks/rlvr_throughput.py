@@ -48,12 +48,12 @@ def run_ra3(rl, model, a, engine: str = "ragged") -> float:
     from ra3.modules import RLVRModule
 
     class Clock(L.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if batch_idx == 0:
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # by global step: epochs restart batch_idx
+            if trainer.global_step == 0:
                 self.start = time.perf_counter()
-            if batch_idx == 1:
+            if trainer.global_step == 1:
                 first[engine].append(time.perf_counter() - self.start)
-            if batch_idx == a.warmup:
+            if trainer.global_step == a.warmup:
                 self.t0 = time.perf_counter()
 
         def on_train_end(self, trainer, pl_module):
