@@ -20,7 +20,7 @@ def quickstart(out: str = "artifacts/quickstart", preset: str = "tiny", seed: in
 
     Args:
         out: the run's folder (re-running with the same folder resumes).
-        preset: ``tiny`` (the CPU quickstart: about 13 min and 1.2 GiB on 2 cores) or ``test`` (CI, seconds).
+        preset: ``tiny`` (the CPU quickstart: about 11 min and 1.1 GiB on 2 cores) or ``test`` (CI, about a minute).
         seed: the base's pre-training seed (the world is the study's, whatever the seed).
     """
     if preset not in PRESETS:

@@ -282,10 +282,9 @@ def write_report(study, wall_s: float) -> dict[str, Any]:
         L += ["**One base.** Its figures are one pre-training seed's: the paired differences' bootstrap intervals resample "
               "the evaluation tasks, so they say how sure this base's comparison is, not whether another seed would agree "
               "(`ra3 study` runs five bases and gives t intervals over them).", ""]
-    L += [
-         f"## Held-out pass@1 (%) on `{study.p.eval_split}`, mean [95 % t CI over bases]", "",
-         "A = new instances of the RL split's compositions, B = compositions in neither mid-training nor RL.", "",
-         "| model | all | A | B |", "|---|---|---|---|"]
+    L += [f"## Held-out pass@1 (%) on `{study.p.eval_split}`, mean [95 % t CI over bases]", "",
+          "A = new instances of the RL split's compositions, B = compositions in neither mid-training nor RL.", "",
+          "| model | all | A | B |", "|---|---|---|---|"]
     for m in model_names(study):
         if res["pass@1"].get(m):
             L.append(f"| {m} | " + " | ".join(_fmt(res["pass@1"][m].get(w)) for w in SETS) + " |")

@@ -52,6 +52,7 @@ def skillworld_model_config(**overrides) -> dict:
     recipe = yaml.safe_load((RECIPES / "pretrain.yaml").read_text())
     return {**recipe["model"]["init_args"]["model_config"], **overrides}
 
+
 INDENT = "    "
 Style = Literal["steps", "macro", "mixed", "shuffled"]
 MAX_REDRAWS = 200

@@ -405,7 +405,7 @@ class _RolloutRun:
             self.think(r, line)
             return
         if row.thought is not None:
-            if row.restart is None:
+            if row.restart is None and self.config.thought_retries:  # where a redraw starts (a copy of the logits)
                 row.restart = (len(row.tokens), self.cache.last_logp[r].clone())
             while True:
                 if drawn is not None and not self.engine.thought_end[drawn]:
