@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from ra3.datamodules.skillworld import WorldConfig, build_world
-from ra3.datamodules.tokenizer import train_bpe_tokenizer
-from ra3.modules.policy import PolicyModule
-from ra3.rollout.latent import LatentConfig, LatentRolloutEngine, program_from_row
+from ra3.data.skillworld import WorldConfig, build_world
+from ra3.data.tokenizer import train_bpe_tokenizer
+from ra3.policy.module import PolicyModule
+from ra3.em.latent import LatentConfig, LatentRolloutEngine, program_from_row
 
-from ra3.datamodules.skillworld import skillworld_model_config  # noqa: E402
+from ra3.data.skillworld import skillworld_model_config  # noqa: E402
 
 TINY = skillworld_model_config(max_position_embeddings=1024)
 

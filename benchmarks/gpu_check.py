@@ -143,8 +143,8 @@ def run_tests(timeout: int) -> dict:
 
 
 def build_assets(root: Path, dry: bool) -> dict:
-    from ra3.datamodules.skillworld import WorldConfig, build_world
-    from ra3.datamodules.tokenizer import train_bpe_tokenizer
+    from ra3.data.skillworld import WorldConfig, build_world
+    from ra3.data.tokenizer import train_bpe_tokenizer
 
     paths = build_world(root / "world", WorldConfig(n_pretrain=1000, n_midtrain=300 if dry else 2500, n_rl=64, n_eval=1))
     train_bpe_tokenizer([paths["pretrain"]], root / "tokenizer")
@@ -152,7 +152,7 @@ def build_assets(root: Path, dry: bool) -> dict:
 
 
 def make_policy(assets: dict, config: dict, device: str):
-    from ra3.modules import MStepModule
+    from ra3.em import MStepModule
 
     with torch.device(device):  # random init on the device: seconds instead of minutes for 1.5B parameters
         module = MStepModule(tokenizer=str(assets["tokenizer"]), model_config=config, learning_rate=1e-5, warmup_steps=0)
@@ -167,7 +167,7 @@ def mstep_throughput(module, assets: dict, device: str, seq: int, batch: int, wa
                      variants: list[str]) -> dict:
     import lightning as L
 
-    from ra3.datamodules import CodeDataModule
+    from ra3.data import CodeDataModule
 
     n_params = sum(p.numel() for p in module.model.parameters())
     peak = peak_flops(device)
@@ -202,6 +202,7 @@ def mstep_throughput(module, assets: dict, device: str, seq: int, batch: int, wa
             clock = Clock()
             data = CodeDataModule(train_files=[str(assets["midtrain"])], max_length=seq, batch_size=batch, packing=True,
                                   val_fraction=0.0, tokenizer_path=str(assets["tokenizer"]))
+            data.connect(tokenizer=module.tokenizer, view=module.data_view)
             trainer = L.Trainer(accelerator=device, devices=1, precision="bf16-mixed", max_steps=warmup + steps, logger=False,
                                 enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                                 num_sanity_val_steps=0, limit_val_batches=0, callbacks=[clock])
@@ -234,7 +235,7 @@ def mstep_profile(module, assets: dict, device: str, seq: int, batch: int) -> di
     import lightning as L
     from torch.profiler import ProfilerActivity, profile, schedule
 
-    from ra3.datamodules import CodeDataModule
+    from ra3.data import CodeDataModule
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     keys = ("self_device_time_total", "self_cuda_time_total") if device == "cuda" else ("self_cpu_time_total",)
@@ -258,6 +259,7 @@ def mstep_profile(module, assets: dict, device: str, seq: int, batch: int) -> di
 
     module.model.set_attn_implementation("flex_attention" if device == "cuda" else "sdpa")
     data = CodeDataModule(train_files=[str(assets["midtrain"])], max_length=seq, batch_size=batch, packing=True)
+    data.connect(tokenizer=module.tokenizer, view=module.data_view)
     trainer = L.Trainer(accelerator=device, devices=1, precision="bf16-mixed", max_steps=5, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[Step()])
@@ -269,7 +271,8 @@ def mstep_profile(module, assets: dict, device: str, seq: int, batch: int) -> di
 
 
 def rlvr_sampling(model, tokenizer, assets: dict, prompts: int, group: int, max_new_tokens: int) -> dict:
-    from ra3.rollout.generate import HFEngine, SamplingConfig
+    from ra3.rollout.hf_engine import HFEngine
+    from ra3.rollout.sampling import SamplingConfig
 
     rows = [json.loads(line) for line in open(assets["rl"])][:prompts]
     texts = [r["prompt"] for r in rows]
@@ -293,7 +296,7 @@ def rlvr_sampling(model, tokenizer, assets: dict, prompts: int, group: int, max_
 def estep_rollout(model, tokenizer, assets: dict, programs: int, group: int, repeats: int) -> dict:
     from estep_rollout import compare
 
-    from ra3.rollout.latent import LatentConfig, program_from_row
+    from ra3.em.latent import LatentConfig, program_from_row
 
     rows = [json.loads(line) for line in open(assets["midtrain"])][:programs]
     result = compare(model, tokenizer, [program_from_row(r) for r in rows], group, alpha=0.0,

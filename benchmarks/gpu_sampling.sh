@@ -22,5 +22,5 @@ for E in ragged ragged_compiled; do
     --max_new_tokens 200 --batch_size 128 --limit "$LIMIT" --device "$DEVICE" --engine $E > "$OUT/evaluate_${DEVICE}_$E.txt" 2>&1
   tail -3 "$OUT/evaluate_${DEVICE}_$E.txt"
 done
-timeout 150 python -m pytest -q -x tests/rollout tests/test_evaluation.py -k "not logs_during_fit" > "$OUT/pytest.txt" 2>&1
+timeout 150 python -m pytest -q -x tests/rollout tests/evaluation/test_passk.py -k "not logs_during_fit" > "$OUT/pytest.txt" 2>&1
 tail -3 "$OUT/pytest.txt"

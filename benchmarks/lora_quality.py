@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ra3.stats import mean_ci, paired_difference  # noqa: E402
+from ra3.experiments.stats import mean_ci, paired_difference  # noqa: E402
 
 NTP_RECIPE = Path(__file__).resolve().parents[1] / "ra3" / "configs" / "skillworld" / "ntp.yaml"
 

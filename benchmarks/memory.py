@@ -32,7 +32,7 @@ SETTINGS = {
 
 def trainable_parameters(model: Path, setting: str) -> int:
     """Parameters that train under ``setting`` (the adapters under LoRA / QLoRA, everything otherwise)."""
-    from ra3.modules.policy import PolicyModule
+    from ra3.policy.module import PolicyModule
 
     args = SETTINGS[setting]
     peft = json.loads(args[args.index("--model.peft") + 1]) if "--model.peft" in args else None
@@ -57,9 +57,9 @@ main(sys.argv[1:])
 
 def build(root: Path, hidden: int, layers: int) -> tuple[Path, Path]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from ra3.datamodules.skillworld import WorldConfig, build_world
-    from ra3.datamodules.tokenizer import train_bpe_tokenizer
-    from ra3.modules.policy import PolicyModule
+    from ra3.data.skillworld import WorldConfig, build_world
+    from ra3.data.tokenizer import train_bpe_tokenizer
+    from ra3.policy.module import PolicyModule
 
     build_world(root / "world", WorldConfig(n_pretrain=1000, n_midtrain=400, n_rl=40, n_eval=10))
     train_bpe_tokenizer([root / "world" / "pretrain.jsonl"], root / "world" / "tokenizer")
@@ -73,12 +73,12 @@ def command(module: str, world: Path, model: Path, steps: int) -> list[str]:
     base = ["fit", "--trainer.max_steps", str(steps), "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
             "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "auto", "--model.model", str(model)]
     if module == "mstep":
-        return base + ["--model", "ra3.modules.MStepModule", "--data", "ra3.datamodules.CodeDataModule",
+        return base + ["--model", "ra3.em.MStepModule", "--data", "ra3.data.CodeDataModule",
                        "--data.train_files", f"[{world / 'midtrain.jsonl'}]", "--data.batch_size", "4", "--data.max_length", "512"]
     if module == "estep":
-        return base + ["--model", "ra3.modules.EStepModule", "--model.max_thought_tokens", "8", "--data", "ra3.datamodules.CodeDataModule",
+        return base + ["--model", "ra3.em.EStepModule", "--model.max_thought_tokens", "8", "--data", "ra3.data.CodeDataModule",
                        "--data.train_files", f"[{world / 'midtrain.jsonl'}]", "--data.program_batch_size", "4"]
-    return base + ["--model", "ra3.modules.RLVRModule", "--model.max_new_tokens", "64", "--data", "ra3.datamodules.CodeDataModule",
+    return base + ["--model", "ra3.rlvr.RLVRModule", "--model.max_new_tokens", "64", "--data", "ra3.data.CodeDataModule",
                    "--data.rl_files", f"[{world / 'rl.jsonl'}]", "--data.program_batch_size", "4"]
 
 

@@ -24,15 +24,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-from ra3.datamodules.skillworld import skillworld_model_config  # noqa: E402
+from ra3.data.skillworld import skillworld_model_config  # noqa: E402
 
 TINY = skillworld_model_config()
 
 
 def build_assets(root: Path) -> tuple[Path, Path]:
-    from ra3.datamodules.skillworld import WorldConfig, build_world
-    from ra3.datamodules.tokenizer import train_bpe_tokenizer
-    from ra3.modules.policy import PolicyModule
+    from ra3.data.skillworld import WorldConfig, build_world
+    from ra3.data.tokenizer import train_bpe_tokenizer
+    from ra3.policy.module import PolicyModule
 
     paths = build_world(root / "world", WorldConfig(n_pretrain=2000, n_midtrain=2000, n_rl=10, n_eval=10))
     train_bpe_tokenizer([paths["pretrain"]], root / "world" / "tokenizer")
@@ -44,8 +44,8 @@ def run_ra3(data: Path, model: Path, steps: int, warmup: int, batch_size: int, m
             peft: dict | None = None) -> float:
     import lightning as L
 
-    from ra3.datamodules import CodeDataModule
-    from ra3.modules import MStepModule
+    from ra3.data import CodeDataModule
+    from ra3.em import MStepModule
 
     class Clock(L.Callback):
         def __init__(self):
@@ -65,6 +65,7 @@ def run_ra3(data: Path, model: Path, steps: int, warmup: int, batch_size: int, m
     dm = CodeDataModule(train_files=[str(data)], max_length=max_length, batch_size=batch_size, packing=packing)
     trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[clock], num_sanity_val_steps=0)
+    dm.connect(tokenizer=module.tokenizer, view=module.data_view)
     trainer.fit(module, dm)
     return clock.tokens / clock.elapsed
 

@@ -8,7 +8,7 @@ their evaluations are shared). Everything is scored on ``val.jsonl``, never on `
 
     python benchmarks/ra3_probe.py --pilot /tmp/pilot --out /tmp/ra3_probe \\
         --candidate same_programs em.bootstrap_scope=all \\
-        --candidate grounded "estep.thought_format={class_path: ra3.rollout.latent.ThoughtFormat, init_args: {grounded_numbers: true}}" em.bootstrap_drop_malformed=true
+        --candidate grounded "estep.thought_format={class_path: ra3.em.latent.ThoughtFormat, init_args: {grounded_numbers: true}}" em.bootstrap_drop_malformed=true
 
 **Decision rule** (fixed before the runs): a candidate is *better* than the pilot's RA3 when its RA3 − NTP (val
 pass@1, mean over bases) is at least ``--min_gain`` points (default 2) above the pilot RA3's and the two-level
@@ -31,8 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-from ra3.stats import bootstrap_difference
-from ra3.study_report import per_task
+from ra3.experiments.stats import bootstrap_difference
+from ra3.experiments.report import per_task
 
 
 def scores(run: Path, bases: list[str], arm: str) -> dict[str, dict[str, float]]:

@@ -32,9 +32,9 @@ import sys
 import time
 from pathlib import Path
 
-from ra3.stats import curve_auc
-from ra3.study import checkpoint_steps
-from ra3.study_report import per_task, rlvr_curve
+from ra3.experiments.stats import curve_auc
+from ra3.experiments.study import checkpoint_steps
+from ra3.experiments.report import per_task, rlvr_curve
 
 INITS = ("ntp", "ra3")
 

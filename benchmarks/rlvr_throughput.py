@@ -1,7 +1,7 @@
 """RLVR throughput: ``RLVRModule`` (``RaggedEngine`` eager and compiled, ``HFEngine``) vs TRL ``GRPOTrainer``, in one run.
 
 Same tiny Llama (same initial weights), same skill-world RL prompts, same group size, prompts per step,
-max_new_tokens, temperature, loss (``grpo``, beta 0) and the same reward function (``ra3.rewards.
+max_new_tokens, temperature, loss (``grpo``, beta 0) and the same reward function (``ra3.rlvr.rewards.
 UnitTestReward`` in the sandbox — TRL's reward protocol is the one ra3 uses). Steps/s after ``--warmup``; the
 first step's seconds are printed too (``ragged_compiled`` compiles its decoding step there).
 
@@ -44,8 +44,8 @@ first: dict[str, list[float]] = {e: [] for e in ENGINES}  # seconds of each run'
 def run_ra3(rl, model, a, engine: str = "ragged") -> float:
     import lightning as L
 
-    from ra3.datamodules import CodeDataModule
-    from ra3.modules import RLVRModule
+    from ra3.data import CodeDataModule
+    from ra3.rlvr import RLVRModule
 
     class Clock(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # by global step: epochs restart batch_idx
@@ -63,6 +63,7 @@ def run_ra3(rl, model, a, engine: str = "ragged") -> float:
     module = RLVRModule(init_from=str(model), num_generations=a.group, max_new_tokens=a.max_new_tokens, loss_type="grpo",
                         temperature=1.0, learning_rate=1e-6, stop=[], table_every_n_steps=0, rollout_engine=engine)
     data = CodeDataModule(rl_files=[str(rl)], program_batch_size=a.prompts)
+    data.connect(tokenizer=module.tokenizer, view=module.data_view)
     L.Trainer(accelerator="cpu", max_steps=a.steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, callbacks=[clock], num_sanity_val_steps=0, limit_val_batches=0).fit(module, data)
     return (a.steps - a.warmup) / clock.elapsed
@@ -73,7 +74,7 @@ def run_trl(rl, model, a) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from ra3.rewards import UnitTestReward
+    from ra3.rlvr.rewards import UnitTestReward
 
     tok = AutoTokenizer.from_pretrained(model)
     rows = [json.loads(l) for l in open(rl)]

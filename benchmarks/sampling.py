@@ -28,7 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-from ra3.datamodules.skillworld import skillworld_model_config  # noqa: E402
+from ra3.data.skillworld import skillworld_model_config  # noqa: E402
 
 TINY = skillworld_model_config(max_position_embeddings=1024)
 STOP = ["\ndef ", "\nclass ", "\nprint(", "\nassert"]  # the skill-world benchmark's stop strings
@@ -40,24 +40,26 @@ def pretrained_base(root: Path, steps: int):
     """A tiny Llama trained ``steps`` M-step steps on the skill world's pre-training split; (model, tokenizer, world dir)."""
     import lightning as L
 
-    from ra3.datamodules import CodeDataModule
-    from ra3.datamodules.skillworld import WorldConfig, build_world
-    from ra3.datamodules.tokenizer import train_bpe_tokenizer
-    from ra3.modules import MStepModule
+    from ra3.data import CodeDataModule
+    from ra3.data.skillworld import WorldConfig, build_world
+    from ra3.data.tokenizer import train_bpe_tokenizer
+    from ra3.em import MStepModule
 
     paths = build_world(root / "world", WorldConfig(n_pretrain=4000, n_midtrain=10, n_rl=400, n_eval=200))
     train_bpe_tokenizer([paths["pretrain"]], root / "tokenizer")
     module = MStepModule(tokenizer=str(root / "tokenizer"), model_config=TINY, learning_rate=2e-3, warmup_steps=20)
     if steps:
+        data = CodeDataModule(train_files=[str(paths["pretrain"])], max_length=512, batch_size=8)
+        data.connect(tokenizer=module.tokenizer, view=module.data_view)
         L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                  enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0).fit(
-            module, CodeDataModule(train_files=[str(paths["pretrain"])], max_length=512, batch_size=8))
+                  enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0).fit(module, data)
     return module.model.eval(), module.tokenizer, root / "world"
 
 
 def main() -> None:
-    from ra3.rollout.generate import HFEngine, SamplingConfig, sample_seed
-    from ra3.rollout.sampler import RaggedEngine
+    from ra3.rollout.hf_engine import HFEngine
+    from ra3.rollout.sampling import SamplingConfig, sample_seed
+    from ra3.rollout.ragged_engine import RaggedEngine
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="a skill-world base (default: pre-train one here)")

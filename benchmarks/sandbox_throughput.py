@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ra3.datamodules.benchmarks import load_benchmark
+from ra3.data.benchmarks import load_benchmark
 from ra3.execution import Job, LocalSandbox, SandboxPool, TestCase
 
 

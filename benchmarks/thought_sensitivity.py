@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from ra3.datamodules.segments import Segment, encode_segments, indentation, program_segments, thought_segment
-from ra3.metrics import THOUGHT_CATEGORIES, thought_category, true_thought_lines
+from ra3.data.segments import Segment, encode_segments, indentation, program_segments, thought_segment
+from ra3.evaluation.metrics import THOUGHT_CATEGORIES, thought_category, true_thought_lines
 
 
 def annotated(row: dict, thoughts: dict[int, str | None]) -> tuple[list[Segment], dict[int, list[int]]]:

@@ -18,12 +18,12 @@ import sys
 
 import yaml
 
-from ra3.study import Study
+from ra3.experiments.study import Study
 
 
 def first_error(completion: str, row: dict, style: str = "full") -> str:
     """``comment`` if the first comment that differs from the ground truth comes before any code difference."""
-    from ra3.datamodules.skillworld import with_comments
+    from ra3.data.skillworld import with_comments
 
     truth = with_comments(row, style)["completion"].split("\n")
     got = completion.split("\n")

@@ -111,9 +111,9 @@ def add_parameters(p: argparse.ArgumentParser, fn, skip: tuple[str, ...] = (), *
 def _lightning_cli(args: list[str] | None) -> None:
     from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-    from ra3.datamodules.code import CodeDataModule
-    from ra3.modules.policy import PolicyModule
-    from ra3.strategies import register
+    from ra3.data.datamodule import CodeDataModule
+    from ra3.policy.module import PolicyModule
+    from ra3.policy.strategies import register
 
     register()
 
@@ -137,7 +137,15 @@ def _lightning_cli(args: list[str] | None) -> None:
         def setup(self, trainer, pl_module, stage: str) -> None:
             self.save_config(trainer, pl_module, stage)
 
-    LightningCLI(
+    class RA3CLI(LightningCLI):
+        """LightningCLI whose recipe connects the data to the model once both are built (``CodeDataModule.connect``)."""
+
+        def instantiate_classes(self) -> None:
+            super().instantiate_classes()
+            if hasattr(self.datamodule, "connect") and hasattr(self.model, "data_view"):
+                self.datamodule.connect(tokenizer=self.model.tokenizer, view=self.model.data_view)
+
+    RA3CLI(
         PolicyModule,
         CodeDataModule,
         subclass_mode_model=True,
@@ -152,8 +160,8 @@ def _lightning_cli(args: list[str] | None) -> None:
 def _world(args: list[str]) -> None:
     from jsonargparse import ArgumentParser
 
-    from ra3.datamodules.skillworld import WorldConfig, build_world
-    from ra3.datamodules.tokenizer import train_bpe_tokenizer
+    from ra3.data.skillworld import WorldConfig, build_world
+    from ra3.data.tokenizer import train_bpe_tokenizer
 
     parser = ArgumentParser(prog="ra3 world", description="Build the synthetic skill world and its BPE tokenizer.")
     parser.add_argument("--out", type=str, default="artifacts/skillworld", help="output directory")
@@ -169,9 +177,9 @@ def _world(args: list[str]) -> None:
 
 
 def _evaluate(args: list[str]) -> None:
-    from ra3.datamodules.benchmarks import BENCHMARKS
-    from ra3.evaluation import evaluate, format_table
-    from ra3.rollout.sampler import ENGINES
+    from ra3.data.benchmarks import BENCHMARKS
+    from ra3.evaluation.passk import evaluate, format_table
+    from ra3.rollout import ENGINES
 
     p = argparse.ArgumentParser(prog="ra3 evaluate", description="pass@k of a model, or of existing samples, on code benchmarks.")
     names = add_parameters(p, evaluate, skip=("progress",),
@@ -190,13 +198,13 @@ def _evaluate(args: list[str]) -> None:
 
 
 def _em(args: list[str]) -> None:
-    from ra3.callbacks.em import main
+    from ra3.em.loop import main
 
     main(args)
 
 
 def quickstart_parser() -> argparse.ArgumentParser:
-    from ra3.quickstart import PRESETS, quickstart
+    from ra3.experiments.quickstart import PRESETS, quickstart
 
     p = argparse.ArgumentParser(prog="ra3 quickstart", description="One base of the study: NTP vs the oracle vs RA3 "
                                 "mid-training, then RLVR from each; report, results and plots in --out. Re-running resumes.")
@@ -205,7 +213,7 @@ def quickstart_parser() -> argparse.ArgumentParser:
 
 
 def _quickstart(args: list[str]) -> None:
-    from ra3.quickstart import quickstart
+    from ra3.experiments.quickstart import quickstart
 
     a = quickstart_parser().parse_args(args)
     quickstart(**vars(a)).run()
@@ -214,7 +222,7 @@ def _quickstart(args: list[str]) -> None:
 
 
 def _study(args: list[str]) -> None:
-    from ra3.study import PRESETS, Study
+    from ra3.experiments.study import PRESETS, Study
 
     p = argparse.ArgumentParser(prog="ra3 study", description="Does RA3 beat NTP? NTP, oracle and RA3 mid-training, then "
                                 "RLVR from each, over several pre-training seeds (bases), with paired 95 %% confidence "
@@ -232,7 +240,7 @@ def _study(args: list[str]) -> None:
 
 
 def _consolidate(args: list[str]) -> None:
-    from ra3.consolidate import main
+    from ra3.policy.consolidate import main
 
     main(args)
 
@@ -240,7 +248,7 @@ def _consolidate(args: list[str]) -> None:
 def _data(args: list[str]) -> None:
     import argparse
 
-    from ra3.dataprep import Filters, run
+    from ra3.data.prep import Filters, run
 
     p = argparse.ArgumentParser(prog="ra3 data", description="Filter, deduplicate and decontaminate a corpus into "
                                 "mid-training rows (CodeDataModule) or RL rows (RLVRModule); resumable by shard.")
@@ -346,7 +354,7 @@ def _config(args: list[str]) -> None:
 
 
 def _diagnostic_corpus(args: list[str]) -> None:
-    from ra3.diagnostics import KINDS, __doc__ as doc, write
+    from ra3.experiments.diagnostics import KINDS, __doc__ as doc, write
 
     p = argparse.ArgumentParser(prog="ra3 diagnostic_corpus", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", choices=KINDS)

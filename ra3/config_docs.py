@@ -84,7 +84,7 @@ def recipe_descriptions(recipe: str | Path, run: Callable[[list[str]], None]) ->
     recipe's ``trainer`` (a plain dict there) is described by the Trainer's docstrings, as in a fit recipe."""
     docs = descriptions(commented_dump(recipe, run))
     if command_of(Path(recipe).read_text()) == "em":
-        from ra3.datamodules.skillworld import RECIPES
+        from ra3.data.skillworld import RECIPES
 
         fit_docs = descriptions(commented_dump(RECIPES / "ntp.yaml", run))
         docs.update({k: v for k, v in fit_docs.items() if k[0] == "trainer" and k not in docs})

@@ -111,8 +111,8 @@ QUANTIZABLE_LLAMA = {**TINY_LLAMA, "hidden_size": 64, "intermediate_size": 128}
 @pytest.fixture(scope="session")
 def world_dir(tmp_path_factory):
     """A small skill world (all four splits) with its BPE tokenizer in ``<dir>/tokenizer``."""
-    from ra3.datamodules.skillworld import WorldConfig, build_world
-    from ra3.datamodules.tokenizer import train_bpe_tokenizer
+    from ra3.data.skillworld import WorldConfig, build_world
+    from ra3.data.tokenizer import train_bpe_tokenizer
 
     out = tmp_path_factory.mktemp("world")
     paths = build_world(out, WorldConfig(seed=0, n_pretrain=600, n_midtrain=200, n_rl=60, n_eval=40))
@@ -122,7 +122,7 @@ def world_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tokenizer(world_dir):
-    from ra3.modules.policy import load_tokenizer
+    from ra3.policy.module import load_tokenizer
 
     return load_tokenizer(str(world_dir / "tokenizer"))
 
@@ -130,7 +130,7 @@ def tokenizer(world_dir):
 @pytest.fixture(scope="session")
 def tiny_model_dir(world_dir, tmp_path_factory):
     """A randomly initialised tiny Llama with the world's tokenizer, exported with save_pretrained."""
-    from ra3.modules.policy import PolicyModule
+    from ra3.policy.module import PolicyModule
 
     out = tmp_path_factory.mktemp("tiny_model")
     PolicyModule(tokenizer=str(world_dir / "tokenizer"), model_config=TINY_LLAMA).export(out)
@@ -140,7 +140,7 @@ def tiny_model_dir(world_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def quantizable_model_dir(world_dir, tmp_path_factory):
     """Like ``tiny_model_dir`` with ``QUANTIZABLE_LLAMA``'s shapes (for bitsandbytes 4/8-bit)."""
-    from ra3.modules.policy import PolicyModule
+    from ra3.policy.module import PolicyModule
 
     out = tmp_path_factory.mktemp("quantizable_model")
     PolicyModule(tokenizer=str(world_dir / "tokenizer"), model_config=QUANTIZABLE_LLAMA).export(out)

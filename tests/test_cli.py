@@ -40,7 +40,7 @@ def test_fit_from_the_cli_exports_a_transformers_model_and_saves_the_config(pret
     for d in (base, pretrained / "artifacts/skillworld/runs/pretrain/checkpoints"):
         cfg = yaml.safe_load((d / "config.yaml").read_text())
         assert cfg["trainer"]["max_steps"] == 3
-        assert cfg["model"]["class_path"] == "ra3.modules.MStepModule"
+        assert cfg["model"]["class_path"] == "ra3.em.MStepModule"
     assert (pretrained / "artifacts/skillworld/runs/pretrain/checkpoints/last.ckpt").exists()
     assert list((pretrained / "artifacts/skillworld/runs/pretrain/wandb").glob("offline-run-*"))
 
@@ -56,7 +56,7 @@ def test_ntp_config_midtrains_the_exported_base(pretrained):
 def test_print_config_lists_documented_options():
     out = ra3("fit", "-c", str(ROOT / "configs/skillworld/pretrain.yaml"), "--print_config=comments", cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    assert "ra3.modules.MStepModule" in out.stdout
+    assert "ra3.em.MStepModule" in out.stdout
     assert "peak learning rate of AdamW" in out.stdout  # docstrings become comments
     assert "pack several programs per row" in out.stdout
 
@@ -112,9 +112,9 @@ def test_evaluate_study_and_quickstart_options_are_their_signatures():
     import inspect
 
     from ra3 import cli
-    from ra3.evaluation import evaluate
-    from ra3.quickstart import quickstart
-    from ra3.study import Study
+    from ra3.evaluation.passk import evaluate
+    from ra3.experiments.quickstart import quickstart
+    from ra3.experiments.study import Study
 
     help_text = subprocess.run([sys.executable, "-m", "ra3.cli", "evaluate", "--help"], capture_output=True, text=True).stdout
     for name in inspect.signature(evaluate).parameters:

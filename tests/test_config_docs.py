@@ -23,7 +23,7 @@ trainer:
       # Directory to save the model file. (type: Union[str, Path, null], default: null)
       dirpath:
 model:
-  class_path: ra3.modules.MStepModule
+  class_path: ra3.em.MStepModule
 
   # The M-step (and NTP): token-mean cross-entropy.
   init_args:
@@ -42,7 +42,7 @@ def test_descriptions_and_comments_come_from_the_commented_dump(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("seed_everything: 1\ntrainer:\n  max_steps: 5   # our budget\n  callbacks:\n"
                       "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n      init_args:\n"
-                      "        dirpath: 'a # b'\n        every_n: 3\nmodel:\n  class_path: ra3.modules.MStepModule\n"
+                      "        dirpath: 'a # b'\n        every_n: 3\nmodel:\n  class_path: ra3.em.MStepModule\n"
                       "  init_args:\n    learning_rate: 1e-3\n")
     text, missing = document(recipe, docs)
     lines = text.splitlines()

@@ -33,14 +33,14 @@ def test_a_recipe_by_name_from_an_empty_directory(tmp_path):
     out = ra3("fit", "-c", "skillworld/pretrain", "--print_config", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     cfg = yaml.safe_load(out.stdout)
-    assert cfg["model"]["class_path"] == "ra3.modules.MStepModule" and cfg["trainer"]["max_steps"] == 600
+    assert cfg["model"]["class_path"] == "ra3.em.MStepModule" and cfg["trainer"]["max_steps"] == 600
 
 
 def _mstep_budget(path: Path) -> dict:
     """An M-step recipe's budget and schedule: tokens per run (optimizer steps × rows × accumulation × length), peak
     LR, warm-up, final LR ratio, devices, precision; for ``ra3 em`` recipes the rounds' M-steps together (their
     schedule is one curve, ``mstep_schedule: continue``)."""
-    from ra3.modules.policy import PolicyModule
+    from ra3.policy.module import PolicyModule
     import inspect
 
     c = yaml.safe_load(path.read_text())

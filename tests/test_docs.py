@@ -7,8 +7,8 @@ small skill world and a tiny base model; the hub names the docs use (``Qwen/Qwen
 before trying the hub; the files a user brings (``my_problems.jsonl``, ``samples.jsonl``) are small fixtures.
 Each command gets tiny-scale overrides appended (later flags win: 1 training step, a few tokens, one task).
 What cannot run on one CPU process is parsed in full instead of run — multi-process FSDP2 commands
-(``--print_config``; ``tests/modules/test_sharding.py`` runs FSDP2 on 2 processes) and ``ra3 quickstart``
-(argument parsing; ``tests/test_quickstart.py`` runs its test preset) — and ``ra3 study`` prints its plan
+(``--print_config``; ``tests/policy/test_sharding.py`` runs FSDP2 on 2 processes) and ``ra3 quickstart``
+(argument parsing; ``tests/experiments/test_quickstart.py`` runs its test preset) — and ``ra3 study`` prints its plan
 (``--dry_run``).
 """
 

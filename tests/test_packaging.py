@@ -1,6 +1,6 @@
 """A wheel installed into a fresh virtual environment works from an empty directory (no checkout, no network).
 
-``tests/test_quickstart.py`` runs the whole ``ra3 quickstart --preset test`` from the same installed wheel.
+``tests/experiments/test_quickstart.py`` runs the whole ``ra3 quickstart --preset test`` from the same installed wheel.
 """
 
 import json

@@ -36,8 +36,8 @@ def test_print_config(recipe, capsys, monkeypatch):
 def test_fit_recipe_instantiates_with_the_tiny_model(recipe, tiny_model_dir, world_dir):
     from lightning.pytorch.cli import LightningCLI
 
-    from ra3.datamodules.code import CodeDataModule
-    from ra3.modules.policy import PolicyModule
+    from ra3.data.datamodule import CodeDataModule
+    from ra3.policy.module import PolicyModule
 
     key = "init_from" if "rlvr" in recipe else "model"
     cli = LightningCLI(PolicyModule, CodeDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,

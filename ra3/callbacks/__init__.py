@@ -1,6 +1,6 @@
-"""Callbacks: ``EMCallback`` (the EM rounds) and ``PassAtKCallback`` (pass@k during fit)."""
+"""Old import path (ra3 <= 0.2): ``EMCallback`` now lives in ``ra3.em``, ``PassAtKCallback`` in ``ra3.evaluation``."""
 
-from ra3.callbacks.em import EMCallback
-from ra3.callbacks.evaluation import PassAtKCallback
+from ra3 import lazy_exports
 
+__getattr__ = lazy_exports(__name__, {"EMCallback": "ra3.em.callback", "PassAtKCallback": "ra3.evaluation.callback"})
 __all__ = ["EMCallback", "PassAtKCallback"]

@@ -1,12 +1,7 @@
-"""Data: line segments, the skill world, benchmarks (no Lightning), and ``CodeDataModule`` (Lightning)."""
+"""Old import path (ra3 <= 0.2): ``CodeDataModule`` now lives in ``ra3.data``; configs naming
+``ra3.datamodules.CodeDataModule`` keep working."""
 
+from ra3 import lazy_exports
 
-def __getattr__(name):
-    if name == "CodeDataModule":  # imported lazily so the leaf modules of this package stay Lightning-free
-        from ra3.datamodules.code import CodeDataModule
-
-        return CodeDataModule
-    raise AttributeError(name)
-
-
+__getattr__ = lazy_exports(__name__, {"CodeDataModule": "ra3.data.datamodule"})
 __all__ = ["CodeDataModule"]

@@ -1,16 +1,9 @@
-"""The LightningModules: ``PolicyModule`` (shared policy plumbing), ``MStepModule``, ``EStepModule``, ``RLVRModule``.
+"""Old import path (ra3 <= 0.2): the LightningModules now live in their wings (``ra3.em``, ``ra3.rlvr``,
+``ra3.policy``); configs naming ``ra3.modules.<Class>`` keep working."""
 
-Imported lazily, so that ``ra3.modules.sharding`` (Lightning-free) can be used without Lightning."""
+from ra3 import lazy_exports
 
-_CLASSES = {"PolicyModule": "policy", "MStepModule": "mstep", "EStepModule": "estep", "RLVRModule": "rlvr"}
-
-
-def __getattr__(name):
-    if name in _CLASSES:
-        import importlib
-
-        return getattr(importlib.import_module(f"ra3.modules.{_CLASSES[name]}"), name)
-    raise AttributeError(f"module 'ra3.modules' has no attribute {name!r}")
-
-
-__all__ = list(_CLASSES)
+_NAMES = {"PolicyModule": "ra3.policy.module", "MStepModule": "ra3.em.mstep", "EStepModule": "ra3.em.estep",
+          "RLVRModule": "ra3.rlvr.module"}
+__getattr__ = lazy_exports(__name__, _NAMES)
+__all__ = list(_NAMES)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ra3.errors import Ra3Error
-from ra3.rollout.generate import Completion, SamplingConfig, cut_at_stop, encode_prompt
+from ra3.rollout.sampling import Completion, SamplingConfig, cut_at_stop, encode_prompt
 
 
 class VLLMEngine:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ra3.datamodules.benchmarks import load_humaneval, load_mbpp
+from ra3.data.benchmarks import load_humaneval, load_mbpp
 from ra3.execution import SandboxPool
 from ra3.execution.asserts import judge, plain_equal, split_asserts
 from ra3.execution.types import Job, TestCase
