@@ -124,7 +124,7 @@ def test_rows_are_read_in_setup_and_the_phase_connects_view_and_tokenizer(tmp_pa
                         program_batch_size=3, batch_size=2)
     dm.setup("fit")
     assert dm.train_programs and dm.rl_rows
-    with pytest.raises(Ra3Error, match=r"needs a tokenizer: set data.tokenizer_path, or hand one in with connect"):
+    with pytest.raises(Ra3Error, match=r"needs a tokenizer: set data.tokenizer_path, or hand one in with data.connect"):
         dm.train_dataloader()  # the default view is tokens
     dm.connect(view="programs")
     programs = next(iter(dm.train_dataloader()))

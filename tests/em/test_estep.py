@@ -56,6 +56,15 @@ def test_estep_reward_rises_on_the_skill_world(world_dir):
     assert sum(history.thoughts[-4:]) < sum(history.thoughts[:4])  # random thoughts cost c and hurt: fewer of them
 
 
+def test_a_datamodule_serving_another_view_is_one_clear_error(world_dir):
+    """The recipe connects the data (``data.connect``); fitting without it stops before a batch of the wrong kind."""
+    module = EStepModule(tokenizer=str(world_dir / "tokenizer"), model_config=TINY_LLAMA, group_size=2)
+    data = CodeDataModule(train_files=[str(world_dir / "midtrain.jsonl")], program_batch_size=2)
+    with pytest.raises(Ra3Error, match=r"EStepModule reads 'programs' but the datamodule serves 'tokens': call "
+                                       r"data.connect\(tokenizer=module.tokenizer, view=module.data_view\)"):
+        _trainer(1).fit(module, data)
+
+
 def test_ppo_epochs_and_reference_kl(world_dir):
     module = EStepModule(tokenizer=str(world_dir / "tokenizer"), model_config=TINY_LLAMA, group_size=2, ppo_epochs=2,
                          beta=0.1, max_thought_tokens=4)

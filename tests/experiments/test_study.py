@@ -262,3 +262,29 @@ def test_ra3_probe_decision_rule():
     table["retry_g8"] = cand(5.3, 1.0, ["fmt", "retries=8", "drop", "G=8"])  # beats its part by 2.1: chosen
     assert probe.choose(table) == (["retry", "retry_g8"], "retry_g8")
     assert probe.choose({"pilot": {"ra3-ntp": 0.0}, "x": cand(1.0, -1.0, ["a"])}) == ([], None)
+
+
+def test_compare_runs_sees_a_changed_weight_and_ignores_timings_and_moved_class_paths(tmp_path):
+    """``benchmarks/compare_runs.py``: the before/after check of a refactor (models, corpora, samples, verdicts)."""
+    import json
+
+    import torch
+
+    compare = _probe("compare_runs")
+    for name, weight, seconds, class_path in (("before", 1.0, 3.2, "ra3.modules.MStepModule"),
+                                              ("after", 1.0, 4.7, "ra3.em.MStepModule"),
+                                              ("changed", 1.5, 3.2, "ra3.em.MStepModule")):
+        root = tmp_path / name
+        (root / "logs").mkdir(parents=True)
+        (root / "logs" / "x.log").write_text(f"took {seconds} s")
+        (root / "results.json").write_text(json.dumps({"pass@1": {"ntp": float("nan"), "ra3": 0.5}, "wall_s": seconds,
+                                                       "stage_seconds": {"a": seconds}}))
+        (root / "config.yaml").write_text(f"model:\n  class_path: {class_path}\n  init_args: {{lr: 0.1}}\n")
+        torch.save({"state_dict": {"w": torch.full((2,), weight)}, "hyper_parameters": {"_class_path": class_path}},
+                   root / "last.ckpt")
+    assert compare.compare(tmp_path / "before", tmp_path / "after") == []
+    found = compare.compare(tmp_path / "before", tmp_path / "changed")
+    assert found == ["last.ckpt: /state_dict/w"]
+    (tmp_path / "changed" / "results.json").write_text(json.dumps({"pass@1": {"ntp": 0.1, "ra3": 0.5}}))
+    assert "results.json: /pass@1/ntp: nan != 0.1" in compare.compare(tmp_path / "before", tmp_path / "changed")
+    assert compare.main([str(tmp_path / "before"), str(tmp_path / "after")]) == 0

@@ -149,7 +149,7 @@ def test_short_rlvr_run_raises_the_training_reward(tiny_model_dir, world_dir):
 def test_rlvr_trains_the_same_with_either_sampler(tiny_model_dir, world_dir):
     """RaggedEngine and HFEngine draw the same completions, so two GRPO steps give the same rewards and weights;
     so does the compiled RaggedEngine here (its log-probs are ~1e-5 from the eager ones: no near tie decides a draw)."""
-    from ra3.rollout import ragged
+    from ra3.rollout import ragged_cache as ragged
 
     runs, calls = {}, ragged.compiled_decode_step.cache_info()
     for engine in ("hf", "ragged", "ragged_compiled"):
@@ -222,7 +222,9 @@ def test_reward_functions_report_statuses_and_extras_through_explicit_hooks(tiny
     ``log_extra``/``log_metric`` arguments of the call, per sample and in sample order."""
     module = RLVRModule(init_from=str(tiny_model_dir), num_generations=2, max_new_tokens=6,
                         reward_funcs=["unit_tests", "test_rlvr.length_with_logs"], reward_weights=[1.0, 0.5])
+    assert module.unit_tests is None  # built when fit starts, with the fit's sandbox pool
     trainer = _fit(module, world_dir, 1)
+    assert module.unit_tests.pool is module._pool and module.reward_function().functions[0][0] is module.unit_tests
     n = 4 * 2
     assert sorted(module.extra_columns) == ["chars", "status"] and all(len(v) == n for v in module.extra_columns.values())
     assert set(module.extra_columns["status"]) <= {"passed", "failed", "syntax_error", "runtime_error", "timeout"}

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from ra3.rollout import ragged
+from ra3.rollout import ragged_cache as ragged
 from ra3.errors import Ra3Error
 from ra3.rollout.ragged_cache import RaggedCache, ragged_attention
 
