@@ -29,7 +29,24 @@ def test_print_config(recipe, capsys, monkeypatch):
     with pytest.raises(SystemExit) as exit_:
         main([sub, "-c", recipe, "--print_config"])
     assert exit_.value.code in (0, None)
-    assert "class_path: ra3.modules." in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "class_path: ra3.em.MStepModule" in out or "class_path: ra3.rlvr.RLVRModule" in out or "estep:" in out
+    assert "class_path: ra3.data.CodeDataModule" in out
+
+
+def test_a_config_with_the_old_class_paths_still_runs(tmp_path, capsys, monkeypatch):
+    """Configs written for ra3 <= 0.2 name ``ra3.modules.*`` / ``ra3.datamodules.*``: they keep working."""
+    from ra3.cli import main
+
+    old = (ROOT / "configs/skillworld/ntp.yaml").read_text().replace("ra3.em.MStepModule", "ra3.modules.MStepModule")
+    old = old.replace("ra3.data.CodeDataModule", "ra3.datamodules.CodeDataModule")
+    assert "ra3.modules.MStepModule" in old and "ra3.datamodules.CodeDataModule" in old
+    (tmp_path / "old.yaml").write_text(old)
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "-c", str(tmp_path / "old.yaml"), "--print_config"])
+    assert exit_.value.code in (0, None)
+    assert "class_path: ra3.modules.MStepModule" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("recipe", [r for r in FIT_RECIPES if "skillworld" not in r])

@@ -257,7 +257,7 @@ class PolicyModule(L.LightningModule):
         view=module.data_view)``, which the recipe calls before fitting — ``ra3 fit``, ``run_em`` — as LitGPT's recipes
         call ``data.connect``); one clear error instead of batches of the wrong shape."""
         datamodule = self.trainer.datamodule if self._trainer is not None else None
-        view = getattr(datamodule, "view", self.data_view)
+        view = getattr(datamodule, "view", self.data_view) if hasattr(datamodule, "connect") else self.data_view
         if view != self.data_view:
             raise Ra3Error(f"{type(self).__name__} reads {self.data_view!r} but the datamodule serves {view!r}: call "
                            f"data.connect(tokenizer=module.tokenizer, view=module.data_view) before trainer.fit")
