@@ -122,7 +122,7 @@ def world_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tokenizer(world_dir):
-    from ra3.policy.module import load_tokenizer
+    from ra3.hf import load_tokenizer
 
     return load_tokenizer(str(world_dir / "tokenizer"))
 

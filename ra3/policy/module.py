@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ra3.errors import Ra3Error, first_line
-from ra3.hf import check_exists, load_causal_lm, load_tokenizer  # noqa: F401  (load_tokenizer: re-exported)
+from ra3.hf import check_exists, load_causal_lm, load_tokenizer
 from ra3.policy.attention import packed_attention_mask, packed_block_mask
 from ra3.policy.peft import (BNB_LINEARS, AdaptersDisabled, hf_model, is_adapter_dir, load_quantized, lora_config,
                              save_merged, unsharded_peft_copy)

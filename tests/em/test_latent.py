@@ -102,7 +102,7 @@ def test_annotations_do_not_depend_on_the_batch(world_dir, tiny_model_dir, marke
 
     from transformers import AutoModelForCausalLM
 
-    from ra3.policy.module import load_tokenizer
+    from ra3.hf import load_tokenizer
     from ra3.em.latent import LatentConfig, LatentRolloutEngine, ThoughtFormat, program_from_row
 
     rows = [json.loads(line) for line in open(world_dir / "midtrain.jsonl")][:3]

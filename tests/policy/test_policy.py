@@ -4,7 +4,7 @@ import torch
 from ra3.errors import Ra3Error
 from ra3.em import MStepModule
 from ra3.policy import PolicyModule
-from ra3.policy.module import load_tokenizer
+from ra3.hf import load_tokenizer
 
 from conftest import TINY_LLAMA
 

@@ -196,7 +196,7 @@ def test_generation_under_sharding_gathers_each_unit_once(tiny_model_dir, tmp_pa
     assert counts["forwards"] > 1 and counts["per_forward"] >= TINY_LLAMA["num_hidden_layers"] * counts["forwards"]
     from transformers import AutoModelForCausalLM
 
-    from ra3.policy.module import load_tokenizer
+    from ra3.hf import load_tokenizer
     from ra3.rollout.hf_engine import HFEngine
     from ra3.rollout.sampling import SamplingConfig
 

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from ra3.errors import Ra3Error
-from ra3.policy.module import load_tokenizer
+from ra3.hf import load_tokenizer
 from ra3.rollout.hf_engine import HFEngine
 from ra3.rollout.sampling import SamplingConfig, UniformStream, encode_prompt, row_generators
 from ra3.rollout import make_engine

@@ -25,7 +25,7 @@ def test_seeded_completions_do_not_depend_on_batching(tiny_model_dir, device):
     """Also on CUDA, where the per-row generators (and so the noise) live on the GPU."""
     from transformers import AutoModelForCausalLM
 
-    from ra3.policy.module import load_tokenizer
+    from ra3.hf import load_tokenizer
 
     engine = HFEngine(AutoModelForCausalLM.from_pretrained(tiny_model_dir).to(device), load_tokenizer(str(tiny_model_dir)))
     prompts = ["def solve(xs):", 'def solve(xs):\n    """Sort the values."""']
