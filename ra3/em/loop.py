@@ -147,7 +147,14 @@ class _StateFile:
         """The recorded state (RNG states restored), or ``None`` if there is none."""
         if not self.path.exists():
             return None
-        state = EMState(**json.loads(self.path.read_text()))
+        from ra3.errors import Ra3Error
+
+        try:
+            state = EMState(**json.loads(self.path.read_text()))
+        except (ValueError, TypeError) as e:
+            raise Ra3Error(f"{self.path} is not an EM state ({type(e).__name__}: {e}); remove it to start over") from None
+        if state.phase not in PHASES:
+            raise Ra3Error(f"{self.path} records an unknown phase {state.phase!r} (one of {', '.join(PHASES)})")
         if state.python_rng is not None:
             v = state.python_rng
             random.setstate((v[0], tuple(v[1]), v[2]))

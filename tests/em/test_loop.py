@@ -129,6 +129,16 @@ def test_starting_over_an_existing_run_needs_resume(world_dir, tiny_model_dir, t
     assert rc == 2 and "pass --resume" in err.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize("text,message", [("{not json", "is not an EM state"), ('{"rounds": 2}', "is not an EM state"),
+                                          ('{"phase": "mstepp"}', "unknown phase 'mstepp'")])
+def test_a_damaged_em_state_is_one_line_on_resume(world_dir, tiny_model_dir, tmp_path, text, message):
+    (tmp_path / "em").mkdir()
+    (tmp_path / "em/em_state.json").write_text(text)
+    rc, _, err = run(em_args(world_dir, tiny_model_dir, tmp_path / "em", "--resume", "true"), tmp_path)
+    last = err.strip().splitlines()[-1]
+    assert rc == 2 and last.startswith("ra3: error:") and message in last, err[-2000:]
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--estep.init_args.thought_cost", "-0.1"], "thought_cost (c) must be >= 0"),
     (["--estep.init_args.group_size", "1"], "group_size must be >= 2"),
