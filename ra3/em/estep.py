@@ -29,9 +29,9 @@ from ra3.errors import Ra3Error
 from ra3.evaluation.metrics import boundary_scores, names_skill
 from ra3.policy.module import PolicyModule
 from ra3.policy.rl import group_advantages, policy_gradient_loss
-from ra3.rollout.sampling import sample_seed
 from ra3.em.latent import (LatentConfig, LatentRollout, LatentRolloutEngine, ThoughtFormat, decision_logprobs,
                            program_from_row, render)
+from ra3.rollout.sampling import sample_seed
 
 MODES = ("best", "best_well_formed", "sample")  # which annotation of a group the bootstrap keeps
 

@@ -34,6 +34,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 from ra3.data.io import atomic_write_text
+from ra3.em.callback import EMCallback
+from ra3.errors import Ra3Error
 
 PHASES = ("estep", "bootstrap", "mstep")
 
@@ -109,7 +111,6 @@ class EMSettings:
 
     def __post_init__(self):
         from ra3.em.estep import MODES
-        from ra3.errors import Ra3Error
 
         if self.rounds < 1:
             raise Ra3Error(f"em.rounds must be >= 1, got {self.rounds}")
@@ -147,8 +148,6 @@ class _StateFile:
         """The recorded state (RNG states restored), or ``None`` if there is none."""
         if not self.path.exists():
             return None
-        from ra3.errors import Ra3Error
-
         try:
             state = EMState(**json.loads(self.path.read_text()))
         except (ValueError, TypeError) as e:
@@ -183,8 +182,6 @@ def run_em(em: EMSettings, out_dir: str, base_model: str, make_estep: Callable[.
         rank_zero_info(f"ra3 em: resuming round {state.round}, phase {state.phase}")
     else:
         if file.path.exists():
-            from ra3.errors import Ra3Error
-
             raise Ra3Error(f"{out} already holds an EM run: pass --resume to continue it, or choose another out_dir")
         state = EMState(policy=base_model)
         file.save(state)
@@ -262,8 +259,6 @@ def run_em(em: EMSettings, out_dir: str, base_model: str, make_estep: Callable[.
 
 def _fit(module, datamodule, phase_dir: Path, steps: int, trainer_kwargs: dict, logger, state: EMState, out: Path,
          em: EMSettings, manual: bool) -> L.Trainer:
-    from ra3.em.callback import EMCallback
-
     kwargs = dict(trainer_kwargs)
     if manual:
         kwargs.pop("gradient_clip_val", None)  # the E-step clips its own gradients (manual optimization)
@@ -356,9 +351,8 @@ def main(args: list[str]) -> None:
     """``ra3 em -c configs/skillworld/ra3.yaml [--resume true]``: parse, build the phases' factories, run the rounds."""
     from jsonargparse import Namespace
 
-    from ra3.errors import Ra3Error
-    from ra3.hf import check_exists
     from ra3.em import EStepModule, MStepModule
+    from ra3.hf import check_exists
     from ra3.policy.strategies import register
 
     register()

@@ -29,9 +29,9 @@ from collections import deque
 
 import torch
 
-from ra3.rollout.sampling import (Completion, OnDone, SamplingConfig, encode_prompt, gumbel_block,
-                                  make_completion, row_generators)
 from ra3.rollout.ragged_cache import RaggedCache, ragged_attention
+from ra3.rollout.sampling import (Completion, OnDone, SamplingConfig, encode_prompt, gumbel_block, make_completion,
+                                  row_generators)
 
 
 class RaggedEngine:
