@@ -3,9 +3,12 @@
 Same tiny Llama (same initial weights), same skill-world RL prompts, same group size, prompts per step,
 max_new_tokens, temperature, loss (``grpo``, beta 0) and the same reward function (``ra3.rlvr.rewards.
 UnitTestReward`` in the sandbox — TRL's reward protocol is the one ra3 uses). Steps/s after ``--warmup``; the
-first step's seconds are printed too (``ragged_compiled`` compiles its decoding step there).
+first step's seconds are printed too (``ragged_compiled`` compiles its decoding step there), and the whole runs' seconds
+with every step counted. ra3 runs a group's identical completions through the graded forward and the sandbox once
+(TRL runs every copy): the fraction of distinct completions per step is printed, since that gain depends on it.
 
     python benchmarks/rlvr_throughput.py [--steps 12] [--prompts 8] [--group 4] [--max_new_tokens 64] [--pretrain_steps 300] [--repeats 3]
+                                         [--cold_cache]
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ def build(root: Path, pretrain_steps: int):
 
 ENGINES = {"ragged": "RaggedEngine", "ragged_compiled": "RaggedEngine(compile=True)", "hf": "HFEngine (generate)"}
 first: dict[str, list[float]] = {e: [] for e in ENGINES}  # seconds of each run's first step
+whole: dict[str, list[float]] = {e: [] for e in ["trl", *ENGINES]}  # seconds of each run's steps, the first included
+distinct: list[float] = []  # rlvr/distinct_fraction of each ra3 step: rows the graded forward ran once for their copies
 
 
 def run_ra3(rl, model, a, engine: str = "ragged") -> float:
@@ -56,8 +61,12 @@ def run_ra3(rl, model, a, engine: str = "ragged") -> float:
             if trainer.global_step == a.warmup:
                 self.t0 = time.perf_counter()
 
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            distinct.append(float(trainer.callback_metrics["rlvr/distinct_fraction"]))
+
         def on_train_end(self, trainer, pl_module):
             self.elapsed = time.perf_counter() - self.t0
+            whole[engine].append(time.perf_counter() - self.start)
 
     clock = Clock()
     module = RLVRModule(init_from=str(model), num_generations=a.group, max_new_tokens=a.max_new_tokens, loss_type="grpo",
@@ -87,11 +96,14 @@ def run_trl(rl, model, a) -> float:
 
     class Clock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == 0:
+                self.start = time.perf_counter()
             if state.global_step == a.warmup:
                 self.t0 = time.perf_counter()
 
         def on_train_end(self, args, state, control, **kw):
             self.elapsed = time.perf_counter() - self.t0
+            whole["trl"].append(time.perf_counter() - self.start)
 
     clock = Clock()
     with tempfile.TemporaryDirectory() as out:
@@ -118,7 +130,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pretrain_steps", type=int, default=300, help="0 = random weights")
     ap.add_argument("--repeats", type=int, default=1, help="interleaved rounds (this machine's speed drifts between runs)")
+    ap.add_argument("--cold_cache", action="store_true", help="compile into an empty inductor cache (a machine's first run)")
     a = ap.parse_args()
+    if a.cold_cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="ra3-inductor-")
     torch.set_num_threads(a.threads)
     runs = {"trl": lambda rl, model: run_trl(rl, model, a)}
     runs.update({e: (lambda rl, model, e=e: run_ra3(rl, model, a, e)) for e in ENGINES})
@@ -136,6 +151,11 @@ def main() -> None:
     for k, name in ENGINES.items():
         print(f"ra3 RLVRModule, {name:27s}: {med[k]:6.3f} steps/s   x{statistics.median(paired[k]):.2f} vs TRL (rounds "
               f"{', '.join(f'{x:.2f}' for x in paired[k])}; target >= 1.5x); first step {first[k][0]:.1f} s (round 1)")
+    print(f"whole runs of round 1, every step counted (the compile too: later rounds reuse it), seconds: TRL {whole['trl'][0]:.1f}; "
+          + "; ".join(f"{k} {whole[k][0]:.1f} (x{whole['trl'][0] / whole[k][0]:.2f})" for k in ENGINES)
+          + f" (inductor's cache: {'cold' if a.cold_cache else 'as this machine left it'})")
+    print(f"distinct completions per ra3 step (the graded forward runs each once; the sandbox runs each job once): "
+          f"mean {statistics.mean(distinct):.2f}, range {min(distinct):.2f}-{max(distinct):.2f}")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ import tempfile
 import time
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
@@ -489,10 +490,19 @@ class SandboxPool:
         return self._executor.submit(self._run, job)
 
     def run_many(self, jobs: Iterable[Job], on_result: Callable[[int, ExecutionResult], None] | None = None) -> list[ExecutionResult]:
-        futures = [self.submit(job) for job in jobs]
+        """Results in input order (``on_result(i, result)`` as each arrives). Jobs equal in everything but
+        ``job_id`` (a group's identical samples) run once and share the result, under each one's ``job_id``."""
+        jobs = list(jobs)
+        first: dict[str, Future] = {}
+        futures = []
+        for job in jobs:
+            key = repr(replace(job, job_id=""))
+            if key not in first:
+                first[key] = self.submit(job)
+            futures.append(first[key])
         results = []
-        for i, f in enumerate(futures):
-            results.append(f.result())
+        for i, (job, f) in enumerate(zip(jobs, futures)):
+            results.append(replace(f.result(), job_id=job.job_id))
             if on_result is not None:
                 on_result(i, results[-1])
         return results

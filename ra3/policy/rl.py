@@ -47,6 +47,17 @@ def rl_advantages(rewards: torch.Tensor, valid: torch.Tensor, group_size: int, s
     return adv.reshape(-1)
 
 
+def distinct_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of (N, T) tensors, read side by side -> (``rows``: (U,) index of each distinct row's first copy,
+    ``inverse``: (N,) position in ``rows`` of every row), so ``x[rows][inverse]`` equals ``x``."""
+    key = torch.cat([t.long() for t in tensors], 1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    n = key.shape[0]
+    first = torch.full((int(inverse.max()) + 1 if n else 0,), n, dtype=torch.long, device=key.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(n, device=key.device), "amin")
+    return first, inverse
+
+
 def _divide(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return total / count.clamp(min=1)
 

@@ -30,7 +30,7 @@ import torch
 
 from ra3.errors import Ra3Error, import_object
 from ra3.policy.module import PolicyModule
-from ra3.policy.rl import LOSS_TYPES, policy_gradient_loss, rl_advantages
+from ra3.policy.rl import LOSS_TYPES, distinct_rows, policy_gradient_loss, rl_advantages
 from ra3.rlvr.rewards import FormatReward, UnitTestReward, WeightedSum
 from ra3.rollout import ENGINES, make_engine
 from ra3.rollout.sampling import SamplingConfig, encode_prompt, sample_seed
@@ -330,7 +330,22 @@ class RLVRModule(PolicyModule):
     def token_logprobs(self, model, input_ids, attention, completion, with_entropy: bool = False):
         """Per-token log-probs (N, S-1) of ``input_ids[:, 1:]`` (fp32) under ``log_softmax(logits / temperature)`` —
         the sampler's distribution — where ``completion[:, 1:]``, else 0; optionally the entropy there. The LM head
-        runs on completion positions only."""
+        runs on completion positions only.
+
+        Identical rows (a group's samples often coincide once the policy is sure) go through the model once and
+        their copies index that one result, so the loss and its gradient are those of the full batch while the
+        forward and backward shrink to the distinct rows (``rlvr/distinct_fraction`` logs how many)."""
+        rows, inverse = distinct_rows(input_ids, attention, completion)
+        if len(rows) == len(input_ids):
+            return self._row_logprobs(model, input_ids, attention, completion, with_entropy)
+        width = int(attention[rows].sum(1).max())  # right-padded rows: trim the columns only the copies needed
+        logp, entropy = self._row_logprobs(model, input_ids[rows, :width], attention[rows, :width],
+                                           completion[rows, :width], with_entropy)
+        pad = (0, input_ids.shape[1] - width)
+        return (torch.nn.functional.pad(logp, pad)[inverse],
+                None if entropy is None else torch.nn.functional.pad(entropy, pad)[inverse])
+
+    def _row_logprobs(self, model, input_ids, attention, completion, with_entropy: bool):
         target = completion[:, 1:]
         keep = torch.zeros_like(completion)
         keep[:, :-1] = target
@@ -380,8 +395,9 @@ class RLVRModule(PolicyModule):
         if self.lr_schedulers() is not None:
             self.lr_schedulers().step()
         gap = self.sampler_gap(completions, old_logp, completion)
+        distinct = len(distinct_rows(input_ids, attention, completion)[0]) / len(input_ids)
         self._log(batch, completions, rewards, R, valid, loss, clip_frac, kl, entropy, completion, truncated,
-                  {**sampling_stats, **({"sampler_logp_gap": gap} if gap is not None else {})})
+                  {**sampling_stats, "distinct_fraction": distinct, **({"sampler_logp_gap": gap} if gap is not None else {})})
         return loss
 
     @staticmethod

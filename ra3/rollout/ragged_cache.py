@@ -360,17 +360,20 @@ def _norm(norm, x: torch.Tensor) -> torch.Tensor:
     return norm(x)
 
 
-def _decoder_forward(decoder, lm_head, rotate_half, ids, position_ids, write, attend, keep):
+def _decoder_forward(decoder, lm_head, rotate_half, ids, position_ids, write, attend, keep, traced: bool = False):
     """Logits (1, T | len(keep), V) of a packed feed, for the ``PLAIN_DECODERS``: heads stay (T, H, D) throughout
     (the layout of the cache writes and of the attention), queries and keys are rotated in one pass.
     ``write(layer_idx, keys, values)`` stores a layer's (T, Hkv, D) keys/values and returns its (N, Hkv, C, D)
-    buffers; ``attend(queries, keys, values, scaling)`` maps (T, H, D) queries to (T, H, D) outputs."""
-    h = decoder.embed_tokens(ids)
+    buffers; ``attend(queries, keys, values, scaling)`` maps (T, H, D) queries to (T, H, D) outputs.
+    ``traced`` (under ``torch.compile``): no float module attribute reaches an op that specialises it (the
+    embedding's ``norm_type``, ``F.rms_norm``'s eps), which made dynamo trace the step twice (half the compile)."""
+    h = F.embedding(ids, decoder.embed_tokens.weight) if traced else decoder.embed_tokens(ids)
+    norm = (lambda module, x: module(x)) if traced else _norm
     cos, sin = (x[0, :, None] for x in decoder.rotary_emb(h, position_ids=position_ids))  # (T, 1, D)
     t = ids.shape[1]
     for layer in decoder.layers[: decoder.config.num_hidden_layers]:
         att = layer.self_attn
-        x = _norm(layer.input_layernorm, h)
+        x = norm(layer.input_layernorm, h)
         q = att.q_proj(x).view(t, -1, att.head_dim)
         qk = torch.cat([q, att.k_proj(x).view(t, -1, att.head_dim)], 1)  # (T, H + Hkv, D)
         qk = qk * cos + rotate_half(qk) * sin
@@ -378,8 +381,8 @@ def _decoder_forward(decoder, lm_head, rotate_half, ids, position_ids, write, at
         keys, values = write(att.layer_idx, qk[:, n:], att.v_proj(x).view(t, -1, att.head_dim))
         o = attend(qk[:, :n], keys, values, att.scaling)
         h = h + att.o_proj(o.reshape(1, t, -1))
-        h = h + layer.mlp(_norm(layer.post_attention_layernorm, h))
-    h = _norm(decoder.norm, h)
+        h = h + layer.mlp(norm(layer.post_attention_layernorm, h))
+    h = norm(decoder.norm, h)
     return lm_head(h if keep is None else h[:, keep])
 
 
@@ -425,7 +428,7 @@ def decode_step(decoder, lm_head, rotate_half, ids: torch.Tensor, slots: torch.T
         op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=causal, scale=scaling, enable_gqa=gqa)
         return torch.cat([o, op.transpose(1, 2).reshape(-1, *o.shape[1:])])
 
-    logits = _decoder_forward(decoder, lm_head, rotate_half, ids[None], positions[None], write, attend, keep)[0]
+    logits = _decoder_forward(decoder, lm_head, rotate_half, ids[None], positions[None], write, attend, keep, traced=True)[0]
     return torch.log_softmax(logits.float(), -1)
 
 

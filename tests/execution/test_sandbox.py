@@ -5,6 +5,7 @@ import shutil
 import socket
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -231,7 +232,7 @@ def test_programs_see_the_argv_of_python_main_py(pool):
 def test_no_temp_dirs_are_left_behind(pool):
     import tempfile
     before = set(Path(tempfile.gettempdir()).glob("ra3-job-*"))
-    pool.run_many([job("x = 1") for _ in range(4)])
+    pool.run_many([job(f"x = {i}") for i in range(4)])
     assert set(Path(tempfile.gettempdir()).glob("ra3-job-*")) <= before
 
 
@@ -249,12 +250,36 @@ class _FailsFirst(LocalSandbox):
         return super()._run(job, slot, start)
 
 
+class _Counting(LocalSandbox):
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.programs = []
+
+    def _run(self, job, slot, start):
+        self.programs.append(job.program)
+        return super()._run(job, slot, start)
+
+
+def test_identical_jobs_run_once_and_each_keeps_its_id():
+    """Jobs equal in all but ``job_id`` (a group's identical samples) run once; every copy gets the result under
+    its own id, in input order."""
+    sandbox = _Counting(isolation="none")
+    right, wrong = job("def f(): return 1", ["assert f() == 1"]), job("def f(): return 2", ["assert f() == 1"])
+    jobs = [right, wrong, *[replace(right, job_id=f"copy{i}") for i in range(3)]]
+    seen = []
+    with SandboxPool(sandbox, workers=2) as pool:
+        results = pool.run_many(jobs, on_result=lambda i, r: seen.append((i, r.job_id)))
+    assert sorted(sandbox.programs) == sorted([right.program, wrong.program])
+    assert [r.status for r in results] == [Status.PASSED, Status.FAILED] + [Status.PASSED] * 3
+    assert seen == [(0, ""), (1, ""), (2, "copy0"), (3, "copy1"), (4, "copy2")]
+
+
 @pytest.mark.parametrize("failures,retries,expected", [(1, 1, Status.PASSED), (2, 1, Status.SANDBOX_ERROR),
                                                        (1, 0, Status.SANDBOX_ERROR)])
 def test_sandbox_errors_are_retried(failures, retries, expected):
     sandbox = _FailsFirst(failures, isolation="none")
     with SandboxPool(sandbox, workers=2, retries=retries) as pool:
-        results = pool.run_many([job("def f(): return 1", ["assert f() == 1"], job_id=f"j{i}") for i in range(3)])
+        results = pool.run_many([job(f"def f(): return {i}", [f"assert f() == {i}"], job_id=f"j{i}") for i in range(3)])
     assert [r.status for r in results] == [expected] * 3
     assert all(n == min(failures, retries) + 1 for n in sandbox.calls.values())
 
@@ -282,7 +307,7 @@ def test_concurrent_pools_never_share_a_slot_or_kill_each_others_jobs():
     with SandboxPool(workers=1) as a, SandboxPool(workers=2) as b:
         assert not set(a._leases) & set(b._leases)
         slow = a.submit(job("import time\ntime.sleep(1.5)\ndef f(x):\n    return x", tests=["assert f(1) == 1"], timeout=10))
-        quick = b.run_many([job("def f(x):\n    return x", tests=["assert f(1) == 1"]) for _ in range(8)])
+        quick = b.run_many([job(f"def f(x):\n    return x + {i}", tests=[f"assert f(1) == {i + 1}"]) for i in range(8)])
         assert all(r.status == Status.PASSED for r in quick)
         assert slow.result().status == Status.PASSED
         with SandboxPool(workers=1) as c:
@@ -320,7 +345,7 @@ def test_a_dead_fork_server_is_replaced():
 
 def test_pools_stop_their_fork_servers():
     with SandboxPool(workers=2) as pool:
-        pool.run_many([job("x = 1") for _ in range(4)])
+        pool.run_many([job(f"x = {i}") for i in range(4)])
         servers = list(getattr(pool.sandbox, "_servers", {}).values())
     assert all(s.proc.poll() is not None and not s.folder.exists() for s in servers)
 

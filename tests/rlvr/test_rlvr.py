@@ -63,6 +63,40 @@ def test_a_sample_without_reward_gets_no_gradient():
     assert logp.grad[1].abs().max() == 0 and logp.grad[0].abs().max() > 0
 
 
+def test_identical_rows_run_once_with_the_full_batchs_loss_and_gradient(tiny_model_dir):
+    """A batch whose rows repeat (a group's samples often coincide) goes through the model as its distinct rows
+    only, and the per-token log-probs, entropy, a loss built on them and its gradient equal the full batch's."""
+    from ra3.policy.rl import distinct_rows
+
+    module = RLVRModule(init_from=str(tiny_model_dir), num_generations=2, temperature=0.7)
+    pad = module.tokenizer.pad_token_id
+    a, b = [1, 5, 6, 7, 8, 9], [1, 5, 6, 4]  # one prompt [1, 5], two completions (b is shorter: right padding)
+    ids = torch.tensor([a, b + [pad] * 2, a, a])
+    attention = (torch.arange(6)[None] < torch.tensor([6, 4, 6, 6])[:, None]).long()
+    completion = attention.bool() & (torch.arange(6)[None] >= 2)
+    rows, inverse = distinct_rows(ids, attention, completion)
+    assert sorted(rows.tolist()) == [0, 1] and torch.equal(ids[rows][inverse], ids)
+    seen = []
+    hook = module.model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["input_ids"].shape[0]),
+                                                  with_kwargs=True)
+    weights = torch.tensor([[0.5], [-1.0], [2.0], [0.25]])
+    grads = []
+    for run in (module.token_logprobs, lambda *x, **k: module._row_logprobs(*x, **k)):
+        module.model.zero_grad()
+        logp, entropy = run(module.model, ids, attention, completion, with_entropy=True)
+        (logp * weights).sum().backward()
+        grads.append([p.grad.clone() for p in module.model.parameters()])
+        if run == module.token_logprobs:
+            deduped = logp.detach(), entropy
+    hook.remove()
+    assert seen == [2, 4]
+    torch.testing.assert_close(deduped[0], logp.detach(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(deduped[1], entropy, atol=1e-5, rtol=0)
+    assert deduped[0][1, 3:].abs().max() == 0  # the short row's padding stays 0
+    for g_once, g_full in zip(*grads):
+        torch.testing.assert_close(g_once, g_full, atol=1e-5, rtol=1e-4)
+
+
 def test_config_errors_and_reference_only_with_beta(tiny_model_dir):
     with pytest.raises(Ra3Error, match="num_generations"):
         RLVRModule(init_from=str(tiny_model_dir), num_generations=1)
