@@ -5,7 +5,7 @@ Lightning plumbing every phase shares), ``ra3.data``, ``ra3.rollout`` (samplers)
 ``ra3.evaluation`` and ``ra3.experiments`` (quickstart, study). See docs/development.md for the layout.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 
 def lazy_exports(package: str, names: dict[str, str]):

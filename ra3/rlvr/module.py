@@ -23,6 +23,7 @@ One training step, top to bottom:
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import Any
 
@@ -33,7 +34,10 @@ from ra3.policy.module import PolicyModule
 from ra3.policy.rl import LOSS_TYPES, distinct_rows, policy_gradient_loss, rl_advantages
 from ra3.rlvr.rewards import FormatReward, UnitTestReward, WeightedSum
 from ra3.rollout import ENGINES, make_engine
+from ra3.rollout.ragged_cache import CompileError
 from ra3.rollout.sampling import SamplingConfig, encode_prompt, sample_seed
+
+log = logging.getLogger(__name__)
 
 
 def overlong_reward(reward: float | None, length: int, max_new_tokens: int, buffer: int, penalty: float) -> float | None:
@@ -86,15 +90,17 @@ class RLVRModule(PolicyModule):
         sandbox_workers: parallel sandbox processes (default: CPU count).
         table_every_n_steps: W&B table of prompts/completions/rewards this often (0 = never).
         reference_quantization: load the frozen reference (``beta > 0``) in bitsandbytes ``8bit`` or ``4bit``.
-        rollout_engine: ``auto`` (``ragged_compiled`` on a CPU when the run has at least ``compile_min_steps``
-            steps, else ``ragged``), ``ragged`` (continuous batching over a ragged KV cache, ``ra3.rollout.ragged_engine``),
+        rollout_engine: ``auto`` (``ragged_compiled`` on a CPU when the run decodes at least
+            ``compile_min_decode_steps``, else ``ragged``; a compile that fails falls back to ``ragged`` with a warning), ``ragged`` (continuous batching over a ragged KV cache, ``ra3.rollout.ragged_engine``),
             ``ragged_compiled`` (the same, its steps under ``torch.compile``: faster once compiled in the
             first steps; log-probs within ~1e-5 of ``ragged``'s), ``hf`` (``model.generate`` on padded batches; the
             same completions as ``ragged``) or ``vllm`` (GPU,
             ``pip install 'ra3[vllm]'``; weights synced into vLLM after every update; experimental, never run).
-        compile_min_steps: the run length (``trainer.max_steps``) from which ``auto`` compiles: on 2 CPU cores the
-            compile (11-33 s) is earned back after 75-150 RLVR steps (docs/benchmarks.md); not measured on a GPU,
-            where ``auto`` stays eager.
+        compile_min_decode_steps: the decoding steps of a run (``trainer.max_steps`` × ``max_new_tokens``) from which
+            ``auto`` compiles: the compiled sampler saves a near-fixed time per decoding step, and on 2 CPU cores its
+            compile (~20 s the first time on a machine, ~5 s from inductor's cache) is earned back after ~15,000
+            (~3,000 warm): 240 steps at 64 tokens, 70 at 200 (docs/benchmarks.md). Not measured on a GPU, where
+            ``auto`` stays eager.
         vllm_kwargs: arguments of ``vllm.LLM`` (e.g. ``gpu_memory_utilization``).
     """
 
@@ -109,7 +115,7 @@ class RLVRModule(PolicyModule):
                  format_weight: float = 0.0, reward_funcs: list[str | dict[str, Any]] | None = None,
                  reward_weights: list[float] | None = None, generation_batch_size: int = 64, max_grad_norm: float = 1.0,
                  sandbox_workers: int | None = None, table_every_n_steps: int = 50,
-                 reference_quantization: str | None = None, rollout_engine: str = "auto", compile_min_steps: int = 150,
+                 reference_quantization: str | None = None, rollout_engine: str = "auto", compile_min_decode_steps: int = 15_000,
                  vllm_kwargs: dict[str, Any] | None = None, **kwargs):
         if rollout_engine not in ("auto", *ENGINES, "vllm"):
             raise Ra3Error(f"rollout_engine must be auto, {', '.join(ENGINES)} or vllm, got {rollout_engine!r}")
@@ -139,6 +145,7 @@ class RLVRModule(PolicyModule):
         self.extra_columns: dict[str, list] = {}  # log_extra columns of this step's reward calls, one value per sample
         self.reward_metrics: dict[str, list[float]] = {}  # log_metric values of this step's reward calls
         self._pool = None
+        self._compile_failed = False  # auto's compiled sampler failed once: eager from then on
         self._vllm, self._vllm_step = None, 0  # vLLM starts from the initial weights: no sync before step 0
 
     def _resolve_rewards(self, funcs, weights, format_weight: float) -> list[tuple[Any, float]]:
@@ -196,7 +203,9 @@ class RLVRModule(PolicyModule):
         if name != "auto":
             return name
         steps = self._trainer.max_steps if self._trainer is not None else -1
-        return "ragged_compiled" if steps >= self.hparams.compile_min_steps and self.device.type == "cpu" else "ragged"
+        decoding = steps * self.hparams.max_new_tokens if steps > 0 else 0
+        compile = decoding >= self.hparams.compile_min_decode_steps and self.device.type == "cpu" and not self._compile_failed
+        return "ragged_compiled" if compile else "ragged"
 
     def rollout_engine(self):
         """The sampler for this step: ``RaggedEngine``/``HFEngine`` on the live policy, or vLLM with the latest
@@ -237,7 +246,15 @@ class RLVRModule(PolicyModule):
                 chunk = rows[i : i + per_chunk]
                 seeds = [sample_seed(r["prompt"], self.global_step, self.hparams.init_seed + 104_729 * round) for r in chunk]
                 with self.generation():
-                    done = engine.generate([r["prompt"] for r in chunk], G, self.sampling, seeds=seeds)
+                    try:
+                        done = engine.generate([r["prompt"] for r in chunk], G, self.sampling, seeds=seeds)
+                    except CompileError as e:
+                        if self.hparams.rollout_engine != "auto":
+                            raise
+                        log.warning("%s; rollout_engine auto goes on with 'ragged'", e)
+                        self._compile_failed = True
+                        engine = self.rollout_engine()
+                        done = engine.generate([r["prompt"] for r in chunk], G, self.sampling, seeds=seeds)
                 flat = [c for cs in done for c in cs]
                 completions += flat
                 prompts = [r["prompt"] for r in chunk for _ in range(G)]

@@ -87,6 +87,10 @@ def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, groups:
     return out
 
 
+class CompileError(Ra3Error):
+    """The ``torch.compile``d decoding step could not be built or run (the eager ``feed`` can)."""
+
+
 class RaggedCache:
     """A batched KV cache in which every row has its own length (row r's slots ``[0, lengths[r])`` are real).
 
@@ -183,7 +187,7 @@ class RaggedCache:
                                               [self.kv.buffers[i][0] for i in layers],
                                               [self.kv.buffers[i][1] for i in layers], prefill)
         except Exception as e:  # inductor needs a C++ compiler on CPU; a failure names it here
-            raise Ra3Error(f"the torch.compile'd decoding step failed ({type(e).__name__}: {str(e)[:500]}); the engine "
+            raise CompileError(f"the torch.compile'd decoding step failed ({type(e).__name__}: {str(e)[:500]}); the engine "
                            "'ragged' is the same sampler without torch.compile") from e
         self.compiled += 1
         self.last_logp[fed] = logp[fed]

@@ -362,8 +362,28 @@ def test_auto_engine_compiles_only_runs_long_enough_to_earn_it_back(tiny_model_d
 
     name, short = engine(20)
     assert name == "ragged" and isinstance(short, RaggedEngine) and not short.compile
-    name, long = engine(150)
+    name, long = engine(150)  # 150 x 128 tokens >= 15,000 decoding steps
     assert name == "ragged_compiled" and long.compile
-    assert engine(20, compile_min_steps=10)[0] == "ragged_compiled"
+    assert engine(100, max_new_tokens=64)[0] == "ragged" and engine(100, max_new_tokens=200)[0] == "ragged_compiled"
+    assert engine(20, compile_min_decode_steps=2000)[0] == "ragged_compiled"
     assert engine(500, rollout_engine="ragged")[0] == "ragged" and engine(-1)[0] == "ragged"  # -1: no step limit
     assert RLVRModule(init_from=str(tiny_model_dir)).engine_name() == "ragged"  # no trainer yet
+
+
+def test_auto_goes_on_eager_when_the_compile_fails(tiny_model_dir, world_dir, monkeypatch, caplog):
+    """A machine where inductor cannot build the step (no C++ compiler, say): ``auto`` warns once and samples with
+    the eager engine for the rest of the run; an explicit ``ragged_compiled`` stops with the error."""
+    import ra3.rollout.ragged_cache as ragged_cache
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(ragged_cache, "compiled_decode_step", lambda: broken)
+    module = LetterShareRLVR(init_from=str(tiny_model_dir), num_generations=2, max_new_tokens=6, compile_min_decode_steps=1)
+    with caplog.at_level("WARNING", logger="ra3.rlvr.module"):
+        assert _fit(module, world_dir, 2).global_step == 2
+    assert module.engine_name() == "ragged"
+    assert [r.message.count("no C++ compiler") for r in caplog.records] == [1]
+    with pytest.raises(ragged_cache.CompileError, match="no C\\+\\+ compiler"):
+        _fit(LetterShareRLVR(init_from=str(tiny_model_dir), num_generations=2, max_new_tokens=6,
+                             rollout_engine="ragged_compiled"), world_dir, 1)
